@@ -1,0 +1,54 @@
+//! lienthong — the one door through which government agencies share citizen data.
+//!
+//! A request flows through the modules in this order (see `DESIGN.md` in the shared folder):
+//!
+//! ```text
+//! agency ──mTLS──▶ tls ─▶ identity ─▶ registry ─▶ connector (decode) ─▶ policy ─▶ quota
+//!                                                                          │
+//!    agency format ◀── connector (encode) ◀── policy (filter) ◀── store ◀──┘
+//!                                 │
+//!                               audit (durable before the response is written)
+//! ```
+//!
+//! | module | stage |
+//! |---|---|
+//! | [`config`] | the typed `lienthong.toml`, validated with errors naming key and file |
+//! | [`tls`] | rustls server config: client certificates chained to the CA bundle, CRLs, TLS 1.2+ |
+//! | [`identity`] | the verified peer certificate → [`identity::PeerIdentity`] |
+//! | [`registry`] | agencies, their bound certificates, status, plan and billing class |
+//! | [`citizen_id`] | the 12-digit personal ID (province, century/gender digit, birth year) |
+//! | [`qr`] | the CCCD QR payload printed on the chip-based citizen ID card |
+//! | [`schema`] | the canonical citizen record as JSON Schema, checked on every write |
+//! | [`record`] | derived fields of a record (`covid_status`) |
+//! | [`policy`] | the purpose catalogue: which fields each purpose may read or write |
+//! | [`store`] | citizen records, behind the [`store::CitizenStore`] seam (sled by default) |
+//! | [`audit`] | the append-only, hash-chained audit trail |
+//! | [`api`] | the canonical API on the agency listener |
+//! | [`admin`] | the admin API on the admin listener |
+//! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
+//! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
+//! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |
+//! | [`population`] | a synthetic, deterministic population for the demo and benchmarks |
+//! | [`demo`] | `lienthong demo`: dev certificates, sample data and a running broker |
+//! | [`error`] | the one error type every stage answers with: status + stable `code` |
+
+pub mod admin;
+pub mod api;
+pub mod audit;
+pub mod broker;
+pub mod certs;
+pub mod citizen_id;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod identity;
+pub mod policy;
+pub mod population;
+pub mod qr;
+pub mod record;
+pub mod registry;
+pub mod schema;
+pub mod server;
+pub mod store;
+pub mod tls;
