@@ -1,1 +1,96 @@
-//! TODO stage: broker
+//! The broker's shared state: one value built at start-up from the config and handed (as an `Arc`) to
+//! every connection. Each field is one pipeline stage's long-lived part.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::tls::TlsConfigHandle;
+
+/// Why the broker could not start. The CLI prints it and exits with code 2 (config) or 1 (other).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// TLS material is missing or unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The database could not be opened (locked by another process, corrupt, unwritable).
+    #[error("database {path}: {message}")]
+    Store {
+        /// The data directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Something else at start-up, with its source named.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything a request needs, built once.
+pub struct Broker {
+    /// The configuration it was started with.
+    pub config: Config,
+    /// Live TLS server config (reloadable).
+    pub tls: TlsConfigHandle,
+    /// Fingerprints of the certificates allowed on the admin listener.
+    pub admin_fingerprints: HashSet<String>,
+    /// The agency registry.
+    pub registry: Registry,
+    /// The sled database (one process per database: admin changes go through the running broker).
+    pub db: sled::Db,
+}
+
+impl Broker {
+    /// Open everything the config names. Fails fast, naming the file or key at fault.
+    pub fn open(config: Config) -> Result<Self, StartError> {
+        let tls = TlsConfigHandle::new(config.tls.clone())?;
+        let admin_fingerprints = config
+            .tls
+            .admin_certs
+            .iter()
+            .map(|p| crate::identity::fingerprint_of_pem_file(p))
+            .collect::<Result<HashSet<_>, _>>()?;
+        let data_dir = &config.storage.data_dir;
+        let store_err = |message: String| StartError::Store {
+            path: data_dir.clone(),
+            message,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| store_err(e.to_string()))?;
+        let db = sled::Config::new()
+            .path(data_dir.join("db"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| store_err(describe_sled_error(e)))?;
+        let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
+        Ok(Self {
+            config,
+            tls,
+            admin_fingerprints,
+            registry,
+            db,
+        })
+    }
+
+    /// Flush what is buffered; called on graceful shutdown after the last request.
+    pub async fn close(&self) {
+        if let Err(e) = self.db.flush_async().await {
+            tracing::error!(error = %e, "flushing the database on shutdown failed");
+        }
+    }
+}
+
+fn describe_sled_error(e: sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+            "locked by another process (is a broker already running on this data dir? sled allows one \
+             process per database; use the admin API or stop the broker)"
+                .into()
+        }
+        sled::Error::Corruption { .. } => format!("corrupt database, refusing to start: {e}"),
+        other => other.to_string(),
+    }
+}

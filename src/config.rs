@@ -50,7 +50,9 @@ pub struct ListenerConfig {
 
 impl Default for ListenerConfig {
     fn default() -> Self {
-        Self { addr: "127.0.0.1:8443".into() }
+        Self {
+            addr: "127.0.0.1:8443".into(),
+        }
     }
 }
 
@@ -64,7 +66,9 @@ pub struct AdminListenerConfig {
 
 impl Default for AdminListenerConfig {
     fn default() -> Self {
-        Self { addr: "127.0.0.1:8444".into() }
+        Self {
+            addr: "127.0.0.1:8444".into(),
+        }
     }
 }
 
@@ -111,7 +115,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { data_dir: "data/demo".into() }
+        Self {
+            data_dir: "data/demo".into(),
+        }
     }
 }
 
@@ -168,7 +174,9 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { checkpoint_every: 1000 }
+        Self {
+            checkpoint_every: 1000,
+        }
     }
 }
 
@@ -214,9 +222,13 @@ impl Config {
         self.tls.crls.iter_mut().for_each(fix);
         self.tls.admin_certs.iter_mut().for_each(fix);
         fix(&mut self.storage.data_dir);
-        for p in [&mut self.catalogue.schema, &mut self.catalogue.purposes, &mut self.catalogue.connectors_dir]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.catalogue.schema,
+            &mut self.catalogue.purposes,
+            &mut self.catalogue.connectors_dir,
+        ]
+        .into_iter()
+        .flatten()
         {
             fix(p);
         }
@@ -224,7 +236,11 @@ impl Config {
 
     /// Check what the types cannot: addresses parse, files exist, limits are sane.
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, message: String| ConfigError { file: file.into(), key: key.into(), message };
+        let err = |key: &str, message: String| ConfigError {
+            file: file.into(),
+            key: key.into(),
+            message,
+        };
         self.listen_addrs().map_err(|(key, m)| err(key, m))?;
         let must_exist = |key: &str, p: &Path| -> Result<(), ConfigError> {
             if p.is_file() {
@@ -240,7 +256,10 @@ impl Config {
             must_exist("tls.crls", p)?;
         }
         if self.tls.admin_certs.is_empty() {
-            return Err(err("tls.admin_certs", "at least one admin certificate is required".into()));
+            return Err(err(
+                "tls.admin_certs",
+                "at least one admin certificate is required".into(),
+            ));
         }
         for p in &self.tls.admin_certs {
             must_exist("tls.admin_certs", p)?;
@@ -253,7 +272,10 @@ impl Config {
         }
         if let Some(p) = &self.catalogue.connectors_dir {
             if !p.is_dir() {
-                return Err(err("catalogue.connectors_dir", format!("not a directory: {}", p.display())));
+                return Err(err(
+                    "catalogue.connectors_dir",
+                    format!("not a directory: {}", p.display()),
+                ));
             }
         }
         if self.limits.max_body_bytes == 0 {
@@ -270,16 +292,18 @@ impl Config {
 
     /// The two listen addresses, or the key that does not parse.
     pub fn listen_addrs(&self) -> Result<ListenAddrs, (&'static str, String)> {
-        let agency = self
-            .agency_listener
-            .addr
-            .parse()
-            .map_err(|e| ("agency_listener.addr", format!("{:?} is not an address: {e}", self.agency_listener.addr)))?;
-        let admin = self
-            .admin_listener
-            .addr
-            .parse()
-            .map_err(|e| ("admin_listener.addr", format!("{:?} is not an address: {e}", self.admin_listener.addr)))?;
+        let agency = self.agency_listener.addr.parse().map_err(|e| {
+            (
+                "agency_listener.addr",
+                format!("{:?} is not an address: {e}", self.agency_listener.addr),
+            )
+        })?;
+        let admin = self.admin_listener.addr.parse().map_err(|e| {
+            (
+                "admin_listener.addr",
+                format!("{:?} is not an address: {e}", self.admin_listener.addr),
+            )
+        })?;
         Ok(ListenAddrs { agency, admin })
     }
 }
@@ -303,7 +327,10 @@ fn key_of_toml_error(e: &toml::de::Error) -> String {
 /// ` (line N)` for the start of a span, or nothing.
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
-        Some(s) => format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1)),
+        Some(s) => format!(
+            " (line {})",
+            text[..s.start.min(text.len())].lines().count().max(1)
+        ),
         None => String::new(),
     }
 }

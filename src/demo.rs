@@ -1,1 +1,123 @@
-//! TODO stage: demo
+//! `lienthong demo`: a working broker on embedded defaults. Makes (or reuses) a development PKI under
+//! `certs/demo/`, opens `data/demo/`, registers the demo agencies bound to their certificates, seeds a
+//! synthetic population, and prints `curl` lines that work as they are.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::broker::{Broker, StartError};
+use crate::config::Config;
+use crate::registry::{BillingClass, NewAgency};
+
+/// The demo agencies: code, display name, billing class.
+pub const DEMO_AGENCIES: [(&str, &str, BillingClass); 3] = [
+    ("moh", "Bộ Y tế (Ministry of Health)", BillingClass::StateBudget),
+    ("pccovid", "Ứng dụng PC-Covid", BillingClass::Billed),
+    (
+        "dvc",
+        "Cổng Dịch vụ công quốc gia (National Public Service Portal)",
+        BillingClass::Billed,
+    ),
+];
+
+/// Where the demo keeps things.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Development PKI folder.
+    pub certs_dir: PathBuf,
+    /// Data folder.
+    pub data_dir: PathBuf,
+    /// How many synthetic citizens to seed (only into an empty store).
+    pub citizens: usize,
+    /// Agency listener address.
+    pub agency_addr: String,
+    /// Admin listener address.
+    pub admin_addr: String,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            certs_dir: "certs/demo".into(),
+            data_dir: "data/demo".into(),
+            citizens: 10_000,
+            agency_addr: "127.0.0.1:8443".into(),
+            admin_addr: "127.0.0.1:8444".into(),
+        }
+    }
+}
+
+/// The config the demo runs with: defaults pointed at the demo folders.
+pub fn demo_config(opts: &DemoOptions) -> Config {
+    let mut config = Config::default();
+    config.agency_listener.addr = opts.agency_addr.clone();
+    config.admin_listener.addr = opts.admin_addr.clone();
+    let c = &opts.certs_dir;
+    config.tls.ca_bundle = c.join("ca.pem");
+    config.tls.server_cert = c.join("server.pem");
+    config.tls.server_key = c.join("server.key");
+    config.tls.crls = vec![c.join("crl.pem")];
+    config.tls.admin_certs = vec![c.join("admin.pem")];
+    config.storage.data_dir = opts.data_dir.clone();
+    config
+}
+
+/// Make the PKI, open the broker and register the demo agencies (idempotent).
+pub async fn prepare(opts: &DemoOptions) -> Result<Arc<Broker>, StartError> {
+    let mut clients: Vec<(&str, &str)> = DEMO_AGENCIES
+        .iter()
+        .map(|(code, name, _)| (*code, *name))
+        .collect();
+    clients.push(("admin", "lienthong operators"));
+    let created =
+        crate::certs::init_dir(&opts.certs_dir, &clients).map_err(|e| StartError::Other(e.to_string()))?;
+    for path in &created {
+        tracing::info!(path = %path.display(), "created");
+    }
+    let config = demo_config(opts);
+    config.validate("<demo defaults>")?;
+    let broker = Arc::new(Broker::open(config)?);
+    for (code, name, billing_class) in DEMO_AGENCIES {
+        if broker.registry.get(code).is_some() {
+            continue;
+        }
+        let fingerprint =
+            crate::identity::fingerprint_of_pem_file(&opts.certs_dir.join(format!("{code}.pem")))?;
+        broker
+            .registry
+            .register(NewAgency {
+                code: code.into(),
+                name: name.into(),
+                billing_class,
+                fingerprints: vec![fingerprint],
+            })
+            .await
+            .map_err(|e| StartError::Other(format!("registering {code}: {}", e.message)))?;
+    }
+    crate::api::seed_demo(&broker, opts.citizens).await?;
+    Ok(broker)
+}
+
+/// Copy-paste `curl` lines for the running demo.
+pub fn curl_lines(certs: &Path, agency_addr: &str, admin_addr: &str) -> String {
+    let c = certs.display();
+    let curl = |who: &str| format!("curl --cacert {c}/ca.pem --cert {c}/{who}.pem --key {c}/{who}.key");
+    let mut out = String::new();
+    out.push_str("\nlienthong demo is running. Try:\n\n");
+    out.push_str(&format!("  {} https://{agency_addr}/v1/whoami\n", curl("dvc")));
+    out.push_str(&crate::api::demo_curl_examples(&curl, agency_addr));
+    out.push_str(&format!(
+        "  {} https://{admin_addr}/admin/v1/agencies\n",
+        curl("admin")
+    ));
+    out.push_str(&format!(
+        "  {} -X POST https://{admin_addr}/admin/v1/agencies/pccovid/suspend\n",
+        curl("admin")
+    ));
+    out.push_str(&format!(
+        "  {} -X POST https://{admin_addr}/admin/v1/agencies/pccovid/resume\n",
+        curl("admin")
+    ));
+    out.push_str("\nStop with Ctrl-C (in-flight requests finish, the store is flushed).\n");
+    out
+}

@@ -1,1 +1,95 @@
-//! TODO stage: identity
+//! Stage: identity. Turns the client certificate that rustls has already verified (chain, validity,
+//! revocation) into the facts the rest of the pipeline uses. The binding to an agency is by SHA-256
+//! fingerprint of the whole certificate, never by subject or SAN text, so a certificate that merely
+//! *names* an agency gains nothing.
+
+use rustls::pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// What the broker knows about the peer of one connection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerIdentity {
+    /// Lower-case hex SHA-256 of the leaf certificate's DER.
+    pub fingerprint_sha256: String,
+    /// The subject distinguished name, RFC 4514 style.
+    pub subject: String,
+    /// The issuer distinguished name.
+    pub issuer: String,
+    /// The serial number, hex.
+    pub serial: String,
+    /// Subject alternative names (DNS, IP, URI, e-mail), as text.
+    pub san: Vec<String>,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
+}
+
+/// Why a certificate could not be read (rustls verified it, so this is rare).
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable client certificate: {0}")]
+pub struct IdentityError(String);
+
+/// Lower-case hex SHA-256 of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+impl PeerIdentity {
+    /// Read the leaf certificate.
+    pub fn from_der(der: &CertificateDer<'_>) -> Result<Self, IdentityError> {
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| IdentityError(e.to_string()))?;
+        let san = match cert.subject_alternative_name() {
+            Ok(Some(ext)) => ext
+                .value
+                .general_names
+                .iter()
+                .filter_map(general_name_text)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let not_after = chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        Ok(Self {
+            fingerprint_sha256: fingerprint(der.as_ref()),
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            serial: cert.raw_serial_as_string().replace(':', ""),
+            san,
+            not_after,
+        })
+    }
+}
+
+fn general_name_text(name: &GeneralName<'_>) -> Option<String> {
+    match name {
+        GeneralName::DNSName(s) => Some(format!("DNS:{s}")),
+        GeneralName::RFC822Name(s) => Some(format!("email:{s}")),
+        GeneralName::URI(s) => Some(format!("URI:{s}")),
+        GeneralName::IPAddress(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(*b)
+                .ok()
+                .map(|a| format!("IP:{}", std::net::IpAddr::from(a))),
+            16 => <[u8; 16]>::try_from(*b)
+                .ok()
+                .map(|a| format!("IP:{}", std::net::IpAddr::from(a))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The fingerprint of the first certificate in a PEM file (used to pin admin certificates and to bind
+/// agencies from a certificate file).
+pub fn fingerprint_of_pem_file(path: &std::path::Path) -> Result<String, crate::tls::TlsError> {
+    let certs = crate::tls::read_certs(path)?;
+    Ok(fingerprint(certs[0].as_ref()))
+}
+
+/// The fingerprint of the first certificate in PEM text.
+pub fn fingerprint_of_pem(pem: &str) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|c| fingerprint(c.as_ref()))
+}

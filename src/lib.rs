@@ -26,6 +26,7 @@
 //! | [`api`] | the canonical API on the agency listener |
 //! | [`admin`] | the admin API on the admin listener |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
+//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
 //! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |
 //! | [`population`] | a synthetic, deterministic population for the demo and benchmarks |
@@ -38,6 +39,7 @@ pub mod audit;
 pub mod broker;
 pub mod certs;
 pub mod citizen_id;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;

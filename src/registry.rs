@@ -1,1 +1,307 @@
-//! TODO stage: registry
+//! Stage: registry. Which agencies exist, the certificates bound to them, whether they are active, how
+//! they are billed and their quota plan. The source of truth is a sled tree; every request reads an
+//! in-memory snapshot (one `Arc` clone, no lock held across I/O) that each admin change rebuilds, so a
+//! change takes effect on the very next request and survives a restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// Whether an agency may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgencyStatus {
+    /// Served.
+    Active,
+    /// Refused with 403 `agency_suspended`.
+    Suspended,
+}
+
+/// How an agency's served calls are billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BillingClass {
+    /// Charged per call at the purpose's price.
+    #[default]
+    Billed,
+    /// Funded by the state budget: counted, not charged.
+    StateBudget,
+}
+
+/// One registered agency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agency {
+    /// Short stable code, e.g. `moh`.
+    pub code: String,
+    /// Display name, e.g. `Bộ Y tế`.
+    pub name: String,
+    /// Active or suspended.
+    pub status: AgencyStatus,
+    /// SHA-256 fingerprints (lower-case hex) of the client certificates bound to it.
+    pub fingerprints: Vec<String>,
+    /// Billing class.
+    #[serde(default)]
+    pub billing_class: BillingClass,
+    /// Quota plan (set by the admin API; interpreted by the quota stage). Empty = unlimited.
+    #[serde(default)]
+    pub plan: serde_json::Value,
+    /// When it was registered, RFC 3339.
+    pub created_at: String,
+    /// When it last changed, RFC 3339.
+    pub updated_at: String,
+}
+
+/// What the admin API accepts to register an agency.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgency {
+    /// Short stable code: lower-case letters, digits and `-`, 2..=32.
+    pub code: String,
+    /// Display name.
+    pub name: String,
+    /// Billing class (default `billed`).
+    #[serde(default)]
+    pub billing_class: BillingClass,
+    /// Certificates to bind right away.
+    #[serde(default)]
+    pub fingerprints: Vec<String>,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    by_code: BTreeMap<String, Agency>,
+    by_fingerprint: HashMap<String, String>,
+}
+
+impl Snapshot {
+    fn build(agencies: impl Iterator<Item = Agency>) -> Self {
+        let mut snap = Snapshot::default();
+        for agency in agencies {
+            for fp in &agency.fingerprints {
+                snap.by_fingerprint.insert(fp.clone(), agency.code.clone());
+            }
+            snap.by_code.insert(agency.code.clone(), agency);
+        }
+        snap
+    }
+}
+
+/// A registry failure that is the operator's fault (bad input) or the store's.
+pub type RegistryResult<T> = Result<T, ApiError>;
+
+/// The agency registry.
+pub struct Registry {
+    tree: sled::Tree,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Serialises admin changes so read-modify-write of the tree and the snapshot rebuild stay in step.
+    writer: tokio::sync::Mutex<()>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn store_err(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("registry store: {e}"))
+}
+
+/// Check a fingerprint's form: 64 lower-case hex digits (upper case and `:` separators are accepted
+/// and normalised).
+pub fn normalize_fingerprint(fp: &str) -> RegistryResult<String> {
+    let fp = fp.trim().replace(':', "").to_ascii_lowercase();
+    if fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(fp)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_fingerprint",
+            "a fingerprint is 64 hex digits (SHA-256 of the DER certificate)",
+        ))
+    }
+}
+
+fn check_code(code: &str) -> RegistryResult<()> {
+    let ok = (2..=32).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !code.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_agency_code",
+            "an agency code is 2-32 of a-z, 0-9 and '-'",
+        ))
+    }
+}
+
+impl Registry {
+    /// Open the registry in `db` (tree `agencies`) and load its snapshot.
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        let tree = db.open_tree("agencies")?;
+        let registry = Self {
+            tree,
+            snapshot: RwLock::default(),
+            writer: tokio::sync::Mutex::new(()),
+        };
+        registry
+            .rebuild()
+            .map_err(|e| sled::Error::Unsupported(e.message))?;
+        Ok(registry)
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        match self.snapshot.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn rebuild(&self) -> RegistryResult<()> {
+        let mut agencies = Vec::new();
+        for item in self.tree.iter() {
+            let (_, value) = item.map_err(store_err)?;
+            agencies.push(serde_json::from_slice::<Agency>(&value).map_err(store_err)?);
+        }
+        let snap = Arc::new(Snapshot::build(agencies.into_iter()));
+        match self.snapshot.write() {
+            Ok(mut guard) => *guard = snap,
+            Err(poisoned) => *poisoned.into_inner() = snap,
+        }
+        Ok(())
+    }
+
+    /// The agency bound to a certificate fingerprint, whatever its status.
+    pub fn by_fingerprint(&self, fingerprint: &str) -> Option<Agency> {
+        let snap = self.snapshot();
+        let code = snap.by_fingerprint.get(fingerprint)?;
+        snap.by_code.get(code).cloned()
+    }
+
+    /// The agency with this code.
+    pub fn get(&self, code: &str) -> Option<Agency> {
+        self.snapshot().by_code.get(code).cloned()
+    }
+
+    /// Every agency, by code.
+    pub fn list(&self) -> Vec<Agency> {
+        self.snapshot().by_code.values().cloned().collect()
+    }
+
+    async fn persist(&self, agency: &Agency) -> RegistryResult<()> {
+        let bytes = serde_json::to_vec(agency).map_err(store_err)?;
+        self.tree
+            .insert(agency.code.as_bytes(), bytes)
+            .map_err(store_err)?;
+        self.tree.flush_async().await.map_err(store_err)?;
+        self.rebuild()
+    }
+
+    /// Register a new agency: 409 `agency_exists` if the code is taken, 409 `fingerprint_bound` if a
+    /// fingerprint already belongs to another agency.
+    pub async fn register(&self, new: NewAgency) -> RegistryResult<Agency> {
+        check_code(&new.code)?;
+        if new.name.trim().is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_agency_name",
+                "the agency name must not be empty",
+            ));
+        }
+        let fingerprints = new
+            .fingerprints
+            .iter()
+            .map(|f| normalize_fingerprint(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _guard = self.writer.lock().await;
+        if self.get(&new.code).is_some() {
+            return Err(ApiError::conflict(
+                "agency_exists",
+                format!("agency {} is already registered", new.code),
+            ));
+        }
+        for fp in &fingerprints {
+            self.check_unbound(fp, &new.code)?;
+        }
+        let at = now();
+        let agency = Agency {
+            code: new.code,
+            name: new.name.trim().to_string(),
+            status: AgencyStatus::Active,
+            fingerprints,
+            billing_class: new.billing_class,
+            plan: serde_json::Value::Null,
+            created_at: at.clone(),
+            updated_at: at,
+        };
+        self.persist(&agency).await?;
+        Ok(agency)
+    }
+
+    fn check_unbound(&self, fingerprint: &str, code: &str) -> RegistryResult<()> {
+        match self.snapshot().by_fingerprint.get(fingerprint) {
+            Some(owner) if owner != code => Err(ApiError::conflict(
+                "fingerprint_bound",
+                format!("that certificate is already bound to agency {owner}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Apply `change` to one agency and persist it; 404 `unknown_agency` if there is none.
+    pub async fn update(
+        &self,
+        code: &str,
+        change: impl FnOnce(&mut Agency) -> RegistryResult<()>,
+    ) -> RegistryResult<Agency> {
+        let _guard = self.writer.lock().await;
+        let mut agency = self
+            .get(code)
+            .ok_or_else(|| ApiError::not_found("unknown_agency", format!("no agency {code}")))?;
+        change(&mut agency)?;
+        agency.updated_at = now();
+        self.persist(&agency).await?;
+        Ok(agency)
+    }
+
+    /// Bind a certificate fingerprint to an agency.
+    pub async fn bind(&self, code: &str, fingerprint: &str) -> RegistryResult<Agency> {
+        let fp = normalize_fingerprint(fingerprint)?;
+        self.check_unbound(&fp, code)?;
+        self.update(code, |a| {
+            if !a.fingerprints.contains(&fp) {
+                a.fingerprints.push(fp);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Unbind a certificate fingerprint; 404 `unknown_fingerprint` if it was not bound.
+    pub async fn unbind(&self, code: &str, fingerprint: &str) -> RegistryResult<Agency> {
+        let fp = normalize_fingerprint(fingerprint)?;
+        self.update(code, |a| {
+            let before = a.fingerprints.len();
+            a.fingerprints.retain(|f| f != &fp);
+            if a.fingerprints.len() == before {
+                return Err(ApiError::not_found(
+                    "unknown_fingerprint",
+                    "that certificate is not bound to this agency",
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Suspend or resume an agency.
+    pub async fn set_status(&self, code: &str, status: AgencyStatus) -> RegistryResult<Agency> {
+        self.update(code, |a| {
+            a.status = status;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,377 @@
+//! The command line. `main.rs` only parses and calls [`run`]; every command lives here so that the
+//! tests can drive it too. Exit codes: 0 success, 1 failure, 2 bad configuration or usage.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+
+use crate::broker::{Broker, StartError};
+use crate::client::{Alpn, MtlsClient};
+use crate::config::Config;
+use crate::demo::DemoOptions;
+
+/// lienthong — the mTLS broker through which agencies share citizen data, per purpose, audited.
+#[derive(Debug, Parser)]
+#[command(name = "lienthong", version, about)]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a working broker on embedded defaults: dev certificates, sample data, ports 8443/8444.
+    Demo {
+        /// Synthetic citizens to seed into an empty store.
+        #[arg(long, default_value_t = 10_000)]
+        citizens: usize,
+        /// Development PKI folder.
+        #[arg(long, default_value = "certs/demo")]
+        certs_dir: PathBuf,
+        /// Data folder.
+        #[arg(long, default_value = "data/demo")]
+        data_dir: PathBuf,
+        /// Agency listener address.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        agency_addr: String,
+        /// Admin listener address.
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        admin_addr: String,
+    },
+    /// Run the broker from a config file.
+    Serve {
+        /// The config file.
+        #[arg(long, short, default_value = "lienthong.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file and exit (0 valid, 2 invalid).
+    CheckConfig {
+        /// The config file.
+        #[arg(long, short, default_value = "lienthong.toml")]
+        config: PathBuf,
+    },
+    /// Development certificates.
+    Certs {
+        /// What to do.
+        #[command(subcommand)]
+        action: CertsCommand,
+    },
+    /// Manage agencies through a running broker's admin API.
+    Agency {
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminTarget,
+        /// What to do.
+        #[command(subcommand)]
+        action: AgencyCommand,
+    },
+}
+
+/// `lienthong certs …`
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make (or complete) a development PKI: CA, server, CRL and one client certificate per name.
+    Init {
+        /// Folder to write into.
+        #[arg(long, default_value = "certs/demo")]
+        dir: PathBuf,
+        /// Client certificate names (agency codes and `admin`).
+        #[arg(long = "client", default_values_t = ["moh".to_string(), "pccovid".into(), "dvc".into(), "admin".into()])]
+        clients: Vec<String>,
+    },
+}
+
+/// Where the admin API is and which certificate to present.
+#[derive(Debug, Args)]
+pub struct AdminTarget {
+    /// Admin listener address.
+    #[arg(long, default_value = "127.0.0.1:8444", global = true)]
+    pub admin_addr: SocketAddr,
+    /// CA bundle to trust.
+    #[arg(long, default_value = "certs/demo/ca.pem", global = true)]
+    pub cacert: PathBuf,
+    /// Admin client certificate.
+    #[arg(long, default_value = "certs/demo/admin.pem", global = true)]
+    pub cert: PathBuf,
+    /// Admin client key.
+    #[arg(long, default_value = "certs/demo/admin.key", global = true)]
+    pub key: PathBuf,
+}
+
+/// `lienthong agency …`
+#[derive(Debug, Subcommand)]
+pub enum AgencyCommand {
+    /// List agencies.
+    List,
+    /// Show one agency.
+    Show {
+        /// Agency code.
+        code: String,
+    },
+    /// Register an agency.
+    Add {
+        /// Agency code (a-z, 0-9, '-').
+        code: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// `billed` or `state-budget`.
+        #[arg(long, default_value = "billed")]
+        billing_class: String,
+        /// A PEM certificate to bind right away.
+        #[arg(long)]
+        cert_file: Option<PathBuf>,
+    },
+    /// Bind a certificate (file or fingerprint) to an agency.
+    Bind {
+        /// Agency code.
+        code: String,
+        /// A PEM certificate file.
+        #[arg(long, conflicts_with = "fingerprint")]
+        cert_file: Option<PathBuf>,
+        /// A SHA-256 fingerprint.
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
+    /// Unbind a certificate fingerprint from an agency.
+    Unbind {
+        /// Agency code.
+        code: String,
+        /// The SHA-256 fingerprint.
+        fingerprint: String,
+    },
+    /// Suspend an agency (its requests get 403 `agency_suspended`).
+    Suspend {
+        /// Agency code.
+        code: String,
+    },
+    /// Resume a suspended agency.
+    Resume {
+        /// Agency code.
+        code: String,
+    },
+}
+
+/// Set up logging: `RUST_LOG` filter (default `info`), text or JSON.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Run a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    init_logging(cli.log_json);
+    let result = match cli.command {
+        Command::Demo {
+            citizens,
+            certs_dir,
+            data_dir,
+            agency_addr,
+            admin_addr,
+        } => {
+            let opts = DemoOptions {
+                certs_dir,
+                data_dir,
+                citizens,
+                agency_addr,
+                admin_addr,
+            };
+            run_demo(opts).await
+        }
+        Command::Serve { config } => match Config::load(&config) {
+            Ok(config) => match Broker::open(config) {
+                Ok(broker) => run_broker(Arc::new(broker), None).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e.into()),
+        },
+        Command::CheckConfig { config } => Config::load(&config)
+            .map(|_| println!("{}: ok", config.display()))
+            .map_err(Into::into),
+        Command::Certs {
+            action: CertsCommand::Init { dir, clients },
+        } => {
+            let clients: Vec<(&str, &str)> = clients.iter().map(|c| (c.as_str(), c.as_str())).collect();
+            match crate::certs::init_dir(&dir, &clients) {
+                Ok(created) => {
+                    for p in &created {
+                        println!("created {}", p.display());
+                    }
+                    if created.is_empty() {
+                        println!("{}: complete, nothing to do", dir.display());
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(StartError::Other(e.to_string())),
+            }
+        }
+        Command::Agency { admin, action } => return agency_command(admin, action).await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("lienthong: {e}");
+            match e {
+                StartError::Config(_) => 2,
+                _ => 1,
+            }
+        }
+    }
+}
+
+async fn run_demo(opts: DemoOptions) -> Result<(), StartError> {
+    let broker = crate::demo::prepare(&opts).await?;
+    let lines = crate::demo::curl_lines(&opts.certs_dir, &opts.agency_addr, &opts.admin_addr);
+    run_broker(broker, Some(lines)).await
+}
+
+/// Bind both listeners and serve until SIGINT or SIGTERM.
+pub async fn run_broker(broker: Arc<Broker>, banner: Option<String>) -> Result<(), StartError> {
+    let addrs = broker.config.listen_addrs().map_err(|(key, message)| {
+        StartError::Config(crate::config::ConfigError {
+            file: "<config>".into(),
+            key: key.into(),
+            message,
+        })
+    })?;
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Other(format!("cannot listen on {addr}: {e}")))
+    };
+    let agency = bind(addrs.agency).await?;
+    let admin = bind(addrs.admin).await?;
+    tracing::info!(agency = %addrs.agency, admin = %addrs.admin, "listening");
+    if let Some(banner) = banner {
+        println!("{banner}");
+    }
+    crate::server::serve(broker, agency, admin, shutdown_signal())
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn agency_command(admin: AdminTarget, action: AgencyCommand) -> i32 {
+    let client = match MtlsClient::from_files(&admin.cacert, &admin.cert, &admin.key, Alpn::Both) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lienthong: {e}");
+            return 2;
+        }
+    };
+    let cert_fp = |path: &PathBuf| crate::identity::fingerprint_of_pem_file(path).map_err(|e| e.to_string());
+    let call = match action {
+        AgencyCommand::List => Ok((Method::GET, "/admin/v1/agencies".to_string(), None)),
+        AgencyCommand::Show { code } => Ok((Method::GET, format!("/admin/v1/agencies/{code}"), None)),
+        AgencyCommand::Add {
+            code,
+            name,
+            billing_class,
+            cert_file,
+        } => cert_file.as_ref().map(cert_fp).transpose().map(|fp| {
+            let body = serde_json::json!({
+                "code": code, "name": name, "billing_class": billing_class,
+                "fingerprints": fp.into_iter().collect::<Vec<_>>(),
+            });
+            (Method::POST, "/admin/v1/agencies".to_string(), Some(body))
+        }),
+        AgencyCommand::Bind {
+            code,
+            cert_file,
+            fingerprint,
+        } => {
+            let fp = match (cert_file, fingerprint) {
+                (Some(file), _) => cert_fp(&file),
+                (None, Some(fp)) => Ok(fp),
+                (None, None) => Err("give --cert-file or --fingerprint".to_string()),
+            };
+            fp.map(|fp| {
+                let body = serde_json::json!({ "fingerprint": fp });
+                (
+                    Method::POST,
+                    format!("/admin/v1/agencies/{code}/certificates"),
+                    Some(body),
+                )
+            })
+        }
+        AgencyCommand::Unbind { code, fingerprint } => Ok((
+            Method::DELETE,
+            format!("/admin/v1/agencies/{code}/certificates/{fingerprint}"),
+            None,
+        )),
+        AgencyCommand::Suspend { code } => {
+            Ok((Method::POST, format!("/admin/v1/agencies/{code}/suspend"), None))
+        }
+        AgencyCommand::Resume { code } => {
+            Ok((Method::POST, format!("/admin/v1/agencies/{code}/resume"), None))
+        }
+    };
+    let (method, path, body) = match call {
+        Ok(call) => call,
+        Err(e) => {
+            eprintln!("lienthong: {e}");
+            return 2;
+        }
+    };
+    let (content_type, body) = match body {
+        Some(b) => (Some("application/json"), b.to_string()),
+        None => (None, String::new()),
+    };
+    match client
+        .request(admin.admin_addr, method, &path, content_type, body)
+        .await
+    {
+        Ok(resp) => {
+            let json = resp.json();
+            let pretty = serde_json::to_string_pretty(&json).unwrap_or_else(|_| resp.text());
+            if resp.status < 300 {
+                println!("{pretty}");
+                0
+            } else {
+                eprintln!("lienthong: admin API answered {}: {pretty}", resp.status);
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "lienthong: cannot reach the admin API at {}: {e}",
+                admin.admin_addr
+            );
+            1
+        }
+    }
+}
