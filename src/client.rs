@@ -100,13 +100,23 @@ impl MtlsClient {
         identity: Option<(&[u8], &[u8])>,
         alpn: Alpn,
     ) -> Result<Self, ClientError> {
+        Self::from_pem_with_versions(ca_pem, identity, alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// As [`MtlsClient::from_pem`], offering only the given TLS versions.
+    pub fn from_pem_with_versions(
+        ca_pem: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+        alpn: Alpn,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Self, ClientError> {
         let cred = |e: &dyn std::fmt::Display| ClientError::Credentials(e.to_string());
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem) {
             roots.add(cert.map_err(|e| cred(&e))?).map_err(|e| cred(&e))?;
         }
         let builder = ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(|e| cred(&e))?
             .with_root_certificates(roots);
         let mut config = match identity {

@@ -1,0 +1,125 @@
+//! The command line as an operator uses it: `certs init`, `check-config`, `serve` with a bad config
+//! (exit code 2, naming key and file), and `agency` commands against a running broker.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn lienthong(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lienthong"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("runs")
+}
+
+fn example_config_in(dir: &Path) -> std::path::PathBuf {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("lienthong.toml");
+    let target = dir.join("lienthong.toml");
+    std::fs::copy(example, &target).unwrap();
+    let out = lienthong(&["certs", "init", "--dir", "certs/demo"], dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    target
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config_in(dir.path());
+    let out = lienthong(&["check-config", "-c", config.to_str().unwrap()], dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unknown_key_exits_2_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config_in(dir.path());
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("max_body_bytes", "max_body_byte");
+    std::fs::write(&config, text).unwrap();
+    let out = lienthong(&["serve", "-c", config.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lienthong.toml"), "{err}");
+    assert!(err.contains("max_body_byte"), "{err}");
+    assert!(err.contains("line"), "{err}");
+}
+
+#[test]
+fn missing_file_and_bad_address_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config_in(dir.path());
+    let original = std::fs::read_to_string(&config).unwrap();
+
+    std::fs::write(
+        &config,
+        original.replace("certs/demo/ca.pem", "certs/demo/nope.pem"),
+    )
+    .unwrap();
+    let out = lienthong(&["serve", "-c", config.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls.ca_bundle") && err.contains("nope.pem"), "{err}");
+
+    std::fs::write(&config, original.replace("127.0.0.1:8443", "localhost-8443")).unwrap();
+    let out = lienthong(&["serve", "-c", config.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("agency_listener.addr"), "{err}");
+
+    let out = lienthong(&["serve", "-c", "does-not-exist.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn agency_commands_drive_the_admin_api() {
+    let b = common::TestBroker::start().await;
+    let d = b.certs_dir();
+    let admin = b.admin.to_string();
+    let base = [
+        "--admin-addr",
+        admin.as_str(),
+        "--cacert",
+        d.join("ca.pem").to_str().unwrap(),
+        "--cert",
+        d.join("admin.pem").to_str().unwrap(),
+        "--key",
+        d.join("admin.key").to_str().unwrap(),
+    ]
+    .map(str::to_string);
+    let run = |extra: &[&str]| {
+        let mut args: Vec<String> = vec!["agency".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(base.iter().cloned());
+        let cwd = b.dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_lienthong"))
+                .args(&args)
+                .current_dir(cwd)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&["suspend", "dvc"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        b.get("dvc", "/v1/whoami").await.error_code().as_deref(),
+        Some("agency_suspended")
+    );
+    let out = run(&["resume", "dvc"]).await.unwrap();
+    assert!(out.status.success());
+    assert_eq!(b.get("dvc", "/v1/whoami").await.status, 200);
+    let out = run(&["list"]).await.unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["agencies"].as_array().unwrap().len(), 3);
+    let out = run(&["show", "nosuch"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

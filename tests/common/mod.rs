@@ -1,0 +1,210 @@
+//! Shared test harness: a real broker on ephemeral ports, rcgen-made certificates in a temp folder, and
+//! real mTLS clients. Every test gets its own broker and data directory (no global server).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lienthong::broker::Broker;
+use lienthong::certs::{CertAuthority, IssuedCert, Validity};
+use lienthong::client::{Alpn, MtlsClient, Response};
+use lienthong::demo::DemoOptions;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Citizens seeded into every test broker.
+pub const TEST_CITIZENS: usize = 200;
+
+/// A running broker and everything needed to talk to it.
+pub struct TestBroker {
+    pub agency: SocketAddr,
+    pub admin: SocketAddr,
+    pub broker: Arc<Broker>,
+    pub dir: Arc<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestBroker {
+    /// A fresh broker with the demo agencies registered and a small synthetic population.
+    pub async fn start() -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::start_in(dir).await
+    }
+
+    /// Start (or restart) on an existing folder: same certificates, same data.
+    pub async fn start_in(dir: Arc<tempfile::TempDir>) -> Self {
+        Self::try_start_in(dir).await.expect("broker starts")
+    }
+
+    async fn try_start_in(dir: Arc<tempfile::TempDir>) -> Result<Self, lienthong::broker::StartError> {
+        let opts = options(dir.path());
+        let broker = lienthong::demo::prepare(&opts).await?;
+        let agency_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agency = agency_listener.local_addr().unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let broker = broker.clone();
+            async move {
+                lienthong::server::serve(broker, agency_listener, admin_listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("serve");
+            }
+        });
+        Ok(Self {
+            agency,
+            admin,
+            broker,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Graceful stop; waits until the store is flushed and the database released.
+    pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        let dir = self.dir.clone();
+        // Drop our handle on the broker so sled's lock is released before a restart.
+        drop(self);
+        dir
+    }
+
+    /// Stop and start again on the same data and certificates.
+    pub async fn restart(self) -> Self {
+        let dir = self.stop().await;
+        // sled releases its file lock when the last handle drops; connection tasks may hold one briefly.
+        let mut last = None;
+        for _ in 0..100 {
+            match Self::try_start_in(dir.clone()).await {
+                Ok(b) => return b,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("broker did not restart: {last:?}");
+    }
+
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// The development CA, to issue more certificates.
+    pub fn ca(&self) -> CertAuthority {
+        let d = self.certs_dir();
+        CertAuthority::from_pem(
+            &std::fs::read_to_string(d.join("ca.pem")).unwrap(),
+            &std::fs::read_to_string(d.join("ca.key")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// A client presenting the named demo certificate (`moh`, `pccovid`, `dvc`, `admin`).
+    pub fn client(&self, name: &str) -> MtlsClient {
+        let d = self.certs_dir();
+        MtlsClient::from_files(
+            &d.join("ca.pem"),
+            &d.join(format!("{name}.pem")),
+            &d.join(format!("{name}.key")),
+            Alpn::Both,
+        )
+        .unwrap()
+    }
+
+    /// A client presenting an arbitrary issued certificate.
+    pub fn client_with(&self, cert: &IssuedCert, alpn: Alpn) -> MtlsClient {
+        let ca = std::fs::read(self.certs_dir().join("ca.pem")).unwrap();
+        MtlsClient::from_pem(
+            &ca,
+            Some((cert.cert_pem.as_bytes(), cert.key_pem.as_bytes())),
+            alpn,
+        )
+        .unwrap()
+    }
+
+    /// Issue a fresh client certificate from the broker's CA.
+    pub fn issue(&self, cn: &str, validity: Validity) -> IssuedCert {
+        self.ca().issue_client(cn, "test agency", validity).unwrap()
+    }
+
+    /// Publish a CRL revoking `serials` and make the broker take it.
+    pub async fn revoke(&self, serials: &[Vec<u8>]) {
+        let crl = self.ca().crl(serials, 2).unwrap();
+        std::fs::write(self.certs_dir().join("crl.pem"), crl).unwrap();
+        let r = self
+            .admin_post("/admin/v1/tls/reload", serde_json::json!({}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    pub async fn get(&self, who: &str, path: &str) -> Response {
+        self.client(who).get(self.agency, path).await.unwrap()
+    }
+
+    pub async fn post(&self, who: &str, path: &str, body: serde_json::Value) -> Response {
+        self.client(who)
+            .post_json(self.agency, path, &body)
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_raw(
+        &self,
+        who: &str,
+        path: &str,
+        content_type: &str,
+        body: impl Into<bytes::Bytes>,
+    ) -> Response {
+        self.client(who)
+            .request(self.agency, hyper::Method::POST, path, Some(content_type), body)
+            .await
+            .unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Response {
+        self.client("admin").get(self.admin, path).await.unwrap()
+    }
+
+    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> Response {
+        self.client("admin")
+            .post_json(self.admin, path, &body)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn options(dir: &Path) -> DemoOptions {
+    DemoOptions {
+        certs_dir: dir.join("certs"),
+        data_dir: dir.join("data"),
+        citizens: TEST_CITIZENS,
+        agency_addr: "127.0.0.1:0".into(),
+        admin_addr: "127.0.0.1:0".into(),
+    }
+}
+
+/// The shared real-data folder (`../shared/realdata` beside the repo).
+pub fn realdata(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/realdata")
+        .join(rel)
+}
