@@ -5,6 +5,7 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 
 use crate::broker::Broker;
+use crate::canonical::{self, History};
 use crate::error::ApiError;
 use crate::registry::{Agency, AgencyStatus};
 use crate::server::{Exchange, ReadRequest, Reply, Side};
@@ -58,7 +59,90 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 }),
             ))
         }
-        _ => Err(ApiError::no_route(&method, &path)),
+        (&Method::GET, "/v1/purposes") => {
+            exchange.operation = "list_purposes".into();
+            let purposes: Vec<_> = broker
+                .catalogue
+                .for_agency(&agency.code)
+                .into_iter()
+                .map(describe_purpose)
+                .collect();
+            Ok(Reply::json(StatusCode::OK, &json!({ "purposes": purposes })))
+        }
+        _ => route_resources(broker, exchange, &agency, req, &method, &path).await,
+    }
+}
+
+/// What an agency sees of a purpose.
+fn describe_purpose(p: &crate::policy::Purpose) -> serde_json::Value {
+    json!({
+        "id": p.id, "title_vi": p.title_vi, "title_en": p.title_en, "legal_basis": p.legal_basis,
+        "read": p.read, "write": p.write, "price_vnd": p.price_vnd,
+    })
+}
+
+/// The `fields=a,b` query parameter as a list.
+fn requested_fields(req: &ReadRequest) -> Option<Vec<String>> {
+    req.query("fields").map(|f| {
+        f.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+}
+
+async fn route_resources(
+    broker: &Broker,
+    exchange: &mut Exchange,
+    agency: &Agency,
+    req: &ReadRequest,
+    method: &Method,
+    path: &str,
+) -> Result<Reply, ApiError> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["v1", "purposes", purpose, "release"]) => {
+            exchange.operation = "release_dry_run".into();
+            let purpose = canonical::authorize(broker, exchange, agency, Some(purpose))?;
+            let requested = requested_fields(req);
+            let fields = purpose.release_set(requested.as_deref(), &broker.schema)?;
+            let fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({ "purpose": purpose.id, "fields": fields }),
+            ))
+        }
+        (&Method::GET, ["v1", "citizens", id]) => {
+            let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
+            let id = canonical::citizen_id(exchange, id)?;
+            let requested = requested_fields(req);
+            let record = canonical::read(broker, exchange, purpose, &id, requested.as_deref()).await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({ "purpose": purpose.id, "citizen": record }),
+            ))
+        }
+        (&Method::POST, ["v1", "citizens", id, history]) if History::from_segment(history).is_some() => {
+            let history = History::from_segment(history).ok_or_else(|| ApiError::no_route(method, path))?;
+            let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
+            let id = canonical::citizen_id(exchange, id)?;
+            let entry: serde_json::Value = crate::admin::json_body(req)?;
+            if !entry.is_object() {
+                return Err(ApiError::unprocessable(
+                    "schema_violation",
+                    "/: the body must be a JSON object",
+                ));
+            }
+            let (status, stored) = canonical::append(broker, exchange, purpose, &id, history, entry).await?;
+            Ok(Reply::json(
+                status,
+                &json!({ "citizen_id": id.as_str(), history.field(): stored }),
+            ))
+        }
+        (_, ["v1", "citizens", ..]) | (_, ["v1", "purposes", ..]) => {
+            Err(ApiError::method_not_allowed(method, path))
+        }
+        _ => Err(ApiError::no_route(method, path)),
     }
 }
 
@@ -71,8 +155,37 @@ pub async fn record(_broker: &Broker, _side: Side, _exchange: &Exchange, reply: 
 /// Work to do once the last request has been answered (a final signed audit checkpoint).
 pub async fn on_shutdown(_broker: &Broker) {}
 
-/// Seed the demo population into an empty store (a no-op until the store stage exists).
-pub async fn seed_demo(_broker: &Broker, _citizens: usize) -> Result<(), crate::broker::StartError> {
+/// Seed a synthetic population into an empty store, validating every record like any other write.
+pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::broker::StartError> {
+    if broker.store.count() > 0 || citizens == 0 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut batch = Vec::with_capacity(10_000);
+    for record in crate::population::generate(citizens, 2021) {
+        canonical::validate_record(broker, &record).map_err(|e| {
+            crate::broker::StartError::Other(format!("synthetic record invalid: {}", e.message))
+        })?;
+        let id = record["citizen_id"].as_str().unwrap_or_default().to_string();
+        batch.push((id, record));
+        if batch.len() == 10_000 {
+            broker
+                .store
+                .put_many(std::mem::take(&mut batch))
+                .await
+                .map_err(|e| crate::broker::StartError::Other(e.message))?;
+        }
+    }
+    broker
+        .store
+        .put_many(batch)
+        .await
+        .map_err(|e| crate::broker::StartError::Other(e.message))?;
+    tracing::info!(
+        citizens,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "seeded synthetic population"
+    );
     Ok(())
 }
 

@@ -4,8 +4,13 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use crate::config::Config;
+use crate::policy::Catalogue;
 use crate::registry::Registry;
+use crate::schema::CitizenSchema;
+use crate::store::{CitizenStore, SledStore};
 use crate::tls::TlsConfigHandle;
 
 /// Why the broker could not start. The CLI prints it and exits with code 2 (config) or 1 (other).
@@ -40,6 +45,12 @@ pub struct Broker {
     pub admin_fingerprints: HashSet<String>,
     /// The agency registry.
     pub registry: Registry,
+    /// The canonical citizen record schema, compiled once.
+    pub schema: CitizenSchema,
+    /// The purpose catalogue.
+    pub catalogue: Catalogue,
+    /// Citizen records.
+    pub store: Arc<dyn CitizenStore>,
     /// The sled database (one process per database: admin changes go through the running broker).
     pub db: sled::Db,
 }
@@ -48,6 +59,10 @@ impl Broker {
     /// Open everything the config names. Fails fast, naming the file or key at fault.
     pub fn open(config: Config) -> Result<Self, StartError> {
         let tls = TlsConfigHandle::new(config.tls.clone())?;
+        let schema = CitizenSchema::load(config.catalogue.schema.as_deref())
+            .map_err(|e| StartError::Other(format!("schema: {e}")))?;
+        let catalogue = Catalogue::load(config.catalogue.purposes.as_deref(), &schema)
+            .map_err(|e| StartError::Other(format!("purpose catalogue: {e}")))?;
         let admin_fingerprints = config
             .tls
             .admin_certs
@@ -66,11 +81,15 @@ impl Broker {
             .open()
             .map_err(|e| store_err(describe_sled_error(e)))?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
+        let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
         Ok(Self {
             config,
             tls,
             admin_fingerprints,
             registry,
+            schema,
+            catalogue,
+            store,
             db,
         })
     }

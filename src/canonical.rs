@@ -1,0 +1,182 @@
+//! Stage: the canonical operations every channel sits on — read a citizen for a purpose, add an entry
+//! to a citizen's health history. The canonical HTTP API ([`crate::api`]) and every connector call these,
+//! so policy, store, quota and audit bookkeeping are written once.
+
+use chrono::Utc;
+use hyper::StatusCode;
+use serde_json::Value;
+
+use crate::broker::Broker;
+use crate::citizen_id::{check_consistency, CitizenId, Gender};
+use crate::error::ApiError;
+use crate::policy::{Purpose, Purpose as P};
+use crate::registry::Agency;
+use crate::server::Exchange;
+use crate::store::UpdateOutcome;
+
+/// A history list on the record that agencies append to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// `vaccinations`.
+    Vaccinations,
+    /// `test_results`.
+    TestResults,
+    /// `recoveries`.
+    Recoveries,
+}
+
+impl History {
+    /// The record field holding the list.
+    pub fn field(self) -> &'static str {
+        match self {
+            History::Vaccinations => "vaccinations",
+            History::TestResults => "test_results",
+            History::Recoveries => "recoveries",
+        }
+    }
+
+    /// The history named by a URL segment (`vaccinations`, `test-results`, `recoveries`).
+    pub fn from_segment(segment: &str) -> Option<Self> {
+        match segment {
+            "vaccinations" => Some(History::Vaccinations),
+            "test-results" => Some(History::TestResults),
+            "recoveries" => Some(History::Recoveries),
+            _ => None,
+        }
+    }
+}
+
+/// The declared purpose, checked against the catalogue and the agency: 400 `purpose_required`,
+/// 400 `unknown_purpose`, 403 `purpose_not_allowed`.
+pub fn authorize<'b>(
+    broker: &'b Broker,
+    exchange: &mut Exchange,
+    agency: &Agency,
+    purpose: Option<&str>,
+) -> Result<&'b Purpose, ApiError> {
+    let purpose = purpose.map(str::trim).filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::bad_request(
+            "purpose_required",
+            "declare the purpose of the request (?purpose=…)",
+        )
+    })?;
+    exchange.purpose = Some(purpose.to_string());
+    broker.catalogue.authorize(purpose, &agency.code)
+}
+
+/// A well-formed 12-digit ID, recorded on the exchange: 400 `invalid_citizen_id`.
+pub fn citizen_id(exchange: &mut Exchange, raw: &str) -> Result<CitizenId, ApiError> {
+    let id = CitizenId::parse(raw)?;
+    exchange.citizen_id = Some(id.as_str().to_string());
+    Ok(id)
+}
+
+/// Read one citizen for a purpose: the record projected onto what the purpose releases (intersected
+/// with `requested`). The exact released field paths are recorded on the exchange for the audit trail.
+pub async fn read(
+    broker: &Broker,
+    exchange: &mut Exchange,
+    purpose: &Purpose,
+    id: &CitizenId,
+    requested: Option<&[String]>,
+) -> Result<Value, ApiError> {
+    exchange.operation = "read".into();
+    let fields = purpose.release_set(requested, &broker.schema)?;
+    if fields.is_empty() {
+        return Err(ApiError::forbidden(
+            "forbidden_field",
+            format!("purpose {} releases no fields", purpose.id),
+        ));
+    }
+    let Some(mut record) = broker.store.get(id.as_str()).await? else {
+        return Err(ApiError::not_found(
+            "citizen_not_found",
+            format!("no citizen {id}"),
+        ));
+    };
+    crate::record::with_derived(&mut record, Utc::now());
+    let (projected, released) = P::project(&record, &fields);
+    exchange.fields = released;
+    Ok(projected)
+}
+
+/// Add one entry (vaccination, test result, recovery) to a citizen's history, idempotent on its
+/// `source_record_id`: a replay answers 200 with the stored entry, a different entry under the same
+/// id 409 `idempotency_conflict`. The whole record is schema-validated before anything is written.
+pub async fn append(
+    broker: &Broker,
+    exchange: &mut Exchange,
+    purpose: &Purpose,
+    id: &CitizenId,
+    history: History,
+    entry: Value,
+) -> Result<(StatusCode, Value), ApiError> {
+    exchange.operation = "write".into();
+    let field = history.field();
+    if !purpose.may_write(field) {
+        return Err(ApiError::forbidden(
+            "forbidden_field",
+            format!("purpose {} may not write {field}", purpose.id),
+        ));
+    }
+    let Some(source_id) = entry
+        .get("source_record_id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return Err(ApiError::unprocessable(
+            "schema_violation",
+            format!(
+                "/{field}/-/source_record_id: every entry needs a source_record_id (the idempotency key)"
+            ),
+        ));
+    };
+    let schema = &broker.schema;
+    let change = Box::new(move |record: &mut Value| -> Result<UpdateOutcome, ApiError> {
+        let list = record
+            .as_object_mut()
+            .ok_or_else(|| ApiError::internal("stored record is not an object"))?
+            .entry(field)
+            .or_insert_with(|| Value::Array(Vec::new()));
+        let items = list
+            .as_array_mut()
+            .ok_or_else(|| ApiError::internal("stored history is not a list"))?;
+        if let Some(existing) = items.iter().find(|e| e["source_record_id"] == source_id.as_str()) {
+            return if *existing == entry {
+                Ok(UpdateOutcome::Unchanged(existing.clone()))
+            } else {
+                Err(ApiError::conflict(
+                    "idempotency_conflict",
+                    format!("source_record_id {source_id} was already recorded with different content"),
+                ))
+            };
+        }
+        items.push(entry.clone());
+        schema.validate(record)?;
+        Ok(UpdateOutcome::Written(entry.clone()))
+    });
+    let outcome = broker.store.update(id.as_str(), change).await?;
+    exchange.fields = vec![field.to_string()];
+    Ok(match outcome {
+        UpdateOutcome::Written(e) => (StatusCode::CREATED, e),
+        UpdateOutcome::Unchanged(e) => (StatusCode::OK, e),
+    })
+}
+
+/// Validate a whole record before it is stored: the schema, then what JSON Schema cannot say (the ID
+/// agrees with the birth year and gender).
+pub fn validate_record(broker: &Broker, record: &Value) -> Result<(), ApiError> {
+    broker.schema.validate(record)?;
+    let id = CitizenId::parse(record["citizen_id"].as_str().unwrap_or_default())?;
+    let birth = record["birth_date"]
+        .as_str()
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        .ok_or_else(|| ApiError::unprocessable("schema_violation", "/birth_date: not a date"))?;
+    let gender: Gender = record["gender"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| ApiError::unprocessable("schema_violation", "/gender: not male or female"))?;
+    check_consistency(&id, birth, gender)?;
+    Ok(())
+}
