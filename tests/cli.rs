@@ -19,9 +19,29 @@ fn example_config_in(dir: &Path) -> std::path::PathBuf {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("lienthong.toml");
     let target = dir.join("lienthong.toml");
     std::fs::copy(example, &target).unwrap();
+    // The example names the repo's schemas and connectors relative to itself: bring them along.
+    for folder in ["schemas", "connectors"] {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
+        if from.is_dir() {
+            copy_dir(&from, &dir.join(folder));
+        }
+    }
     let out = lienthong(&["certs", "init", "--dir", "certs/demo"], dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     target
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 #[test]
