@@ -1,0 +1,381 @@
+//! Stage: audit — the on-disk format: entries and their hash, segment files, the base left by pruning,
+//! signed checkpoints and the signing key.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::AuditError;
+
+/// `prev_hash` of the first entry ever written.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Seqs beyond this are refused when read back, so no arithmetic on them can overflow.
+pub(crate) const MAX_SEQ: u64 = u64::MAX / 2;
+
+/// File holding the signed checkpoints, one JSON object per line.
+pub(crate) const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
+/// Ed25519 signing key, PKCS#8 DER, mode 0600.
+pub(crate) const KEY_FILE: &str = "checkpoint.key";
+/// The matching public key, lowercase hex, one line.
+pub(crate) const PUBLIC_KEY_FILE: &str = "checkpoint.pub";
+/// Where the remaining chain starts after pruning.
+pub(crate) const BASE_FILE: &str = "base.json";
+
+const SEGMENT_PREFIX: &str = "seg-";
+const SEGMENT_SUFFIX: &str = ".jsonl";
+const CHECKPOINT_DOMAIN: &str = "lienthong-audit-checkpoint-v1";
+
+/// What the pipeline knows about one request; the log adds `seq`, `time`, `prev_hash` and `hash`.
+///
+/// The field order here is part of the hash (see [`AuditEntry`]): never reorder, rename or remove a field.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct AuditRecord {
+    /// Agency code; `None` when unknown (e.g. an unregistered certificate).
+    pub agency: Option<String>,
+    /// SHA-256 hex of the client certificate.
+    pub cert_fingerprint: Option<String>,
+    /// Declared purpose.
+    pub purpose: Option<String>,
+    /// `"canonical"`, a connector name, or `"admin"`.
+    pub channel: String,
+    /// `"read"`, `"write"`, `"admin:<action>"`, …
+    pub operation: String,
+    /// The citizen concerned, if any.
+    pub citizen_id: Option<String>,
+    /// Exact field paths released or written.
+    pub fields: Vec<String>,
+    /// HTTP status answered.
+    pub status: u16,
+    /// Stable error code when the status is not 2xx.
+    pub error_code: Option<String>,
+    /// Request id, as answered to the client.
+    pub request_id: String,
+    /// Hex SHA-256 of the request body (an empty body hashes too).
+    pub request_sha256: String,
+    /// Bulk processing (e.g. contact tracing).
+    pub bulk: bool,
+}
+
+/// One line of the trail.
+///
+/// `hash = hex(SHA-256(prev_hash_hex ‖ canonical))`, where `canonical` is the compact serde_json encoding of
+/// the entry without `hash`, fields in this order: `seq, time, agency, cert_fingerprint, purpose, channel,
+/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, prev_hash`
+/// (`None` as `null`). The stored line is the same encoding with `hash` appended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// 1-based position in the chain.
+    pub seq: u64,
+    /// UTC, RFC 3339 with milliseconds, e.g. `2026-11-23T12:00:00.123Z`; never decreases along the chain.
+    pub time: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub record: AuditRecord,
+    /// `hash` of the previous entry ([`GENESIS_HASH`] for the first).
+    pub prev_hash: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+/// The entry as hashed: everything but `hash`, in the stored order.
+#[derive(Serialize)]
+struct Unhashed<'a> {
+    seq: u64,
+    time: &'a str,
+    #[serde(flatten)]
+    record: &'a AuditRecord,
+    prev_hash: &'a str,
+}
+
+impl AuditEntry {
+    /// Build an entry and compute its hash.
+    pub(crate) fn seal(
+        seq: u64,
+        time: String,
+        record: AuditRecord,
+        prev_hash: String,
+    ) -> Result<Self, AuditError> {
+        let mut entry = Self {
+            seq,
+            time,
+            record,
+            prev_hash,
+            hash: String::new(),
+        };
+        entry.hash = entry.compute_hash()?;
+        Ok(entry)
+    }
+
+    /// Recompute the hash from the other fields.
+    pub fn compute_hash(&self) -> Result<String, AuditError> {
+        let unhashed = Unhashed {
+            seq: self.seq,
+            time: &self.time,
+            record: &self.record,
+            prev_hash: &self.prev_hash,
+        };
+        let canonical = serde_json::to_vec(&unhashed).map_err(|e| AuditError::Corrupt(e.to_string()))?;
+        let mut hasher = Sha256::new();
+        hasher.update(self.prev_hash.as_bytes());
+        hasher.update(&canonical);
+        Ok(hex::encode(hasher.finalize()))
+    }
+
+    /// The stored line, without its newline.
+    pub(crate) fn to_line(&self) -> Result<String, AuditError> {
+        serde_json::to_string(self).map_err(|e| AuditError::Corrupt(e.to_string()))
+    }
+
+    /// Parse a stored line.
+    pub(crate) fn from_line(line: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(line).map_err(|e| format!("malformed entry: {e}"))
+    }
+
+    /// `time` parsed.
+    pub(crate) fn parsed_time(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&self.time)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+/// UTC, RFC 3339, milliseconds, `Z`.
+pub(crate) fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `t` cut to whole milliseconds, so a formatted time parses back to the same instant.
+pub(crate) fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// A segment file read into memory: everything up to the last newline, and whether bytes followed it.
+pub(crate) struct Segment {
+    data: Vec<u8>,
+    complete: usize,
+}
+
+impl Segment {
+    pub(crate) fn read(path: &Path) -> io::Result<Self> {
+        let data = fs::read(path)?;
+        let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        Ok(Self { data, complete })
+    }
+
+    /// Bytes after the last newline: a line torn by a crash mid-write.
+    pub(crate) fn torn(&self) -> bool {
+        self.complete < self.data.len()
+    }
+
+    /// Length of the file without the torn tail.
+    pub(crate) fn complete_len(&self) -> u64 {
+        self.complete as u64
+    }
+
+    /// The complete lines, without their newlines.
+    pub(crate) fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        let complete = &self.data[..self.complete];
+        let body = complete.strip_suffix(b"\n").unwrap_or(complete);
+        body.split(|b| *b == b'\n').filter(move |_| !complete.is_empty())
+    }
+
+    /// The last complete line.
+    pub(crate) fn last_line(&self) -> Option<&[u8]> {
+        self.lines().last()
+    }
+}
+
+/// File name of the segment whose first entry is `first_seq`; names sort by first seq.
+pub(crate) fn segment_name(first_seq: u64) -> String {
+    format!("{SEGMENT_PREFIX}{first_seq:020}{SEGMENT_SUFFIX}")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segment files in `dir`, by first seq.
+pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for item in fs::read_dir(dir)? {
+        let item = item?;
+        if let Some(first) = item.file_name().to_str().and_then(parse_segment_name) {
+            out.push((first, item.path()));
+        }
+    }
+    out.sort_by_key(|(first, _)| *first);
+    Ok(out)
+}
+
+/// Make a directory's entries (created, renamed, removed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Where the chain in `dir` starts: seq 1 from genesis, or what pruning recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Base {
+    pub(crate) seq: u64,
+    pub(crate) prev_hash: String,
+}
+
+impl Base {
+    pub(crate) fn read(dir: &Path) -> Result<Self, AuditError> {
+        match fs::read(dir.join(BASE_FILE)) {
+            Ok(bytes) => {
+                let base: Self = serde_json::from_slice(&bytes)
+                    .map_err(|e| AuditError::Corrupt(format!("{BASE_FILE}: {e}")))?;
+                if base.seq == 0 || base.seq > MAX_SEQ {
+                    return Err(AuditError::Corrupt(format!("{BASE_FILE}: seq out of range")));
+                }
+                Ok(base)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self {
+                seq: 1,
+                prev_hash: GENESIS_HASH.to_owned(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replace atomically: write a temporary file, sync it, rename it over, sync the folder.
+    pub(crate) fn write(&self, dir: &Path) -> Result<(), AuditError> {
+        let tmp = dir.join(format!("{BASE_FILE}.tmp"));
+        let bytes = serde_json::to_vec(self).map_err(|e| AuditError::Corrupt(e.to_string()))?;
+        let mut file = File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        fs::rename(&tmp, dir.join(BASE_FILE))?;
+        sync_dir(dir)?;
+        Ok(())
+    }
+}
+
+/// A signed statement "the chain had `seq` entries and its head was `hash`".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub(crate) seq: u64,
+    pub(crate) hash: String,
+    pub(crate) time: String,
+    /// Ed25519 over [`Checkpoint::message`], hex.
+    pub(crate) signature: String,
+}
+
+impl Checkpoint {
+    pub(crate) fn sign(key: &Ed25519KeyPair, seq: u64, hash: String, time: String) -> Self {
+        let signature = hex::encode(key.sign(&Self::message(seq, &hash, &time)).as_ref());
+        Self {
+            seq,
+            hash,
+            time,
+            signature,
+        }
+    }
+
+    /// Domain-separated so a checkpoint signature can never be replayed as anything else.
+    fn message(seq: u64, hash: &str, time: &str) -> Vec<u8> {
+        format!("{CHECKPOINT_DOMAIN}\n{seq}\n{hash}\n{time}").into_bytes()
+    }
+
+    pub(crate) fn signature_valid(&self, public_key: &[u8]) -> bool {
+        let Ok(signature) = hex::decode(&self.signature) else {
+            return false;
+        };
+        UnparsedPublicKey::new(&ED25519, public_key)
+            .verify(&Self::message(self.seq, &self.hash, &self.time), &signature)
+            .is_ok()
+    }
+}
+
+/// The checkpoints file, parsed. A torn last line (crash mid-write) is left out and reported.
+pub(crate) struct Checkpoints {
+    pub(crate) list: Vec<Checkpoint>,
+    pub(crate) complete_len: u64,
+    pub(crate) torn: bool,
+}
+
+impl Checkpoints {
+    pub(crate) fn read(dir: &Path) -> Result<Self, AuditError> {
+        let path = dir.join(CHECKPOINTS_FILE);
+        if !path.exists() {
+            return Ok(Self {
+                list: Vec::new(),
+                complete_len: 0,
+                torn: false,
+            });
+        }
+        let segment = Segment::read(&path)?;
+        let mut list = Vec::new();
+        for (i, line) in segment.lines().enumerate() {
+            let checkpoint = serde_json::from_slice(line)
+                .map_err(|e| AuditError::Corrupt(format!("{CHECKPOINTS_FILE} line {}: {e}", i + 1)))?;
+            list.push(checkpoint);
+        }
+        Ok(Self {
+            list,
+            complete_len: segment.complete_len(),
+            torn: segment.torn(),
+        })
+    }
+}
+
+/// Load the signing key, creating it (mode 0600) and its public half on first use.
+pub(crate) fn load_or_create_key(dir: &Path) -> Result<Ed25519KeyPair, AuditError> {
+    let key_path = dir.join(KEY_FILE);
+    let pkcs8 = match fs::read(&key_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                .map_err(|_| AuditError::Io("cannot generate the checkpoint signing key".into()))?;
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&key_path)?;
+            file.write_all(doc.as_ref())?;
+            file.sync_all()?;
+            doc.as_ref().to_vec()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let key = Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .map_err(|e| AuditError::Corrupt(format!("{KEY_FILE}: not an Ed25519 PKCS#8 key ({e})")))?;
+    let public_hex = hex::encode(key.public_key().as_ref());
+    let pub_path = dir.join(PUBLIC_KEY_FILE);
+    match fs::read_to_string(&pub_path) {
+        Ok(text) if text.trim() == public_hex => {}
+        Ok(_) => {
+            return Err(AuditError::Corrupt(format!(
+                "{PUBLIC_KEY_FILE} does not match {KEY_FILE}"
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut file = File::create(&pub_path)?;
+            file.write_all(format!("{public_hex}\n").as_bytes())?;
+            file.sync_all()?;
+            sync_dir(dir)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(key)
+}
+
+/// The public key written beside the signing key.
+pub(crate) fn read_public_key(dir: &Path) -> Result<Vec<u8>, String> {
+    let text = fs::read_to_string(dir.join(PUBLIC_KEY_FILE))
+        .map_err(|e| format!("cannot read {PUBLIC_KEY_FILE}: {e}"))?;
+    hex::decode(text.trim()).map_err(|e| format!("{PUBLIC_KEY_FILE} is not hex: {e}"))
+}

@@ -1,0 +1,367 @@
+//! Stage: audit — the append-only, hash-chained, tamper-evident audit trail.
+//!
+//! Every request on the agency listener (served, refused or failed) and every admin change appends one
+//! [`AuditEntry`], durable (`fdatasync`) before the response is written. sled's flush is not enough for that
+//! (it uses `sync_file_range`; sled issues #1351, #1452), so the chain lives in append-only segment files
+//! synced here, with group commit across concurrent requests; sled is only the query index.
+//!
+//! Layout of the trail's folder:
+//!
+//! | file | content |
+//! |---|---|
+//! | `seg-<first seq, 20 digits>.jsonl` | one entry per line, in seq order; names sort by first seq |
+//! | `checkpoints.jsonl` | signed heads `{"seq", "hash", "time", "signature"}` |
+//! | `checkpoint.key`, `checkpoint.pub` | Ed25519 signing key (PKCS#8, mode 0600) and its public key (hex) |
+//! | `base.json` | after pruning: `{"seq", "prev_hash"}` of the first entry left |
+//!
+//! The hash of each entry is described on [`AuditEntry`]. A checkpoint signs
+//! `"lienthong-audit-checkpoint-v1\n{seq}\n{hash}\n{time}"`.
+
+mod format;
+mod index;
+mod offline;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, OpenOptions};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+
+pub use format::{AuditEntry, AuditRecord, GENESIS_HASH};
+pub use offline::{archive_and_prune, export, verify_dir, VerifyFailure, VerifyReport};
+
+use format::{list_segments, load_or_create_key, Base, Checkpoints, Segment, CHECKPOINTS_FILE, MAX_SEQ};
+use index::Index;
+use writer::{Cmd, OpenSegment, Shared, Writer, MAX_BATCH};
+
+/// Why the trail could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    /// The entry could not be made durable (disk full, read-only, I/O error, writer gone). The broker
+    /// answers 503 `audit_unavailable` and does not serve the request.
+    #[error("audit trail unavailable: {0}")]
+    Unavailable(String),
+    /// The sled query index failed.
+    #[error("audit index: {0}")]
+    Index(String),
+    /// The files are not what this module writes; run `audit verify`.
+    #[error("audit trail corrupt: {0}")]
+    Corrupt(String),
+    /// Reading or preparing the trail failed.
+    #[error("audit trail I/O: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for AuditError {
+    fn from(e: std::io::Error) -> Self {
+        AuditError::Io(e.to_string())
+    }
+}
+
+impl From<AuditError> for crate::error::ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Unavailable(cause) => {
+                tracing::error!(%cause, "audit trail unavailable");
+                crate::error::ApiError::unavailable(
+                    "audit_unavailable",
+                    "the audit trail cannot record this request; retry later",
+                )
+            }
+            other => crate::error::ApiError::internal(other),
+        }
+    }
+}
+
+/// Admin search filters; `None` matches anything. Times are a half-open range `[from, to)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Agency code.
+    pub agency: Option<String>,
+    /// Declared purpose.
+    pub purpose: Option<String>,
+    /// HTTP status answered.
+    pub status: Option<u16>,
+    /// The citizen concerned.
+    pub citizen_id: Option<String>,
+    /// Entries at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Entries strictly before this time.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Tuning of [`AuditLog::open_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditOptions {
+    /// Sign a checkpoint every this many entries (0: only when asked).
+    pub checkpoint_every: u64,
+    /// Start a new segment once the current one reaches this size…
+    pub segment_max_bytes: u64,
+    /// …or this many entries. Checked between batches, so a segment may overshoot by one batch.
+    pub segment_max_entries: u64,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1000,
+            segment_max_bytes: 64 << 20,
+            segment_max_entries: 100_000,
+        }
+    }
+}
+
+/// The open trail. Cheap to share (`Arc<AuditLog>`); the writer thread stops once every handle is dropped,
+/// after answering what was queued.
+pub struct AuditLog {
+    tx: mpsc::Sender<Cmd>,
+    shared: Arc<Shared>,
+    index: Index,
+}
+
+impl AuditLog {
+    /// Open (or create) the trail in `dir`, using `index` (the broker's one sled database) for queries.
+    /// Cuts a torn last line (a crash mid-write), re-indexes any entries the index lacks (and drops what it
+    /// has beyond the chain), creates the checkpoint signing key on first open, and starts the writer thread.
+    pub fn open(dir: &Path, index: sled::Db, checkpoint_every: u64) -> Result<Arc<Self>, AuditError> {
+        Self::open_with(
+            dir,
+            index,
+            AuditOptions {
+                checkpoint_every,
+                ..AuditOptions::default()
+            },
+        )
+    }
+
+    /// [`AuditLog::open`] with every knob.
+    pub fn open_with(dir: &Path, db: sled::Db, options: AuditOptions) -> Result<Arc<Self>, AuditError> {
+        fs::create_dir_all(dir)?;
+        let key = load_or_create_key(dir)?;
+        let base = Base::read(dir)?;
+        let segments = list_segments(dir)?;
+
+        let mut head = (base.seq - 1, base.prev_hash.clone());
+        let mut last_time = DateTime::<Utc>::UNIX_EPOCH;
+        let mut segment = None;
+        for (i, (_, path)) in segments.iter().enumerate().rev() {
+            let contents = Segment::read(path)?;
+            if i + 1 == segments.len() {
+                let file = OpenOptions::new().append(true).open(path)?;
+                if contents.torn() {
+                    tracing::warn!(segment = %path.display(), "cutting a torn last audit line");
+                    file.set_len(contents.complete_len())?;
+                    file.sync_data()?;
+                }
+                let entries = contents.lines().count() as u64;
+                segment = Some(OpenSegment {
+                    file,
+                    len: contents.complete_len(),
+                    entries,
+                });
+            }
+            let Some(line) = contents.last_line() else {
+                continue;
+            };
+            let entry = AuditEntry::from_line(line).map_err(AuditError::Corrupt)?;
+            if entry.seq >= base.seq {
+                if entry.seq > MAX_SEQ || entry.compute_hash()? != entry.hash {
+                    return Err(AuditError::Corrupt(format!(
+                        "entry {}: hash mismatch; run audit verify",
+                        entry.seq
+                    )));
+                }
+                last_time = entry.parsed_time().unwrap_or(last_time);
+                head = (entry.seq, entry.hash);
+            }
+            break;
+        }
+
+        let checkpoints = Checkpoints::read(dir)?;
+        let checkpoints_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(CHECKPOINTS_FILE))?;
+        if checkpoints.torn {
+            checkpoints_file.set_len(checkpoints.complete_len)?;
+            checkpoints_file.sync_data()?;
+        }
+        let last_checkpoint_seq = checkpoints.list.iter().map(|c| c.seq).max().unwrap_or(0);
+        if last_checkpoint_seq > head.0 {
+            return Err(AuditError::Corrupt(format!(
+                "a signed checkpoint says the trail reached seq {last_checkpoint_seq}, it ends at {}; \
+                 run audit verify",
+                head.0
+            )));
+        }
+
+        let index = Index::open(&db)?;
+        reconcile_index(&index, &segments, &base, &head)?;
+
+        let shared = Arc::new(Shared {
+            head: Mutex::new(head.clone()),
+            fail_writes: AtomicBool::new(false),
+            fsyncs: AtomicU64::new(0),
+        });
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            options,
+            segment,
+            needs_repair: false,
+            seq: head.0,
+            head_hash: head.1,
+            last_time,
+            key,
+            checkpoints: checkpoints_file,
+            checkpoints_len: checkpoints.complete_len,
+            checkpoints_need_repair: false,
+            last_checkpoint_seq,
+            shared: Arc::clone(&shared),
+            index: index.clone(),
+        };
+        let (tx, rx) = mpsc::channel(2 * MAX_BATCH);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Arc::new(Self { tx, shared, index }))
+    }
+
+    /// Append `record`; returns once the entry is on disk (`fdatasync`). Concurrent calls share one sync.
+    /// On failure nothing of the entry remains and later appends work again once the disk does.
+    pub async fn append(&self, record: AuditRecord) -> Result<AuditEntry, AuditError> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || AuditError::Unavailable("the audit writer has stopped".into());
+        self.tx
+            .send(Cmd::Append(record, reply))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// `(count, head hash)`: the seq of the last durable entry and its hash.
+    pub fn head(&self) -> (u64, String) {
+        self.shared.head.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Entries for one citizen, newest first, with seq below `before_seq`, at most `limit`.
+    pub fn for_citizen(
+        &self,
+        citizen_id: &str,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, AuditError> {
+        let filter = AuditFilter {
+            citizen_id: Some(citizen_id.to_owned()),
+            ..AuditFilter::default()
+        };
+        self.index.search(&filter, before_seq, limit)
+    }
+
+    /// Admin search, newest first, with seq below `before_seq`, at most `limit`.
+    pub fn search(
+        &self,
+        filter: &AuditFilter,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, AuditError> {
+        self.index.search(filter, before_seq, limit)
+    }
+
+    /// Sign a checkpoint of the head now (on shutdown; the writer also does it every `checkpoint_every`
+    /// entries). Covers every append queued before this call. Does nothing if the head is already signed.
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || AuditError::Unavailable("the audit writer has stopped".into());
+        self.tx.send(Cmd::Checkpoint(reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Chaos hook for tests: while on, every append (and checkpoint) fails as if the disk were full.
+    pub fn set_fail_writes(&self, on: bool) {
+        self.shared.fail_writes.store(on, Ordering::SeqCst);
+    }
+
+    /// Segment `fdatasync` calls so far (fewer than appends when group commit works).
+    pub fn fsync_count(&self) -> u64 {
+        self.shared.fsyncs.load(Ordering::Relaxed)
+    }
+}
+
+/// Make the index describe exactly the chain `[base.seq, head]`: drop what lies outside, start over if it
+/// describes another chain, and add what it lacks from the segments.
+fn reconcile_index(
+    index: &Index,
+    segments: &[(u64, std::path::PathBuf)],
+    base: &Base,
+    head: &(u64, String),
+) -> Result<(), AuditError> {
+    index.retain_range(base.seq, head.0)?;
+    let mut from = match index.last_seq()? {
+        Some(last) => {
+            let linked = index.get(last)?.map(|e| e.hash);
+            if last == head.0 && linked.as_ref() != Some(&head.1) {
+                index.clear()?;
+                base.seq
+            } else {
+                last + 1
+            }
+        }
+        None => base.seq,
+    };
+    if from > head.0 {
+        return Ok(());
+    }
+    for attempt in 0..2 {
+        let mut expected_prev = if from > base.seq {
+            index.get(from - 1)?.map(|e| e.hash)
+        } else {
+            None
+        };
+        let mut batch = Vec::new();
+        let mut relinked = true;
+        'walk: for (i, (_, path)) in segments.iter().enumerate() {
+            // Skip segments that end before `from`.
+            if segments
+                .get(i + 1)
+                .is_some_and(|(next_first, _)| *next_first <= from)
+            {
+                continue;
+            }
+            let contents = Segment::read(path)?;
+            for line in contents.lines() {
+                let entry = AuditEntry::from_line(line).map_err(AuditError::Corrupt)?;
+                if entry.seq < from {
+                    continue;
+                }
+                if let Some(prev) = expected_prev.take() {
+                    if prev != entry.prev_hash {
+                        relinked = false;
+                        break 'walk;
+                    }
+                }
+                let line = String::from_utf8_lossy(line).into_owned();
+                batch.push((entry, line));
+                if batch.len() >= 1024 {
+                    index.insert(&batch)?;
+                    batch.clear();
+                }
+            }
+        }
+        if relinked {
+            index.insert(&batch)?;
+            return Ok(());
+        }
+        if attempt == 0 {
+            // The index was built from another chain: rebuild it.
+            index.clear()?;
+            from = base.seq;
+        }
+    }
+    Err(AuditError::Index("cannot rebuild the audit index".into()))
+}

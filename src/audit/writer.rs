@@ -1,0 +1,254 @@
+//! Stage: audit — the writer thread: group commit of appends into segment files, one `fdatasync` per
+//! batch, then the index, then the answers; signed checkpoints.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use ring::signature::Ed25519KeyPair;
+use tokio::sync::{mpsc, oneshot};
+
+use super::format::{format_time, segment_name, sync_dir, truncate_ms, Checkpoint, CHECKPOINTS_FILE};
+use super::index::Index;
+use super::{AuditEntry, AuditError, AuditOptions, AuditRecord};
+
+/// Most records committed by one `fdatasync`.
+pub(crate) const MAX_BATCH: usize = 4096;
+
+// Nearly every command is an append, so boxing the record would only add an allocation per entry.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Cmd {
+    Append(AuditRecord, oneshot::Sender<Result<AuditEntry, AuditError>>),
+    Checkpoint(oneshot::Sender<Result<(), AuditError>>),
+}
+
+/// State read by the handles while the writer owns the files.
+pub(crate) struct Shared {
+    pub(crate) head: Mutex<(u64, String)>,
+    pub(crate) fail_writes: AtomicBool,
+    pub(crate) fsyncs: AtomicU64,
+}
+
+/// The segment being appended to.
+pub(crate) struct OpenSegment {
+    pub(crate) file: File,
+    /// Length of what is known to be whole and synced; anything beyond is a failed write to cut.
+    pub(crate) len: u64,
+    pub(crate) entries: u64,
+}
+
+pub(crate) struct Writer {
+    pub(crate) dir: PathBuf,
+    pub(crate) options: AuditOptions,
+    pub(crate) segment: Option<OpenSegment>,
+    /// A failed write may have left bytes past `segment.len` that could not be cut yet.
+    pub(crate) needs_repair: bool,
+    pub(crate) seq: u64,
+    pub(crate) head_hash: String,
+    pub(crate) last_time: DateTime<Utc>,
+    pub(crate) key: Ed25519KeyPair,
+    pub(crate) checkpoints: File,
+    pub(crate) checkpoints_len: u64,
+    /// A failed checkpoint write could not be cut back yet.
+    pub(crate) checkpoints_need_repair: bool,
+    pub(crate) last_checkpoint_seq: u64,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) index: Index,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> AuditError {
+    AuditError::Unavailable(e.to_string())
+}
+
+fn simulated_disk_full() -> io::Error {
+    io::Error::new(io::ErrorKind::StorageFull, "simulated: no space left on device")
+}
+
+impl Writer {
+    /// Serve until every handle is gone.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut appends = Vec::new();
+            let mut checkpoints = Vec::new();
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Cmd::Append(record, reply) => appends.push((record, reply)),
+                    Cmd::Checkpoint(reply) => checkpoints.push(reply),
+                }
+                if appends.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !appends.is_empty() {
+                let (records, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
+                match self.commit(records) {
+                    Ok(entries) => {
+                        if let Err(e) = self.index.insert(&entries) {
+                            // The entries are durable; the index catches up when the trail is next opened.
+                            tracing::error!(error = %e, "audit index update failed");
+                        }
+                        for ((entry, _), reply) in entries.into_iter().zip(replies) {
+                            let _ = reply.send(Ok(entry));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit append failed");
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+            let due = self.options.checkpoint_every > 0
+                && self.seq.saturating_sub(self.last_checkpoint_seq) >= self.options.checkpoint_every;
+            if due || !checkpoints.is_empty() {
+                let result = self.checkpoint();
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "audit checkpoint failed");
+                }
+                for reply in checkpoints {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
+    }
+
+    /// Write one batch and sync it. On any failure nothing of the batch remains and the head is unchanged.
+    fn commit(&mut self, records: Vec<AuditRecord>) -> Result<Vec<(AuditEntry, String)>, AuditError> {
+        let now = truncate_ms(Utc::now());
+        // The clock may step back; the trail's times never do, so range queries can stop early.
+        let time = if now > self.last_time { now } else { self.last_time };
+        let time_text = format_time(time);
+        let mut seq = self.seq;
+        let mut prev = self.head_hash.clone();
+        let mut buf = Vec::new();
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            seq += 1;
+            let entry = AuditEntry::seal(seq, time_text.clone(), record, prev)?;
+            let line = entry.to_line()?;
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            prev = entry.hash.clone();
+            out.push((entry, line));
+        }
+        let count = out.len() as u64;
+
+        let shared = Arc::clone(&self.shared);
+        let fail = shared.fail_writes.load(Ordering::SeqCst);
+        let segment = self.prepare_segment()?;
+        let good_len = segment.len;
+        let written = if fail {
+            // Write part of the batch first, so the chaos hook exercises the cut-back path.
+            segment
+                .file
+                .write_all(&buf[..buf.len() / 2])
+                .and_then(|()| Err(simulated_disk_full()))
+        } else {
+            segment.file.write_all(&buf).and_then(|()| {
+                shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                segment.file.sync_data()
+            })
+        };
+        if let Err(e) = written {
+            let cut = segment
+                .file
+                .set_len(good_len)
+                .and_then(|()| segment.file.sync_data());
+            self.needs_repair = cut.is_err();
+            return Err(unavailable(e));
+        }
+        segment.len += buf.len() as u64;
+        segment.entries += count;
+        self.seq = seq;
+        self.head_hash = prev.clone();
+        self.last_time = time;
+        let mut head = self.shared.head.lock().unwrap_or_else(|e| e.into_inner());
+        *head = (seq, prev);
+        Ok(out)
+    }
+
+    /// The segment to append to: cut back a failed write, and start a new segment when this one is full.
+    fn prepare_segment(&mut self) -> Result<&mut OpenSegment, AuditError> {
+        if self.needs_repair {
+            if let Some(segment) = &self.segment {
+                segment.file.set_len(segment.len).map_err(unavailable)?;
+                segment.file.sync_data().map_err(unavailable)?;
+            }
+            self.needs_repair = false;
+        }
+        let full = self.segment.as_ref().is_none_or(|s| {
+            s.entries > 0
+                && (s.len >= self.options.segment_max_bytes || s.entries >= self.options.segment_max_entries)
+        });
+        if full {
+            let path = self.dir.join(segment_name(self.seq + 1));
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(unavailable)?;
+            let len = file.metadata().map_err(unavailable)?.len();
+            if len != 0 {
+                return Err(AuditError::Corrupt(format!(
+                    "{} exists and is not empty",
+                    path.display()
+                )));
+            }
+            sync_dir(&self.dir).map_err(unavailable)?;
+            self.segment = Some(OpenSegment {
+                file,
+                len: 0,
+                entries: 0,
+            });
+        }
+        self.segment
+            .as_mut()
+            .ok_or_else(|| unavailable("no open segment"))
+    }
+
+    /// Sign the current head and append it to the checkpoints file (synced).
+    fn checkpoint(&mut self) -> Result<(), AuditError> {
+        if self.seq == 0 || self.seq == self.last_checkpoint_seq {
+            return Ok(());
+        }
+        if self.shared.fail_writes.load(Ordering::SeqCst) {
+            return Err(unavailable(simulated_disk_full()));
+        }
+        if self.checkpoints_need_repair {
+            self.checkpoints
+                .set_len(self.checkpoints_len)
+                .map_err(unavailable)?;
+            self.checkpoints_need_repair = false;
+        }
+        let checkpoint = Checkpoint::sign(
+            &self.key,
+            self.seq,
+            self.head_hash.clone(),
+            format_time(Utc::now()),
+        );
+        let mut line = serde_json::to_vec(&checkpoint).map_err(unavailable)?;
+        line.push(b'\n');
+        let written = self
+            .checkpoints
+            .write_all(&line)
+            .and_then(|()| self.checkpoints.sync_data());
+        if let Err(e) = written {
+            if self.checkpoints.set_len(self.checkpoints_len).is_err() {
+                tracing::error!(
+                    file = CHECKPOINTS_FILE,
+                    "cannot cut back a failed checkpoint write yet"
+                );
+                self.checkpoints_need_repair = true;
+            }
+            return Err(unavailable(e));
+        }
+        self.checkpoints_len += line.len() as u64;
+        self.last_checkpoint_seq = self.seq;
+        Ok(())
+    }
+}
