@@ -4,6 +4,7 @@
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
+use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::canonical::{self, History};
 use crate::error::ApiError;
@@ -148,12 +149,55 @@ async fn route_resources(
 
 /// Record the exchange in the audit trail, then hand back the reply to send. If the trail cannot be
 /// written the reply is replaced by 503 `audit_unavailable`: nothing leaves unaccounted.
-pub async fn record(_broker: &Broker, _side: Side, _exchange: &Exchange, reply: Reply) -> Reply {
-    reply
+/// Health checks on the admin listener are not recorded (they touch no data and no registry).
+pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, reply: Reply) -> Reply {
+    if side == Side::Admin && exchange.operation == "health" {
+        return reply;
+    }
+    let entry = AuditRecord {
+        agency: exchange.agency.clone(),
+        cert_fingerprint: Some(exchange.peer.fingerprint_sha256.clone()),
+        purpose: exchange.purpose.clone(),
+        channel: exchange.channel.clone(),
+        operation: if exchange.operation.is_empty() {
+            exchange.route.clone()
+        } else {
+            exchange.operation.clone()
+        },
+        citizen_id: exchange.citizen_id.clone(),
+        // A refused or failed request released nothing, whatever the stages had noted.
+        fields: if reply.status.is_success() {
+            exchange.fields.clone()
+        } else {
+            Vec::new()
+        },
+        status: reply.status.as_u16(),
+        error_code: reply.error_code.map(str::to_string),
+        request_id: exchange.request_id.clone(),
+        request_sha256: exchange.body_sha256.clone(),
+        bulk: exchange.bulk,
+    };
+    match broker.audit.append(entry).await {
+        Ok(_) => reply,
+        Err(e) => {
+            tracing::error!(error = %e, "audit append failed; withholding the answer");
+            Reply::error(
+                &ApiError::unavailable(
+                    "audit_unavailable",
+                    "the audit trail cannot be written; nothing was released",
+                ),
+                &exchange.request_id,
+            )
+        }
+    }
 }
 
-/// Work to do once the last request has been answered (a final signed audit checkpoint).
-pub async fn on_shutdown(_broker: &Broker) {}
+/// Work to do once the last request has been answered: a final signed audit checkpoint.
+pub async fn on_shutdown(broker: &Broker) {
+    if let Err(e) = broker.audit.checkpoint().await {
+        tracing::error!(error = %e, "final audit checkpoint failed");
+    }
+}
 
 /// Seed a synthetic population into an empty store, validating every record like any other write.
 pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::broker::StartError> {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use std::sync::Arc;
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::policy::Catalogue;
 use crate::registry::Registry;
@@ -51,6 +52,8 @@ pub struct Broker {
     pub catalogue: Catalogue,
     /// Citizen records.
     pub store: Arc<dyn CitizenStore>,
+    /// The audit trail.
+    pub audit: Arc<AuditLog>,
     /// The sled database (one process per database: admin changes go through the running broker).
     pub db: sled::Db,
 }
@@ -82,6 +85,8 @@ impl Broker {
             .map_err(|e| store_err(describe_sled_error(e)))?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
+        let audit = AuditLog::open(&data_dir.join("audit"), db.clone(), config.audit.checkpoint_every)
+            .map_err(|e| store_err(format!("audit trail: {e}")))?;
         Ok(Self {
             config,
             tls,
@@ -90,6 +95,7 @@ impl Broker {
             schema,
             catalogue,
             store,
+            audit,
             db,
         })
     }
