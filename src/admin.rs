@@ -119,6 +119,10 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 .map_err(|e| ApiError::unprocessable("tls_reload_failed", e.to_string()))?;
             ok(json!({ "reloaded": true }))
         }
+        (&Method::GET, ["admin", "v1", "audit", action]) => {
+            exchange.operation = format!("admin:audit_{action}");
+            crate::audit_api::admin_route(broker, req, action)
+        }
         _ => Err(ApiError::no_route(&method, &path)),
     }
 }

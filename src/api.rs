@@ -123,6 +123,23 @@ async fn route_resources(
                 &json!({ "purpose": purpose.id, "citizen": record }),
             ))
         }
+        (&Method::GET, ["v1", "citizens", id, "access-log"]) => {
+            exchange.operation = "access_log".into();
+            let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
+            if purpose.id != "citizen-self-service" {
+                return Err(ApiError::forbidden(
+                    "purpose_not_allowed",
+                    "the access log is released only under purpose citizen-self-service",
+                ));
+            }
+            let id = canonical::citizen_id(exchange, id)?;
+            let log = crate::audit_api::access_log(broker, req, &id)?;
+            exchange.fields = vec!["access_log".into()];
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({ "citizen_id": id.as_str(), "access_log": log }),
+            ))
+        }
         (&Method::POST, ["v1", "citizens", id, history]) if History::from_segment(history).is_some() => {
             let history = History::from_segment(history).ok_or_else(|| ApiError::no_route(method, path))?;
             let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;

@@ -64,6 +64,13 @@ pub enum Command {
         #[command(subcommand)]
         action: CertsCommand,
     },
+    /// The audit trail, offline: works on a stopped broker's data dir (the admin API has the same checks
+    /// on a running one: `/admin/v1/audit/verify`).
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
     /// Manage agencies through a running broker's admin API.
     Agency {
         /// How to reach the admin API.
@@ -86,6 +93,46 @@ pub enum CertsCommand {
         /// Client certificate names (agency codes and `admin`).
         #[arg(long = "client", default_values_t = ["moh".to_string(), "pccovid".into(), "dvc".into(), "admin".into()])]
         clients: Vec<String>,
+    },
+}
+
+/// `lienthong audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the whole chain and the signed checkpoints: exit 0 with the count and head hash, or exit 1
+    /// naming the first broken or missing entry.
+    Verify {
+        /// The broker's data dir (the trail is in its `audit/` folder).
+        #[arg(long, default_value = "data/demo")]
+        data_dir: PathBuf,
+    },
+    /// Write entries as JSON Lines (for an archive or a SIEM), `--from` inclusive, `--to` exclusive.
+    Export {
+        /// The broker's data dir.
+        #[arg(long, default_value = "data/demo")]
+        data_dir: PathBuf,
+        /// RFC 3339 start time.
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 end time.
+        #[arg(long)]
+        to: Option<String>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Retention: move whole segments older than `--before` into an archive file and delete them; what is
+    /// left still verifies (the archive carries the hash it continues from). Run on a stopped broker.
+    Prune {
+        /// The broker's data dir.
+        #[arg(long, default_value = "data/demo")]
+        data_dir: PathBuf,
+        /// RFC 3339 cut-off: entries before it may go.
+        #[arg(long)]
+        before: String,
+        /// Archive file to write (JSON Lines).
+        #[arg(long)]
+        archive: PathBuf,
     },
 }
 
@@ -222,6 +269,7 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Agency { admin, action } => return agency_command(admin, action).await,
+        Command::Audit { action } => return audit_command(action),
     };
     match result {
         Ok(()) => 0,
@@ -372,6 +420,97 @@ async fn agency_command(admin: AdminTarget, action: AgencyCommand) -> i32 {
                 admin.admin_addr
             );
             1
+        }
+    }
+}
+
+fn parse_time(name: &str, value: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+    value
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| format!("--{name} {v:?}: not an RFC 3339 time ({e})"))
+        })
+        .transpose()
+}
+
+fn audit_command(action: AuditCommand) -> i32 {
+    let fail = |code: i32, message: String| {
+        eprintln!("lienthong: {message}");
+        code
+    };
+    match action {
+        AuditCommand::Verify { data_dir } => {
+            let dir = data_dir.join("audit");
+            if !dir.is_dir() {
+                return fail(2, format!("{}: no audit trail here", dir.display()));
+            }
+            match crate::audit::verify_dir(&dir) {
+                Ok(r) => {
+                    println!(
+                        "ok: {} entries (seq {}..={}), {} signed checkpoints, head {}{}",
+                        r.count,
+                        r.first_seq,
+                        r.first_seq + r.count.saturating_sub(1),
+                        r.checkpoints,
+                        r.head_hash,
+                        if r.torn_tail {
+                            " (a torn, unacknowledged last line will be cut on next start)"
+                        } else {
+                            ""
+                        }
+                    );
+                    0
+                }
+                Err(f) => fail(1, format!("audit chain broken: {f}")),
+            }
+        }
+        AuditCommand::Export {
+            data_dir,
+            from,
+            to,
+            out,
+        } => {
+            let (from, to) = match (
+                parse_time("from", from.as_deref()),
+                parse_time("to", to.as_deref()),
+            ) {
+                (Ok(f), Ok(t)) => (f, t),
+                (Err(e), _) | (_, Err(e)) => return fail(2, e),
+            };
+            let mut writer: Box<dyn std::io::Write> = match &out {
+                Some(path) => match std::fs::File::create(path) {
+                    Ok(f) => Box::new(std::io::BufWriter::new(f)),
+                    Err(e) => return fail(1, format!("{}: {e}", path.display())),
+                },
+                None => Box::new(std::io::stdout().lock()),
+            };
+            match crate::audit::export(&data_dir.join("audit"), from, to, &mut writer) {
+                Ok(n) => {
+                    let _ = writer.flush();
+                    eprintln!("exported {n} entries");
+                    0
+                }
+                Err(e) => fail(1, e.to_string()),
+            }
+        }
+        AuditCommand::Prune {
+            data_dir,
+            before,
+            archive,
+        } => {
+            let before = match parse_time("before", Some(&before)) {
+                Ok(Some(t)) => t,
+                Ok(None) => return fail(2, "--before is required".into()),
+                Err(e) => return fail(2, e),
+            };
+            match crate::audit::archive_and_prune(&data_dir.join("audit"), before, &archive) {
+                Ok(n) => {
+                    println!("archived {n} entries to {}", archive.display());
+                    0
+                }
+                Err(e) => fail(1, e.to_string()),
+            }
         }
     }
 }

@@ -24,6 +24,7 @@
 //! | [`store`] | citizen records, behind the [`store::CitizenStore`] seam (sled by default) |
 //! | [`audit`] | the append-only, hash-chained audit trail |
 //! | [`canonical`] | the canonical operations (read for a purpose, append history) every channel uses |
+//! | [`audit_api`] | the audit trail for operators (head, verify, search) and citizens (who read my data) |
 //! | [`api`] | the canonical API on the agency listener |
 //! | [`admin`] | the admin API on the admin listener |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
@@ -37,6 +38,7 @@
 pub mod admin;
 pub mod api;
 pub mod audit;
+pub mod audit_api;
 pub mod broker;
 pub mod canonical;
 pub mod certs;
