@@ -25,6 +25,8 @@
 //! | [`audit`] | the append-only, hash-chained audit trail |
 //! | [`canonical`] | the canonical operations (read for a purpose, append history) every channel uses |
 //! | [`audit_api`] | the audit trail for operators (head, verify, search) and citizens (who read my data) |
+//! | [`sms`] | channel: SMS self-look-up through the telecom gateway (one reply for every failure) |
+//! | [`checkpoint`] | channel: checkpoint check-ins (CCCD QR scans) and contact tracing for the health authority |
 //! | [`api`] | the canonical API on the agency listener |
 //! | [`admin`] | the admin API on the admin listener |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
@@ -42,6 +44,7 @@ pub mod audit_api;
 pub mod broker;
 pub mod canonical;
 pub mod certs;
+pub mod checkpoint;
 pub mod citizen_id;
 pub mod cli;
 pub mod client;
@@ -56,5 +59,6 @@ pub mod record;
 pub mod registry;
 pub mod schema;
 pub mod server;
+pub mod sms;
 pub mod store;
 pub mod tls;
