@@ -15,6 +15,7 @@
 //! | [`config`] | the typed `lienthong.toml`, validated with errors naming key and file |
 //! | [`tls`] | rustls server config: client certificates chained to the CA bundle, CRLs, TLS 1.2+ |
 //! | [`identity`] | the verified peer certificate → [`identity::PeerIdentity`] |
+//! | [`json`] | strict JSON decoding: duplicate keys refused, nesting bounded |
 //! | [`registry`] | agencies, their bound certificates, status, plan and billing class |
 //! | [`citizen_id`] | the 12-digit personal ID (province, century/gender digit, birth year) |
 //! | [`qr`] | the CCCD QR payload printed on the chip-based citizen ID card |
@@ -52,6 +53,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod identity;
+pub mod json;
 pub mod policy;
 pub mod population;
 pub mod qr;
