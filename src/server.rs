@@ -328,12 +328,23 @@ async fn handle(
     };
     let span = tracing::info_span!("request", request_id = %exchange.request_id, route = %exchange.route);
     async move {
+        // Known before the body is read, so that even a refused body is answered in the dialect's format.
+        let connector = match side {
+            Side::Agency => broker.connectors.find(req.method(), req.uri().path()),
+            Side::Admin => None,
+        };
         let reply = match read_request(&broker, &mut exchange, req).await {
             Ok(read) => match side {
                 Side::Agency => crate::api::handle(&broker, &mut exchange, read).await,
                 Side::Admin => crate::admin::handle(&broker, &mut exchange, read).await,
             },
-            Err(e) => Reply::error(&e, &exchange.request_id),
+            Err(e) => match connector {
+                Some(c) => {
+                    exchange.channel = c.name.clone();
+                    crate::connector::error_reply(c, &e, &exchange.request_id)
+                }
+                None => Reply::error(&e, &exchange.request_id),
+            },
         };
         let reply = crate::api::record(&broker, side, &exchange, reply).await;
         tracing::info!(
