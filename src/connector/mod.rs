@@ -25,8 +25,8 @@ pub use spec::{Connector, ConnectorError, ErrorStyle, Format, Operation};
 use spec::{Locator, Source, Target};
 use xml::{Element, Step};
 
-/// The three connectors shipped in the binary, used when no `catalogue.connectors_dir` is configured.
-pub const EMBEDDED: [(&str, &str); 3] = [
+/// The connectors shipped in the binary, used when no `catalogue.connectors_dir` is configured.
+pub const EMBEDDED: [(&str, &str); 5] = [
     (
         "connectors/moh-vaccination.toml",
         include_str!("../../connectors/moh-vaccination.toml"),
@@ -38,6 +38,14 @@ pub const EMBEDDED: [(&str, &str); 3] = [
     (
         "connectors/dvc-citizen-info.toml",
         include_str!("../../connectors/dvc-citizen-info.toml"),
+    ),
+    (
+        "connectors/moh-test-result.toml",
+        include_str!("../../connectors/moh-test-result.toml"),
+    ),
+    (
+        "connectors/moh-recovery.toml",
+        include_str!("../../connectors/moh-recovery.toml"),
     ),
 ];
 
