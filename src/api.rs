@@ -207,6 +207,27 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
         bulk: exchange.bulk,
         metered: exchange.metered,
     };
+    // A bulk answer is recorded once per citizen it concerns (same request id, not metered again), then as a
+    // whole; any failure withholds the answer.
+    if reply.status.is_success() {
+        for citizen in &exchange.also_concerns {
+            let per_citizen = AuditRecord {
+                citizen_id: Some(citizen.clone()),
+                metered: false,
+                ..entry.clone()
+            };
+            if let Err(e) = broker.audit.append(per_citizen).await {
+                tracing::error!(error = %e, "audit append failed; withholding the answer");
+                return Reply::error(
+                    &ApiError::unavailable(
+                        "audit_unavailable",
+                        "the audit trail cannot be written; nothing was released",
+                    ),
+                    &exchange.request_id,
+                );
+            }
+        }
+    }
     match broker.audit.append(entry).await {
         Ok(entry) => {
             // Billing totals follow the audit trail: counted only once the entry is durable.

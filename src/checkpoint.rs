@@ -354,6 +354,10 @@ fn trace(
     canonical::meter(broker, exchange)?;
     let checkins = broker.checkpoints.checkins(&cp.id, from, to)?;
     exchange.bulk = true;
+    // Each person released gets an entry of their own, so contact tracing shows in their access log.
+    exchange.also_concerns = checkins.iter().map(|(id, _)| id.clone()).collect();
+    exchange.also_concerns.sort();
+    exchange.also_concerns.dedup();
     exchange.fields = vec![
         "checkins[].checkpoint_id".into(),
         "checkins[].time".into(),

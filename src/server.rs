@@ -62,6 +62,8 @@ pub struct Exchange {
     pub metered: bool,
     /// Rate-limit figures for the response headers, when the plan limits this purpose.
     pub rate: Option<crate::quota::RateInfo>,
+    /// Other citizens a bulk answer released data about; each gets an audit entry of their own.
+    pub also_concerns: Vec<String>,
 }
 
 /// An answer before it becomes an HTTP response.
@@ -331,6 +333,7 @@ async fn handle(
         route: format!("{} {}", req.method(), mask_citizen_ids(req.uri().path())),
         metered: false,
         rate: None,
+        also_concerns: Vec::new(),
     };
     let span = tracing::info_span!("request", request_id = %exchange.request_id, route = %exchange.route);
     async move {
