@@ -8,6 +8,7 @@ use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::canonical::{self, History};
 use crate::error::ApiError;
+use crate::metrics::Stage;
 use crate::registry::{Agency, AgencyStatus};
 use crate::server::{Exchange, ReadRequest, Reply, Side};
 
@@ -60,6 +61,10 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 }),
             ))
         }
+        (&Method::GET, "/v1/catalogue") => {
+            exchange.operation = "catalogue".into();
+            Ok(Reply::json(StatusCode::OK, &crate::openapi::document(broker)))
+        }
         (&Method::GET, "/v1/purposes") => {
             exchange.operation = "list_purposes".into();
             let purposes: Vec<_> = broker
@@ -72,6 +77,19 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         }
         _ => route_resources(broker, exchange, &agency, req, &method, &path).await,
     }
+}
+
+/// [`canonical::authorize`], timed as the policy stage.
+fn authorize<'b>(
+    broker: &'b Broker,
+    exchange: &mut Exchange,
+    agency: &Agency,
+    purpose: Option<&str>,
+) -> Result<&'b crate::policy::Purpose, ApiError> {
+    let started = std::time::Instant::now();
+    let purpose = canonical::authorize(broker, exchange, agency, purpose);
+    broker.metrics.observe_since(Stage::Policy, started);
+    purpose
 }
 
 /// What an agency sees of a purpose.
@@ -104,7 +122,7 @@ async fn route_resources(
     match (method, segments.as_slice()) {
         (&Method::GET, ["v1", "purposes", purpose, "release"]) => {
             exchange.operation = "release_dry_run".into();
-            let purpose = canonical::authorize(broker, exchange, agency, Some(purpose))?;
+            let purpose = authorize(broker, exchange, agency, Some(purpose))?;
             let requested = requested_fields(req);
             let fields = purpose.release_set(requested.as_deref(), &broker.schema)?;
             let fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
@@ -114,7 +132,7 @@ async fn route_resources(
             ))
         }
         (&Method::GET, ["v1", "citizens", id]) => {
-            let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
+            let purpose = authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             let id = canonical::citizen_id(exchange, id)?;
             let requested = requested_fields(req);
             let record = canonical::read(broker, exchange, purpose, &id, requested.as_deref()).await?;
@@ -125,7 +143,7 @@ async fn route_resources(
         }
         (&Method::GET, ["v1", "citizens", id, "access-log"]) => {
             exchange.operation = "access_log".into();
-            let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
+            let purpose = authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             if purpose.id != "citizen-self-service" {
                 return Err(ApiError::forbidden(
                     "purpose_not_allowed",
@@ -142,7 +160,7 @@ async fn route_resources(
         }
         (&Method::POST, ["v1", "citizens", id, history]) if History::from_segment(history).is_some() => {
             let history = History::from_segment(history).ok_or_else(|| ApiError::no_route(method, path))?;
-            let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
+            let purpose = authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             let id = canonical::citizen_id(exchange, id)?;
             let entry: serde_json::Value = crate::admin::json_body(req)?;
             if !entry.is_object() {
@@ -168,7 +186,13 @@ async fn route_resources(
 /// written the reply is replaced by 503 `audit_unavailable`: nothing leaves unaccounted.
 /// Health checks on the admin listener are not recorded (they touch no data and no registry).
 pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, reply: Reply) -> Reply {
-    if side == Side::Admin && exchange.operation == "health" {
+    // Metrics scrapes and the console's CSS/JS touch no data and come often: no trail entry each.
+    if side == Side::Admin
+        && matches!(
+            exchange.operation.as_str(),
+            "health" | "admin:metrics" | crate::console::ASSET_OPERATION
+        )
+    {
         return reply;
     }
     let entry = AuditRecord {
@@ -194,7 +218,10 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, reply: Rep
         request_sha256: exchange.body_sha256.clone(),
         bulk: exchange.bulk,
     };
-    match broker.audit.append(entry).await {
+    let started = std::time::Instant::now();
+    let appended = broker.audit.append(entry).await;
+    broker.metrics.observe_since(Stage::AuditFlush, started);
+    match appended {
         Ok(_) => reply,
         Err(e) => {
             tracing::error!(error = %e, "audit append failed; withholding the answer");

@@ -56,6 +56,8 @@ pub struct Broker {
     pub audit: Arc<AuditLog>,
     /// The sled database (one process per database: admin changes go through the running broker).
     pub db: sled::Db,
+    /// Prometheus metrics, rendered at `GET /metrics` on the admin listener.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Broker {
@@ -97,6 +99,7 @@ impl Broker {
             store,
             audit,
             db,
+            metrics: crate::metrics::Metrics::new(),
         })
     }
 

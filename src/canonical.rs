@@ -88,7 +88,12 @@ pub async fn read(
             format!("purpose {} releases no fields", purpose.id),
         ));
     }
-    let Some(mut record) = broker.store.get(id.as_str()).await? else {
+    let started = std::time::Instant::now();
+    let stored = broker.store.get(id.as_str()).await;
+    broker
+        .metrics
+        .observe_since(crate::metrics::Stage::Store, started);
+    let Some(mut record) = stored? else {
         return Err(ApiError::not_found(
             "citizen_not_found",
             format!("no citizen {id}"),
@@ -155,7 +160,12 @@ pub async fn append(
         schema.validate(record)?;
         Ok(UpdateOutcome::Written(entry.clone()))
     });
-    let outcome = broker.store.update(id.as_str(), change).await?;
+    let started = std::time::Instant::now();
+    let outcome = broker.store.update(id.as_str(), change).await;
+    broker
+        .metrics
+        .observe_since(crate::metrics::Stage::Store, started);
+    let outcome = outcome?;
     exchange.fields = vec![field.to_string()];
     Ok(match outcome {
         UpdateOutcome::Written(e) => (StatusCode::CREATED, e),
