@@ -358,6 +358,42 @@ mod tests {
         );
     }
 
+    fn post(headers: &[(&str, &str)]) -> ReadRequest {
+        let mut builder = hyper::Request::builder()
+            .method(Method::POST)
+            .uri("https://127.0.0.1:8444/admin/console/agencies/moh/suspend");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let (parts, ()) = builder
+            .body(())
+            .map(|r| r.into_parts())
+            .unwrap_or_else(|_| unreachable!());
+        ReadRequest {
+            parts,
+            body: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn cross_site_posts_are_refused() {
+        assert!(same_origin(&post(&[])).is_ok());
+        assert!(same_origin(&post(&[
+            ("origin", "https://127.0.0.1:8444"),
+            ("sec-fetch-site", "same-origin")
+        ]))
+        .is_ok());
+        for headers in [
+            &[("origin", "https://evil.example")][..],
+            &[("origin", "null")][..],
+            &[("sec-fetch-site", "cross-site")][..],
+            &[("sec-fetch-site", "same-site")][..],
+        ] {
+            let err = same_origin(&post(headers)).err().map(|e| e.code);
+            assert_eq!(err, Some("cross_origin"), "{headers:?}");
+        }
+    }
+
     #[test]
     fn page_has_every_placeholder_once() {
         for p in [
