@@ -43,7 +43,7 @@ echo "== openapi-spec-validator $doc"
 
 # Every demo agency in turn: each is allowed different purposes, so together they reach every 2xx path.
 status=0
-for agency in dvc pccovid moh; do
+for agency in dvc pccovid moh sms vneid; do
   echo "== schemathesis as $agency (max $max_examples examples per operation)"
   # Run from the temp folder: schemathesis keeps a .schemathesis/ cache in its working directory.
   (cd "$work" && "$root/$venv/bin/schemathesis" run "$root/$doc" \

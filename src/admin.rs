@@ -31,7 +31,8 @@ pub fn json_body<T: for<'de> Deserialize<'de>>(req: &ReadRequest) -> Result<T, A
             ))
         }
     }
-    serde_json::from_slice(&req.body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+    let value = crate::json::parse(&req.body)?;
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
 }
 
 #[derive(Deserialize)]

@@ -141,6 +141,10 @@ async fn route_resources(
                 &json!({ "purpose": purpose.id, "citizen": record }),
             ))
         }
+        (_, ["v1", "checkpoints", rest @ ..]) => {
+            crate::checkpoint::route(broker, exchange, agency, req, rest).await
+        }
+        (&Method::POST, ["v1", "sms", "inbound"]) => crate::sms::inbound(broker, exchange, agency, req).await,
         (&Method::GET, ["v1", "citizens", id, "access-log"]) => {
             exchange.operation = "access_log".into();
             let purpose = authorize(broker, exchange, agency, req.query("purpose").as_deref())?;

@@ -54,6 +54,10 @@ pub struct Broker {
     pub store: Arc<dyn CitizenStore>,
     /// The audit trail.
     pub audit: Arc<AuditLog>,
+    /// Registered checkpoints and the check-in index.
+    pub checkpoints: crate::checkpoint::Checkpoints,
+    /// Per-phone-number look-up limiter of the SMS channel.
+    pub sms_limiter: crate::sms::PhoneLimiter,
     /// The sled database (one process per database: admin changes go through the running broker).
     pub db: sled::Db,
     /// Prometheus metrics, rendered at `GET /metrics` on the admin listener.
@@ -87,6 +91,8 @@ impl Broker {
             .map_err(|e| store_err(describe_sled_error(e)))?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
+        let checkpoints =
+            crate::checkpoint::Checkpoints::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let audit = AuditLog::open(&data_dir.join("audit"), db.clone(), config.audit.checkpoint_every)
             .map_err(|e| store_err(format!("audit trail: {e}")))?;
         Ok(Self {
@@ -98,6 +104,8 @@ impl Broker {
             catalogue,
             store,
             audit,
+            checkpoints,
+            sms_limiter: Default::default(),
             db,
             metrics: crate::metrics::Metrics::new(),
         })

@@ -23,6 +23,8 @@ pub enum History {
     TestResults,
     /// `recoveries`.
     Recoveries,
+    /// `checkins`.
+    CheckIns,
 }
 
 impl History {
@@ -32,6 +34,7 @@ impl History {
             History::Vaccinations => "vaccinations",
             History::TestResults => "test_results",
             History::Recoveries => "recoveries",
+            History::CheckIns => "checkins",
         }
     }
 
@@ -41,6 +44,7 @@ impl History {
             "vaccinations" => Some(History::Vaccinations),
             "test-results" => Some(History::TestResults),
             "recoveries" => Some(History::Recoveries),
+            "checkins" => Some(History::CheckIns),
             _ => None,
         }
     }
@@ -88,6 +92,13 @@ pub async fn read(
             format!("purpose {} releases no fields", purpose.id),
         ));
     }
+    let record = fetch(broker, id).await?;
+    Ok(release(exchange, &record, &fields))
+}
+
+/// The stored record with its derived fields, for the broker's own use (matching a QR or a phone number);
+/// nothing of it leaves except through [`release`]. 404 `citizen_not_found`.
+pub async fn fetch(broker: &Broker, id: &CitizenId) -> Result<Value, ApiError> {
     let started = std::time::Instant::now();
     let stored = broker.store.get(id.as_str()).await;
     broker
@@ -100,9 +111,32 @@ pub async fn read(
         ));
     };
     crate::record::with_derived(&mut record, Utc::now());
-    let (projected, released) = P::project(&record, &fields);
+    Ok(record)
+}
+
+/// Project a fetched record onto `fields`, recording what was released on the exchange.
+pub fn release(exchange: &mut Exchange, record: &Value, fields: &[crate::policy::FieldPath]) -> Value {
+    let (projected, released) = P::project(record, fields);
     exchange.fields = released;
-    Ok(projected)
+    projected
+}
+
+/// Does a scanned CCCD QR belong to this record? Name (NFC, case- and space-insensitive, see
+/// [`crate::qr::names_match`]) and birth date must both agree; 409 `qr_mismatch` otherwise.
+pub fn check_qr_matches(qr: &crate::qr::CccdQr, record: &Value) -> Result<(), ApiError> {
+    let name_ok = record["full_name"]
+        .as_str()
+        .is_some_and(|n| crate::qr::names_match(n, &qr.full_name));
+    let birth_ok =
+        record["birth_date"].as_str() == Some(qr.birth_date.format("%Y-%m-%d").to_string().as_str());
+    if name_ok && birth_ok {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(
+            "qr_mismatch",
+            "the QR's name or birth date does not match the citizen's record",
+        ))
+    }
 }
 
 /// Add one entry (vaccination, test result, recovery) to a citizen's history, idempotent on its

@@ -128,8 +128,15 @@ pub enum AuditCommand {
         #[arg(long, default_value = "data/demo")]
         data_dir: PathBuf,
         /// RFC 3339 cut-off: entries before it may go.
+        #[arg(
+            long,
+            required_unless_present = "older_than_days",
+            conflicts_with = "older_than_days"
+        )]
+        before: Option<String>,
+        /// Retention by age: entries older than this many days may go (e.g. from a cron job).
         #[arg(long)]
-        before: String,
+        older_than_days: Option<u32>,
         /// Archive file to write (JSON Lines).
         #[arg(long)]
         archive: PathBuf,
@@ -497,12 +504,16 @@ fn audit_command(action: AuditCommand) -> i32 {
         AuditCommand::Prune {
             data_dir,
             before,
+            older_than_days,
             archive,
         } => {
-            let before = match parse_time("before", Some(&before)) {
-                Ok(Some(t)) => t,
-                Ok(None) => return fail(2, "--before is required".into()),
-                Err(e) => return fail(2, e),
+            let before = match (before, older_than_days) {
+                (_, Some(days)) => chrono::Utc::now() - chrono::Duration::days(i64::from(days)),
+                (before, None) => match parse_time("before", before.as_deref()) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => return fail(2, "give --before or --older-than-days".into()),
+                    Err(e) => return fail(2, e),
+                },
             };
             match crate::audit::archive_and_prune(&data_dir.join("audit"), before, &archive) {
                 Ok(n) => {

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::registry::{BillingClass, NewAgency};
 
 /// The demo agencies: code, display name, billing class.
-pub const DEMO_AGENCIES: [(&str, &str, BillingClass); 3] = [
+pub const DEMO_AGENCIES: [(&str, &str, BillingClass); 5] = [
     ("moh", "Bộ Y tế (Ministry of Health)", BillingClass::StateBudget),
     ("pccovid", "Ứng dụng PC-Covid", BillingClass::Billed),
     (
@@ -18,6 +18,12 @@ pub const DEMO_AGENCIES: [(&str, &str, BillingClass); 3] = [
         "Cổng Dịch vụ công quốc gia (National Public Service Portal)",
         BillingClass::Billed,
     ),
+    (
+        "sms",
+        "Cổng tin nhắn tra cứu dân cư (SMS gateway)",
+        BillingClass::Billed,
+    ),
+    ("vneid", "Ứng dụng VNEID (checkpoints)", BillingClass::StateBudget),
 ];
 
 /// Where the demo keeps things.

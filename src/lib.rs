@@ -15,6 +15,7 @@
 //! | [`config`] | the typed `lienthong.toml`, validated with errors naming key and file |
 //! | [`tls`] | rustls server config: client certificates chained to the CA bundle, CRLs, TLS 1.2+ |
 //! | [`identity`] | the verified peer certificate → [`identity::PeerIdentity`] |
+//! | [`json`] | strict JSON decoding: duplicate keys refused, nesting bounded |
 //! | [`registry`] | agencies, their bound certificates, status, plan and billing class |
 //! | [`citizen_id`] | the 12-digit personal ID (province, century/gender digit, birth year) |
 //! | [`qr`] | the CCCD QR payload printed on the chip-based citizen ID card |
@@ -25,6 +26,8 @@
 //! | [`audit`] | the append-only, hash-chained audit trail |
 //! | [`canonical`] | the canonical operations (read for a purpose, append history) every channel uses |
 //! | [`audit_api`] | the audit trail for operators (head, verify, search) and citizens (who read my data) |
+//! | [`sms`] | channel: SMS self-look-up through the telecom gateway (one reply for every failure) |
+//! | [`checkpoint`] | channel: checkpoint check-ins (CCCD QR scans) and contact tracing for the health authority |
 //! | [`api`] | the canonical API on the agency listener |
 //! | [`admin`] | the admin API on the admin listener |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
@@ -45,6 +48,7 @@ pub mod audit_api;
 pub mod broker;
 pub mod canonical;
 pub mod certs;
+pub mod checkpoint;
 pub mod citizen_id;
 pub mod cli;
 pub mod client;
@@ -53,6 +57,7 @@ pub mod console;
 pub mod demo;
 pub mod error;
 pub mod identity;
+pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod policy;
@@ -62,5 +67,6 @@ pub mod record;
 pub mod registry;
 pub mod schema;
 pub mod server;
+pub mod sms;
 pub mod store;
 pub mod tls;

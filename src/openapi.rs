@@ -51,6 +51,28 @@ const WRITE_ERRORS: &[(u16, &str)] = &[
 
 const ACCESS_LOG_ERRORS: &[(u16, &str)] = &[(400, "invalid_query")];
 
+const CHECKPOINT_ERRORS: &[(u16, &str)] = &[
+    (400, "invalid_json"),
+    (400, "invalid_request"),
+    (400, "invalid_query"),
+    (404, "unknown_checkpoint"),
+    (403, "checkpoint_not_owned"),
+    (400, "invalid_checkpoint"),
+    (409, "checkpoint_exists"),
+    (415, "unsupported_media_type"),
+    (503, "store_unavailable"),
+];
+
+const SCAN_ERRORS: &[(u16, &str)] = &[
+    (400, "invalid_qr_payload"),
+    (400, "invalid_citizen_id"),
+    (404, "citizen_not_found"),
+    (409, "idempotency_conflict"),
+    (422, "invalid_time"),
+    (409, "qr_mismatch"),
+    (422, "schema_violation"),
+];
+
 /// The whole document.
 pub fn document(broker: &Broker) -> Value {
     let purposes = broker.catalogue.all();
@@ -70,16 +92,27 @@ pub fn document(broker: &Broker) -> Value {
         "/v1/citizens/{citizen_id}/access-log".into(),
         access_log(purposes),
     );
-    for history in [History::Vaccinations, History::TestResults, History::Recoveries] {
+    for history in [
+        History::Vaccinations,
+        History::TestResults,
+        History::Recoveries,
+        History::CheckIns,
+    ] {
         let writers: Vec<&Purpose> = purposes.iter().filter(|p| p.may_write(history.field())).collect();
         if writers.is_empty() {
             continue;
         }
         paths.insert(
             format!("/v1/citizens/{{citizen_id}}/{}", history_segment(history)),
-            write_history(history, &writers),
+            write_history(broker.schema.raw(), history, &writers),
         );
     }
+    paths.insert("/v1/checkpoints".into(), checkpoints(purposes));
+    paths.insert(
+        "/v1/checkpoints/{checkpoint_id}/checkins".into(),
+        checkins(purposes),
+    );
+    paths.insert("/v1/sms/inbound".into(), sms_inbound(purposes));
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -97,6 +130,8 @@ pub fn document(broker: &Broker) -> Value {
         "tags": [
             { "name": "meta", "description": "who am I, what may I do, this document" },
             { "name": "citizens", "description": "citizen data, per declared purpose" },
+            { "name": "checkpoints", "description": "checkpoint check-ins and contact tracing" },
+            { "name": "sms", "description": "SMS self-look-up through the telecom gateway" },
         ],
         "x-purposes": purposes.iter().map(describe_purpose).collect::<Vec<_>>(),
         "paths": paths,
@@ -124,6 +159,7 @@ fn history_segment(history: History) -> &'static str {
         History::Vaccinations => "vaccinations",
         History::TestResults => "test-results",
         History::Recoveries => "recoveries",
+        History::CheckIns => "checkins",
     }
 }
 
@@ -633,14 +669,14 @@ fn access_log(purposes: &[Purpose]) -> Value {
     json!({ "get": op })
 }
 
-fn write_history(history: History, writers: &[&Purpose]) -> Value {
+fn write_history(raw: &Value, history: History, writers: &[&Purpose]) -> Value {
     let field = history.field();
-    let item = match history {
-        History::Vaccinations => "Vaccination",
-        History::TestResults => "TestResult",
-        History::Recoveries => "Recovery",
-    };
-    let item_ref = json!({ "$ref": format!("#/components/schemas/{item}") });
+    // The entry schema is whatever the canonical schema says the list holds.
+    let mut item_ref = raw["properties"][field]["items"].clone();
+    if item_ref.is_null() {
+        item_ref = json!({ "type": "object" });
+    }
+    rewrite_refs(&mut item_ref);
     let answer = json!({
         "type": "object",
         "required": ["citizen_id", field],
@@ -668,6 +704,234 @@ fn write_history(history: History, writers: &[&Purpose]) -> Value {
         "content": { "application/json": { "schema": item_ref } },
     });
     op["x-purposes"] = json!(writers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>());
+    json!({ "post": op })
+}
+
+fn purposes_named<'p>(purposes: &'p [Purpose], ids: &[&str]) -> Vec<&'p Purpose> {
+    purposes.iter().filter(|p| ids.contains(&p.id.as_str())).collect()
+}
+
+fn checkpoint_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "agency", "name", "address", "kind", "created_at"],
+        "properties": {
+            "id": { "type": "string" },
+            "agency": { "type": "string" },
+            "name": { "type": "string" },
+            "address": { "type": "string" },
+            "kind": { "type": "string", "enum": ["agency", "business", "restaurant", "hotel", "supermarket", "other"] },
+            "created_at": { "type": "string" },
+        },
+    })
+}
+
+fn checkpoints(purposes: &[Purpose]) -> Value {
+    let owners = purposes_named(purposes, &["checkpoint-checkin"]);
+    let describe = format!(
+        "Checkpoints registered by the calling agency.\n\n{}",
+        purposes_markdown(&owners, |p| joined(&p.read))
+    );
+    let mut register = operation(
+        "registerCheckpoint",
+        "checkpoints",
+        "Register a checkpoint run by the calling agency",
+        describe.clone(),
+        vec![purpose_param("query", &owners)],
+        &[(
+            201,
+            ok_response(
+                "Registered.",
+                json!({ "type": "object", "required": ["checkpoint"], "properties": { "checkpoint": checkpoint_schema() } }),
+            ),
+        )],
+        &[COMMON_ERRORS, PURPOSE_ERRORS, CHECKPOINT_ERRORS],
+    );
+    register["requestBody"] = json!({
+        "required": true,
+        "content": { "application/json": { "schema": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["id", "name", "address", "kind"],
+            "properties": {
+                "id": { "type": "string", "pattern": "^[a-z0-9-]{2,64}$" },
+                "name": { "type": "string", "minLength": 1 },
+                "address": { "type": "string", "minLength": 1 },
+                "kind": checkpoint_schema()["properties"]["kind"].clone(),
+            },
+        } } },
+    });
+    let list = operation(
+        "listCheckpoints",
+        "checkpoints",
+        "The calling agency's checkpoints",
+        describe,
+        vec![purpose_param("query", &owners)],
+        &[(
+            200,
+            ok_response(
+                "The checkpoints.",
+                json!({ "type": "object", "required": ["checkpoints"],
+                        "properties": { "checkpoints": { "type": "array", "items": checkpoint_schema() } } }),
+            ),
+        )],
+        &[COMMON_ERRORS, PURPOSE_ERRORS, CHECKPOINT_ERRORS],
+    );
+    json!({ "post": register, "get": list })
+}
+
+fn checkins(purposes: &[Purpose]) -> Value {
+    let scanners = purposes_named(purposes, &["checkpoint-checkin"]);
+    let tracers = purposes_named(purposes, &["contact-tracing"]);
+    let cp_param = json!({
+        "name": "checkpoint_id", "in": "path", "required": true,
+        "description": "A registered checkpoint.",
+        "schema": { "type": "string" },
+    });
+    let scan_projection = scanners
+        .iter()
+        .map(|p| json!({ "$ref": format!("#/components/schemas/{}", purpose_schema_name(&p.id)) }))
+        .collect::<Vec<_>>();
+    let answer = json!({
+        "type": "object",
+        "required": ["checkpoint", "time", "citizen"],
+        "properties": {
+            "checkpoint": { "type": "string" },
+            "time": { "type": "string" },
+            "citizen": { "anyOf": scan_projection },
+        },
+    });
+    let mut scan = operation(
+        "checkIn",
+        "checkpoints",
+        "A CCCD QR (or bare ID) scanned at the checkpoint",
+        format!(
+            "Checked against the record (name, birth date), stored as a check-in, answered with only what \
+             the gate needs.\n\n{}",
+            purposes_markdown(&scanners, |p| joined(&p.read))
+        ),
+        vec![cp_param.clone(), purpose_param("query", &scanners)],
+        &[
+            (201, ok_response("Checked in.", answer.clone())),
+            (200, ok_response("Already checked in (a replay).", answer)),
+        ],
+        &[COMMON_ERRORS, PURPOSE_ERRORS, CHECKPOINT_ERRORS, SCAN_ERRORS],
+    );
+    scan["requestBody"] = json!({
+        "required": true,
+        "content": { "application/json": { "schema": {
+            "type": "object",
+            "additionalProperties": false,
+            "description": "Exactly one of `qr` (the raw CCCD QR payload) or `citizen_id`.",
+            "properties": {
+                "qr": { "type": "string" },
+                "citizen_id": { "type": "string", "pattern": "^[0-9]{12}$" },
+                "time": { "type": "string", "format": "date-time" },
+            },
+        } } },
+    });
+    let window = |name: &str| {
+        json!({ "name": name, "in": "query", "required": true,
+                "description": "RFC 3339; the window is at most 21 days.",
+                "schema": { "type": "string", "format": "date-time" } })
+    };
+    let mut trace = operation(
+        "contactTracing",
+        "checkpoints",
+        "Who checked in at a checkpoint within a window (F1 candidates; bulk, audited)",
+        format!(
+            "IDs and times only.\n\n{}",
+            purposes_markdown(&tracers, |p| joined(&p.read))
+        ),
+        vec![
+            cp_param,
+            purpose_param("query", &tracers),
+            window("from"),
+            window("to"),
+        ],
+        &[(
+            200,
+            ok_response(
+                "The check-ins in the window.",
+                json!({
+                    "type": "object",
+                    "required": ["checkpoint", "from", "to", "count", "checkins"],
+                    "properties": {
+                        "checkpoint": { "type": "string" },
+                        "from": { "type": "string" },
+                        "to": { "type": "string" },
+                        "count": { "type": "integer", "minimum": 0 },
+                        "checkins": { "type": "array", "items": {
+                            "type": "object",
+                            "properties": { "citizen_id": { "type": "string" }, "time": { "type": "string" } },
+                        } },
+                    },
+                }),
+            ),
+        )],
+        &[COMMON_ERRORS, PURPOSE_ERRORS, CHECKPOINT_ERRORS],
+    );
+    trace["x-purposes"] = json!(["contact-tracing"]);
+    scan["x-purposes"] = json!(["checkpoint-checkin"]);
+    json!({ "post": scan, "get": trace })
+}
+
+fn sms_inbound(purposes: &[Purpose]) -> Value {
+    let sms = purposes_named(purposes, &["citizen-self-sms"]);
+    let reply = json!({
+        "type": "object",
+        "required": ["to", "reply", "encoding", "characters", "segments"],
+        "properties": {
+            "to": { "type": "string" },
+            "reply": { "type": "string", "description": "The SMS text to send back." },
+            "encoding": { "type": "string" },
+            "characters": { "type": "integer" },
+            "segments": { "type": "integer" },
+            "error": { "$ref": "#/components/schemas/Error/properties/error" },
+        },
+    });
+    let mut op = operation(
+        "smsInbound",
+        "sms",
+        "An SMS relayed by the gateway: `TTCD <12-digit ID>`; answers the SMS to send back",
+        format!(
+            "The citizen's own basic data only when the sender's number is the one on the record; one single \
+             reply otherwise, so the channel reveals nothing about who exists.\n\n{}",
+            purposes_markdown(&sms, |p| joined(&p.read))
+        ),
+        vec![purpose_param("query", &sms)],
+        &[(
+            200,
+            ok_response(
+                "The reply SMS (also for syntax errors and no match).",
+                reply.clone(),
+            ),
+        )],
+        &[
+            COMMON_ERRORS,
+            PURPOSE_ERRORS,
+            &[
+                (400, "invalid_json"),
+                (415, "unsupported_media_type"),
+                (429, "sms_rate_limited"),
+            ],
+        ],
+    );
+    // A rate-limited number still gets a reply text beside the error object.
+    op["responses"]["429"]["content"]["application/json"]["schema"] = reply;
+    op["requestBody"] = json!({
+        "required": true,
+        "content": { "application/json": { "schema": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["from", "text"],
+            "properties": {
+                "from": { "type": "string", "description": "Sender's number as the gateway received it." },
+                "text": { "type": "string", "description": "The message text." },
+            },
+        } } },
+    });
+    op["x-purposes"] = json!(["citizen-self-sms"]);
     json!({ "post": op })
 }
 

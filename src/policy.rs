@@ -560,7 +560,12 @@ mod tests {
                 "vaccination-sync",
                 "covid-qr-status",
                 "public-service-prefill",
-                "citizen-self-service"
+                "citizen-self-service",
+                "test-result-sync",
+                "recovery-sync",
+                "citizen-self-sms",
+                "checkpoint-checkin",
+                "contact-tracing"
             ]
         );
         let sync = c.get("vaccination-sync").unwrap();

@@ -139,7 +139,7 @@ async fn agency_commands_drive_the_admin_api() {
     assert_eq!(b.get("dvc", "/v1/whoami").await.status, 200);
     let out = run(&["list"]).await.unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listed["agencies"].as_array().unwrap().len(), 3);
+    assert_eq!(listed["agencies"].as_array().unwrap().len(), 5);
     let out = run(&["show", "nosuch"]).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
 }

@@ -220,7 +220,7 @@ async fn register_bind_unbind_take_effect_live_and_survive_restart() {
         .iter()
         .map(|a| a["code"].as_str().unwrap())
         .collect();
-    assert_eq!(codes, ["bhxh", "dvc", "moh", "pccovid"]);
+    assert_eq!(codes, ["bhxh", "dvc", "moh", "pccovid", "sms", "vneid"]);
 
     let r = b
         .client("admin")
