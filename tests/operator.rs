@@ -362,6 +362,16 @@ async fn request_id_is_shared_by_answer_audit_and_log_and_ids_are_masked() {
         .await;
     assert_eq!(r.status, 404);
 
+    // The SMS channel carries a phone number and an ID in its body.
+    let r = b
+        .post(
+            "sms",
+            "/v1/sms/inbound?purpose=citizen-self-sms",
+            json!({ "from": "+84912345678", "text": format!("TTCD {}", ids[1]) }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
     let request_id = refused.json()["error"]["request_id"]
         .as_str()
         .unwrap()
@@ -392,7 +402,7 @@ async fn request_id_is_shared_by_answer_audit_and_log_and_ids_are_masked() {
     assert_eq!(line["span"]["agency"], "pccovid");
     assert_eq!(line["span"]["route"], "GET /v1/citizens/079*******02");
     for l in &lines {
-        for id in ids.iter().chain(&["001090999999"]) {
+        for id in ids.iter().chain(&["001090999999", "912345678"]) {
             assert!(!l.contains(id), "citizen ID in a log line: {l}");
         }
     }
