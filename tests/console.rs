@@ -337,6 +337,16 @@ async fn console_in_headless_chromium() {
         "a citizen ID in the clear on the console"
     );
     assert!(first.contains("data-js=\"ready\""), "console.js did not run");
+    // Quota use and billing for the month: one served prefill read at 1,000 VND; the refusal is free.
+    assert!(
+        first.contains("data-agency=\"dvc\" data-purpose=\"public-service-prefill\""),
+        "no quota bar for dvc"
+    );
+    assert!(first.contains("<meter"), "no bars");
+    assert!(
+        first.contains("id=\"billing-total\">1000<"),
+        "billing total should be 1000 VND"
+    );
 
     // Suspend went through the registry: the page, the API and the audit trail agree.
     assert!(
