@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The published catalogue against the running broker: start a demo broker on free ports, fetch
 # GET /v1/catalogue, validate it with openapi-spec-validator (OpenAPI 3.1), then run schemathesis against
-# it (bounded): no 5xx, every status, content type and body as the document says. Stops the broker at the
-# end, whatever happens. Needs scripts/install-deps.sh (the Python venv in target/pyenv).
+# it (bounded): no 5xx, every status, content type and body as the document says. XML connector bodies
+# are opaque strings to it, hence `filter_too_much` is suppressed. Stops the broker at the end, whatever
+# happens. Needs scripts/install-deps.sh (the Python venv in target/pyenv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -10,9 +11,11 @@ target="${CARGO_TARGET_DIR:-target}"
 venv=target/pyenv
 max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-20}"
 
-cargo build --locked --quiet
-bin="$target/debug/lienthong"
 work="$(mktemp -d)"
+cargo build --locked --quiet
+# A private copy: a shared target dir may be rebuilt by someone else while the demo runs.
+cp "$target/debug/lienthong" "$work/lienthong"
+bin="$work/lienthong"
 pid=""
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
@@ -52,6 +55,7 @@ for agency in dvc pccovid moh sms vneid; do
     --tls-verify "$certs/ca.pem" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
     --max-examples "$max_examples" --seed 2021 --workers 2 \
+    --suppress-health-check filter_too_much \
     --generation-database none --no-color \
     --report junit --report-junit-path "$root/target/schemathesis-$agency.xml") || status=1
 done

@@ -182,7 +182,11 @@ async fn route_resources(
         (_, ["v1", "citizens", ..]) | (_, ["v1", "purposes", ..]) => {
             Err(ApiError::method_not_allowed(method, path))
         }
-        _ => Err(ApiError::no_route(method, path)),
+        _ => match broker.connectors.find(method, path) {
+            Some(connector) => Ok(crate::connector::handle(broker, exchange, agency, connector, req).await),
+            None if broker.connectors.has_path(path) => Err(ApiError::method_not_allowed(method, path)),
+            None => Err(ApiError::no_route(method, path)),
+        },
     }
 }
 
@@ -282,6 +286,25 @@ pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::br
 }
 
 /// Example `curl` lines for the canonical API and connectors, given a `curl` prefix for an agency.
-pub fn demo_curl_examples(_curl: &dyn Fn(&str) -> String, _agency_addr: &str) -> String {
-    String::new()
+pub fn demo_curl_examples(curl: &dyn Fn(&str) -> String, agency_addr: &str) -> String {
+    let a = agency_addr;
+    [
+        format!("{} 'https://{a}/v1/citizens/001090000001?purpose=public-service-prefill'", curl("dvc")),
+        format!("{} 'https://{a}/v1/citizens/001090000001?purpose=covid-qr-status'", curl("pccovid")),
+        format!(
+            "{} -H 'content-type: application/json' --data-binary @connectors/examples/pccovid-qr-status.json https://{a}/connectors/pccovid/v1/qr-status",
+            curl("pccovid")
+        ),
+        format!(
+            "{} -H 'content-type: text/xml' --data-binary @connectors/examples/dvc-tra-cuu.xml https://{a}/connectors/dvc/v1/TraCuuThongTinCongDan",
+            curl("dvc")
+        ),
+        format!(
+            "{} -H 'content-type: application/fhir+json' --data-binary @connectors/examples/moh-bundle.json https://{a}/connectors/moh/v1/Immunization",
+            curl("moh")
+        ),
+    ]
+    .iter()
+    .map(|line| format!("  {line}\n"))
+    .collect()
 }

@@ -50,6 +50,8 @@ pub struct Broker {
     pub schema: CitizenSchema,
     /// The purpose catalogue.
     pub catalogue: Catalogue,
+    /// The loaded connectors.
+    pub connectors: crate::connector::ConnectorSet,
     /// Citizen records.
     pub store: Arc<dyn CitizenStore>,
     /// The audit trail.
@@ -78,6 +80,12 @@ impl Broker {
             .iter()
             .map(|p| crate::identity::fingerprint_of_pem_file(p))
             .collect::<Result<HashSet<_>, _>>()?;
+        let connectors = crate::connector::ConnectorSet::load(
+            config.catalogue.connectors_dir.as_deref(),
+            &schema,
+            &catalogue,
+        )
+        .map_err(|e| StartError::Other(format!("connector {e}")))?;
         let data_dir = &config.storage.data_dir;
         let store_err = |message: String| StartError::Store {
             path: data_dir.clone(),
@@ -102,6 +110,7 @@ impl Broker {
             registry,
             schema,
             catalogue,
+            connectors,
             store,
             audit,
             checkpoints,

@@ -38,6 +38,18 @@ impl History {
         }
     }
 
+    /// The history held in the record field `field`.
+    pub fn from_field(field: &str) -> Option<Self> {
+        [
+            History::Vaccinations,
+            History::TestResults,
+            History::Recoveries,
+            History::CheckIns,
+        ]
+        .into_iter()
+        .find(|h| h.field() == field)
+    }
+
     /// The history named by a URL segment (`vaccinations`, `test-results`, `recoveries`).
     pub fn from_segment(segment: &str) -> Option<Self> {
         match segment {

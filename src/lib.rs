@@ -19,6 +19,7 @@
 //! | [`registry`] | agencies, their bound certificates, status, plan and billing class |
 //! | [`citizen_id`] | the 12-digit personal ID (province, century/gender digit, birth year) |
 //! | [`qr`] | the CCCD QR payload printed on the chip-based citizen ID card |
+//! | [`connector`] | declarative `connectors/*.toml`: an agency's JSON or XML ↔ the canonical operations |
 //! | [`schema`] | the canonical citizen record as JSON Schema, checked on every write |
 //! | [`record`] | derived fields of a record (`covid_status`) |
 //! | [`policy`] | the purpose catalogue: which fields each purpose may read or write |
@@ -53,6 +54,7 @@ pub mod citizen_id;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connector;
 pub mod console;
 pub mod demo;
 pub mod error;

@@ -340,6 +340,11 @@ async fn handle(
     );
     let request_span = span.clone();
     async move {
+        // Known before the body is read, so that even a refused body is answered in the dialect's format.
+        let connector = match side {
+            Side::Agency => broker.connectors.find(req.method(), req.uri().path()),
+            Side::Admin => None,
+        };
         let started = std::time::Instant::now();
         let read = read_request(&broker, &mut exchange, req).await;
         broker
@@ -350,7 +355,13 @@ async fn handle(
                 Side::Agency => crate::api::handle(&broker, &mut exchange, read).await,
                 Side::Admin => crate::admin::handle(&broker, &mut exchange, read).await,
             },
-            Err(e) => Reply::error(&e, &exchange.request_id),
+            Err(e) => match connector {
+                Some(c) => {
+                    exchange.channel = c.name.clone();
+                    crate::connector::error_reply(c, &e, &exchange.request_id)
+                }
+                None => Reply::error(&e, &exchange.request_id),
+            },
         };
         let reply = crate::api::record(&broker, side, &exchange, reply).await;
         if let Some(agency) = &exchange.agency {

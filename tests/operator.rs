@@ -135,6 +135,18 @@ async fn catalogue_describes_every_route_purpose_and_error() {
     ] {
         assert!(paths.contains_key(route), "{route} missing");
     }
+    // Every loaded connector, with its own purpose.
+    for c in b.broker.connectors.all() {
+        let op = &doc["paths"][c.path.as_str()][c.method.as_str().to_ascii_lowercase()];
+        assert_eq!(op["x-purposes"], json!([c.purpose]), "{}", c.name);
+        assert!(op["requestBody"]["content"]
+            .as_object()
+            .unwrap()
+            .contains_key(&c.content_types[0]));
+    }
+    for route in ["/connectors/moh/v1/Immunization"] {
+        assert!(paths.contains_key(route), "{route} missing");
+    }
     // No dangling local references.
     let text = doc.to_string();
     for cap in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
