@@ -79,19 +79,6 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
     }
 }
 
-/// [`canonical::authorize`], timed as the policy stage.
-fn authorize<'b>(
-    broker: &'b Broker,
-    exchange: &mut Exchange,
-    agency: &Agency,
-    purpose: Option<&str>,
-) -> Result<&'b crate::policy::Purpose, ApiError> {
-    let started = std::time::Instant::now();
-    let purpose = canonical::authorize(broker, exchange, agency, purpose);
-    broker.metrics.observe_since(Stage::Policy, started);
-    purpose
-}
-
 /// What an agency sees of a purpose.
 fn describe_purpose(p: &crate::policy::Purpose) -> serde_json::Value {
     json!({
@@ -122,7 +109,7 @@ async fn route_resources(
     match (method, segments.as_slice()) {
         (&Method::GET, ["v1", "purposes", purpose, "release"]) => {
             exchange.operation = "release_dry_run".into();
-            let purpose = authorize(broker, exchange, agency, Some(purpose))?;
+            let purpose = canonical::authorize(broker, exchange, agency, Some(purpose))?;
             let requested = requested_fields(req);
             let fields = purpose.release_set(requested.as_deref(), &broker.schema)?;
             let fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
@@ -132,7 +119,7 @@ async fn route_resources(
             ))
         }
         (&Method::GET, ["v1", "citizens", id]) => {
-            let purpose = authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
+            let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             let id = canonical::citizen_id(exchange, id)?;
             let requested = requested_fields(req);
             let record = canonical::read(broker, exchange, purpose, &id, requested.as_deref()).await?;
@@ -147,7 +134,7 @@ async fn route_resources(
         (&Method::POST, ["v1", "sms", "inbound"]) => crate::sms::inbound(broker, exchange, agency, req).await,
         (&Method::GET, ["v1", "citizens", id, "access-log"]) => {
             exchange.operation = "access_log".into();
-            let purpose = authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
+            let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             if purpose.id != "citizen-self-service" {
                 return Err(ApiError::forbidden(
                     "purpose_not_allowed",
@@ -164,7 +151,7 @@ async fn route_resources(
         }
         (&Method::POST, ["v1", "citizens", id, history]) if History::from_segment(history).is_some() => {
             let history = History::from_segment(history).ok_or_else(|| ApiError::no_route(method, path))?;
-            let purpose = authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
+            let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             let id = canonical::citizen_id(exchange, id)?;
             let entry: serde_json::Value = crate::admin::json_body(req)?;
             if !entry.is_object() {

@@ -77,7 +77,12 @@ pub fn authorize<'b>(
         )
     })?;
     exchange.purpose = Some(purpose.to_string());
-    broker.catalogue.authorize(purpose, &agency.code)
+    let started = std::time::Instant::now();
+    let authorized = broker.catalogue.authorize(purpose, &agency.code);
+    broker
+        .metrics
+        .observe_since(crate::metrics::Stage::Policy, started);
+    authorized
 }
 
 /// A well-formed 12-digit ID, recorded on the exchange: 400 `invalid_citizen_id`.
