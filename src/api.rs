@@ -180,7 +180,7 @@ async fn route_resources(
 /// Record the exchange in the audit trail, then hand back the reply to send. If the trail cannot be
 /// written the reply is replaced by 503 `audit_unavailable`: nothing leaves unaccounted.
 /// Health checks on the admin listener are not recorded (they touch no data and no registry).
-pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, reply: Reply) -> Reply {
+pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Reply) -> Reply {
     // Metrics scrapes and the console's CSS/JS touch no data and come often: no trail entry each.
     if side == Side::Admin
         && matches!(
@@ -190,6 +190,10 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, reply: Rep
     {
         return reply;
     }
+    if let Some(rate) = &exchange.rate {
+        reply.headers.extend(rate.headers());
+    }
+    let served = exchange.metered && reply.status.is_success();
     let entry = AuditRecord {
         agency: exchange.agency.clone(),
         cert_fingerprint: Some(exchange.peer.fingerprint_sha256.clone()),
@@ -212,12 +216,32 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, reply: Rep
         request_id: exchange.request_id.clone(),
         request_sha256: exchange.body_sha256.clone(),
         bulk: exchange.bulk,
+        metered: exchange.metered,
     };
     let started = std::time::Instant::now();
     let appended = broker.audit.append(entry).await;
     broker.metrics.observe_since(Stage::AuditFlush, started);
     match appended {
-        Ok(_) => reply,
+        Ok(entry) => {
+            // Billing totals follow the audit trail: counted only once the entry is durable.
+            let outcome = if served {
+                Some("served")
+            } else if reply.error_code == Some("quota_exceeded") {
+                Some("refused")
+            } else {
+                None
+            };
+            if let (Some(kind), Some(agency), Some(purpose)) = (outcome, &exchange.agency, &exchange.purpose)
+            {
+                let at = chrono::DateTime::parse_from_rfc3339(&entry.time)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .unwrap_or_else(|_| chrono::Utc::now());
+                if let Err(e) = broker.quota.record_outcome(agency, purpose, kind, at) {
+                    tracing::error!(error = %e.message, "billing counter not updated; `billing reconcile` will show it");
+                }
+            }
+            reply
+        }
         Err(e) => {
             tracing::error!(error = %e, "audit append failed; withholding the answer");
             Reply::error(

@@ -56,6 +56,8 @@ pub struct Broker {
     pub store: Arc<dyn CitizenStore>,
     /// The audit trail.
     pub audit: Arc<AuditLog>,
+    /// Quota counters and monthly billing totals.
+    pub quota: crate::quota::Quota,
     /// Registered checkpoints and the check-in index.
     pub checkpoints: crate::checkpoint::Checkpoints,
     /// Per-phone-number look-up limiter of the SMS channel.
@@ -99,6 +101,7 @@ impl Broker {
             .map_err(|e| store_err(describe_sled_error(e)))?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
+        let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let checkpoints =
             crate::checkpoint::Checkpoints::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let audit = AuditLog::open(&data_dir.join("audit"), db.clone(), config.audit.checkpoint_every)
@@ -114,6 +117,7 @@ impl Broker {
             store,
             audit,
             checkpoints,
+            quota,
             sms_limiter: Default::default(),
             db,
             metrics: crate::metrics::Metrics::new(),

@@ -301,7 +301,7 @@ async fn scan(
             "the scan time must be within the last 21 days",
         ));
     }
-    let record = canonical::fetch(broker, &id).await?;
+    let record = canonical::fetch(broker, exchange, &id).await?;
     if let Some(qr) = &qr {
         canonical::check_qr_matches(qr, &record)?;
     }
@@ -351,6 +351,7 @@ fn trace(
             "the window must be positive and at most 21 days",
         ));
     }
+    canonical::meter(broker, exchange)?;
     let checkins = broker.checkpoints.checkins(&cp.id, from, to)?;
     exchange.bulk = true;
     exchange.fields = vec![

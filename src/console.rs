@@ -339,138 +339,89 @@ struct Usage {
 /// Most audit entries one page view reads to count the month's calls.
 pub const USAGE_SCAN_LIMIT: usize = 50_000;
 
-/// Served calls by (agency, purpose).
-type CallCounts = std::collections::BTreeMap<(String, String), u64>;
-
-/// Served calls per (agency, purpose) in the current calendar month (Vietnam time), from the audit
-/// trail — the record every bill must agree with. `true` when the scan stopped at the limit.
-fn month_calls(
-    broker: &Broker,
-    month_start: chrono::DateTime<chrono::Utc>,
-) -> Result<(CallCounts, bool), ApiError> {
-    let filter = AuditFilter {
-        from: Some(month_start),
-        ..AuditFilter::default()
-    };
-    let mut calls = std::collections::BTreeMap::new();
-    let mut before = None;
-    let mut scanned = 0usize;
-    loop {
-        let page = broker.audit.search(&filter, before, crate::audit_api::MAX_PAGE)?;
-        scanned += page.len();
-        for e in &page {
-            let r = &e.record;
-            if !(200..300).contains(&r.status) {
-                continue;
-            }
-            if let (Some(agency), Some(purpose)) = (&r.agency, &r.purpose) {
-                *calls.entry((agency.clone(), purpose.clone())).or_insert(0) += 1;
-            }
-        }
-        if page.len() < crate::audit_api::MAX_PAGE {
-            return Ok((calls, false));
-        }
-        if scanned >= USAGE_SCAN_LIMIT {
-            return Ok((calls, true));
-        }
-        before = page.last().map(|e| e.seq);
-    }
-}
-
-/// The first instant of the current month in Vietnam (UTC+7), where billing periods are counted.
-fn month_start_vn(now: chrono::DateTime<chrono::Utc>) -> (chrono::DateTime<chrono::Utc>, String) {
-    use chrono::{Datelike, TimeZone};
-    let Some(vn) = chrono::FixedOffset::east_opt(7 * 3600) else {
-        return (now, now.format("%Y-%m").to_string());
-    };
-    let local = now.with_timezone(&vn);
-    let start = vn
-        .with_ymd_and_hms(local.year(), local.month(), 1, 0, 0, 0)
-        .single()
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .unwrap_or(now);
-    (start, format!("{:04}-{:02}", local.year(), local.month()))
-}
-
 fn usage(broker: &Broker) -> Usage {
-    let (start, month) = month_start_vn(chrono::Utc::now());
-    let (calls, capped) = match month_calls(broker, start) {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = format!("<p class=\"empty\">usage unavailable: {}</p>", escape(&e.message));
-            return Usage {
-                quota_period: month.clone(),
-                quota_html: msg.clone(),
-                billing_period: month,
-                billing_html: msg,
-            };
-        }
-    };
-    let note = if capped {
-        format!("<p class=\"empty\">counted from the latest {USAGE_SCAN_LIMIT} audit entries only</p>")
-    } else {
-        String::new()
-    };
-    if calls.is_empty() {
-        let none = "<p class=\"empty\">no served calls this month</p>".to_string();
-        return Usage {
-            quota_period: month.clone(),
-            quota_html: none.clone(),
-            billing_period: month,
-            billing_html: none,
-        };
-    }
-
-    // Quota use: no quota stage in this build, so bars compare each pair with the busiest one.
-    let busiest = calls.values().copied().max().unwrap_or(1).max(1);
-    let mut quota = String::from(
-        "<table><thead><tr><th>agency</th><th>purpose</th><th>calls this month</th><th></th></tr></thead><tbody>",
-    );
-    for ((agency, purpose), n) in &calls {
-        quota.push_str(&format!(
-            "<tr class=\"quota-row\" data-agency=\"{a}\" data-purpose=\"{p}\"><td><code>{a}</code></td>\
-             <td>{p}</td><td class=\"num\">{n}</td><td><meter min=\"0\" max=\"{busiest}\" value=\"{n}\" \
-             title=\"{n} of {busiest}\">{n}</meter></td></tr>",
-            a = escape(agency),
-            p = escape(purpose),
-        ));
-    }
-    quota.push_str("</tbody></table>");
-    quota.push_str("<p class=\"empty\">no quota plans in this build: bars are relative to the busiest agency and purpose</p>");
-    quota.push_str(&note);
-
-    // Billing: served calls × the purpose's price; state-budget agencies are counted, not charged.
-    let mut billing = String::from(
-        "<table><thead><tr><th>agency</th><th>billing class</th><th>purpose</th><th>served calls</th>\
-         <th>price (VND)</th><th>amount (VND)</th></tr></thead><tbody>",
-    );
-    let mut total = 0u64;
-    for ((agency, purpose), n) in &calls {
-        let class = broker.registry.get(agency).map(|a| a.billing_class);
-        let price = broker.catalogue.get(purpose).map(|p| p.price_vnd).unwrap_or(0);
-        let amount = match class {
-            Some(crate::registry::BillingClass::Billed) => price.saturating_mul(*n),
-            _ => 0,
-        };
-        total = total.saturating_add(amount);
-        billing.push_str(&format!(
-            "<tr class=\"billing-row\"><td><code>{a}</code></td><td>{c}</td><td>{p}</td><td class=\"num\">{n}</td>\
-             <td class=\"num\">{price}</td><td class=\"num\">{amount}</td></tr>",
-            a = escape(agency),
-            c = escape(class.map(billing_text).unwrap_or("unknown")),
-            p = escape(purpose),
-        ));
-    }
-    billing.push_str(&format!(
-        "</tbody><tfoot><tr><th colspan=\"5\">total</th><th class=\"num\" id=\"billing-total\">{total}</th></tr></tfoot></table>"
-    ));
-    billing.push_str(&note);
+    let month = crate::quota::month_of(chrono::Utc::now());
     Usage {
-        quota_period: format!("{month} (Vietnam time)"),
-        quota_html: quota,
-        billing_period: format!("{month}, from the audit trail"),
-        billing_html: billing,
+        quota_period: "this minute, today and this month (Vietnam time)".into(),
+        quota_html: quota_table(broker).unwrap_or_else(unavailable),
+        billing_period: month.clone(),
+        billing_html: billing_table(broker, &month).unwrap_or_else(unavailable),
     }
+}
+
+fn unavailable(e: ApiError) -> String {
+    format!("<p class=\"empty\">unavailable: {}</p>", escape(&e.message))
+}
+
+/// One cell of the quota table: a bar against the plan's limit, or the count when unlimited.
+fn quota_cell(used: u64, limit: Option<u64>) -> String {
+    match limit {
+        Some(limit) => format!(
+            "<td><meter min=\"0\" max=\"{max}\" high=\"{high}\" value=\"{used}\" title=\"{used} of {limit}\">\
+             {used}</meter> <span class=\"num\">{used} / {limit}</span></td>",
+            max = limit.max(1),
+            high = (limit.max(1) * 9).div_ceil(10),
+        ),
+        None => format!("<td><span class=\"num\">{used}</span> <span class=\"empty\">no limit</span></td>"),
+    }
+}
+
+/// Use of every agency's purposes in the current windows, against its plan.
+fn quota_table(broker: &Broker) -> Result<String, ApiError> {
+    let mut rows = String::new();
+    for agency in broker.registry.list() {
+        let plan = crate::quota::Plan::from_json(&agency.plan)?;
+        for purpose in broker.catalogue.for_agency(&agency.code) {
+            let used = broker.quota.usage(&agency.code, &purpose.id)?;
+            let limits = plan.for_purpose(&purpose.id);
+            let count = |w: &str| used.get(w).copied().unwrap_or(0);
+            rows.push_str(&format!(
+                "<tr class=\"quota-row\" data-agency=\"{a}\" data-purpose=\"{p}\"><td><code>{a}</code></td>\
+                 <td>{p}</td>{minute}{day}{month}</tr>",
+                a = escape(&agency.code),
+                p = escape(&purpose.id),
+                minute = quota_cell(count("minute"), limits.per_minute),
+                day = quota_cell(count("day"), limits.per_day),
+                month = quota_cell(count("month"), limits.per_month),
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return Ok("<p class=\"empty\">no agency may use any purpose</p>".into());
+    }
+    Ok(format!(
+        "<table><thead><tr><th>agency</th><th>purpose</th><th>this minute</th><th>today</th>\
+         <th>this month</th></tr></thead><tbody>{rows}</tbody></table>"
+    ))
+}
+
+/// The month's billing report (the same one `GET /admin/v1/billing/report` answers).
+fn billing_table(broker: &Broker, month: &str) -> Result<String, ApiError> {
+    let report = crate::billing::report(broker, month)?;
+    if report.lines.is_empty() {
+        return Ok("<p class=\"empty\">no calls this month</p>".into());
+    }
+    let mut rows = String::new();
+    for l in &report.lines {
+        rows.push_str(&format!(
+            "<tr class=\"billing-row\"><td><code>{a}</code></td><td>{p}</td><td class=\"num\">{served}</td>\
+             <td class=\"num\">{refused}</td><td class=\"num\">{unit}</td><td class=\"num\">{amount}</td>\
+             <td>{exempt}</td></tr>",
+            a = escape(&l.agency),
+            p = escape(&l.purpose),
+            served = l.served,
+            refused = l.refused_quota,
+            unit = l.unit_price_vnd,
+            amount = l.amount_vnd,
+            exempt = if l.exempt { "state budget" } else { "billed" },
+        ));
+    }
+    Ok(format!(
+        "<table><thead><tr><th>agency</th><th>purpose</th><th>served</th><th>refused (quota)</th>\
+         <th>price (VND)</th><th>amount (VND)</th><th>class</th></tr></thead><tbody>{rows}</tbody>\
+         <tfoot><tr><th colspan=\"5\">total</th><th class=\"num\" id=\"billing-total\">{total}</th><th></th></tr></tfoot></table>",
+        total = report.total_vnd
+    ))
 }
 
 #[cfg(test)]
@@ -478,16 +429,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn billing_months_follow_vietnam_time() {
-        use chrono::TimeZone;
-        // 17:30 UTC on 31 October is already 1 November in Hà Nội.
-        let now = chrono::Utc
-            .with_ymd_and_hms(2026, 10, 31, 17, 30, 0)
-            .single()
-            .unwrap_or_default();
-        let (start, label) = month_start_vn(now);
-        assert_eq!(label, "2026-11");
-        assert_eq!(start.to_rfc3339(), "2026-10-31T17:00:00+00:00");
+    fn quota_cells_show_bars_only_under_a_limit() {
+        let capped = quota_cell(9, Some(10));
+        assert!(capped.contains("<meter") && capped.contains("9 / 10"), "{capped}");
+        let open = quota_cell(3, None);
+        assert!(!open.contains("<meter") && open.contains("no limit"), "{open}");
+        assert!(quota_cell(0, Some(0)).contains("max=\"1\""));
     }
 
     #[test]

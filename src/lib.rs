@@ -23,6 +23,8 @@
 //! | [`schema`] | the canonical citizen record as JSON Schema, checked on every write |
 //! | [`record`] | derived fields of a record (`covid_status`) |
 //! | [`policy`] | the purpose catalogue: which fields each purpose may read or write |
+//! | [`quota`] | per agency/purpose limits per minute, day and month; served and refused totals for billing |
+//! | [`billing`] | the monthly billing report and its reconciliation with the audit trail |
 //! | [`store`] | citizen records, behind the [`store::CitizenStore`] seam (sled by default) |
 //! | [`audit`] | the append-only, hash-chained audit trail |
 //! | [`canonical`] | the canonical operations (read for a purpose, append history) every channel uses |
@@ -46,6 +48,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod audit_api;
+pub mod billing;
 pub mod broker;
 pub mod canonical;
 pub mod certs;
@@ -65,6 +68,7 @@ pub mod openapi;
 pub mod policy;
 pub mod population;
 pub mod qr;
+pub mod quota;
 pub mod record;
 pub mod registry;
 pub mod schema;

@@ -58,6 +58,10 @@ pub struct Exchange {
     pub bulk: bool,
     /// HTTP method and path, for the log.
     pub route: String,
+    /// The request reached the store and was counted against the quota.
+    pub metered: bool,
+    /// Rate-limit figures for the response headers, when the plan limits this purpose.
+    pub rate: Option<crate::quota::RateInfo>,
 }
 
 /// An answer before it becomes an HTTP response.
@@ -331,6 +335,8 @@ async fn handle(
         body_sha256: String::new(),
         bulk: false,
         route: format!("{} {}", req.method(), mask_citizen_ids(req.uri().path())),
+        metered: false,
+        rate: None,
     };
     let span = tracing::info_span!(
         "request",

@@ -270,6 +270,20 @@ async fn console_in_headless_chromium() {
         require(tool);
     }
     let b = TestBroker::start().await;
+    // A plan for dvc, so its quota use is drawn against limits.
+    let r = b
+        .client("admin")
+        .request(
+            b.admin,
+            hyper::Method::PUT,
+            "/admin/v1/agencies/dvc/plan",
+            Some("application/json"),
+            json!({ "limits": { "public-service-prefill": { "per_day": 50, "per_month": 100 } } })
+                .to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
     // Some traffic for the audit table: a served read and a refused one.
     let r = b
         .get("dvc", "/v1/citizens/001090000001?purpose=public-service-prefill")
@@ -342,7 +356,8 @@ async fn console_in_headless_chromium() {
         first.contains("data-agency=\"dvc\" data-purpose=\"public-service-prefill\""),
         "no quota bar for dvc"
     );
-    assert!(first.contains("<meter"), "no bars");
+    assert!(first.contains("title=\"1 of 100\""), "no monthly bar for dvc");
+    assert!(first.contains("title=\"1 of 50\""), "no daily bar for dvc");
     assert!(
         first.contains("id=\"billing-total\">1000<"),
         "billing total should be 1000 VND"

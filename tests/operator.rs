@@ -194,6 +194,23 @@ async fn metrics_count_requests_stages_and_handshake_failures() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
+    // Over quota: counted as a rejection.
+    let r = b
+        .client("admin")
+        .request(
+            b.admin,
+            hyper::Method::PUT,
+            "/admin/v1/agencies/pccovid/plan",
+            Some("application/json"),
+            json!({ "limits": { "*": { "per_minute": 1 } } }).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let path = "/v1/citizens/001090000001?purpose=covid-qr-status";
+    assert_eq!(b.get("pccovid", path).await.status, 200);
+    let r = b.get("pccovid", path).await;
+    assert_eq!(r.error_code().as_deref(), Some("quota_exceeded"), "{}", r.text());
     // A made-up purpose is counted under `-`, not as a new series.
     let r = b.get("dvc", "/v1/citizens/001090000001?purpose=made-up-x").await;
     assert_eq!(r.status, 400);
@@ -271,6 +288,14 @@ async fn metrics_count_requests_stages_and_handshake_failures() {
     // The head sequence is the trail's (scrapes themselves are not audited).
     let head = b.broker.audit.head().0 as f64;
     assert_eq!(sample(&text, "lienthong_audit_head_seq"), Some(head));
+    assert_eq!(
+        sample(
+            &text,
+            r#"lienthong_quota_rejections_total{agency="pccovid",purpose="covid-qr-status"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert!(text.ends_with("# EOF\n"));
 }
 

@@ -186,7 +186,7 @@ async fn run(
             let inputs = extract(connector, &doc)?;
             *echo = inputs.echo.clone();
             let (id, qr) = subject(exchange, &inputs)?;
-            let record = canonical::fetch(broker, &id).await?;
+            let record = canonical::fetch(broker, exchange, &id).await?;
             if let Some(qr) = &qr {
                 canonical::check_qr_matches(qr, &record)?;
             }
@@ -343,6 +343,8 @@ async fn write_batch(
         ));
     }
     exchange.bulk = entries.len() > 1;
+    // One HTTP call is one metered call, however many entries it carries.
+    canonical::meter(broker, exchange)?;
     let mut outcomes = Vec::new();
     let mut citizens = std::collections::BTreeSet::new();
     let mut written = false;
