@@ -336,9 +336,6 @@ struct Usage {
     billing_html: String,
 }
 
-/// Most audit entries one page view reads to count the month's calls.
-pub const USAGE_SCAN_LIMIT: usize = 50_000;
-
 fn usage(broker: &Broker) -> Usage {
     let month = crate::quota::month_of(chrono::Utc::now());
     Usage {
