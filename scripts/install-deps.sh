@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
 # Everything the build, the demo and the tests need beyond the Rust toolchain. Idempotent.
 # The Rust toolchain itself (cargo, rustc, clippy, rustfmt) comes with the machine.
+#  - curl, openssl: the demo's curl lines, PKCS#12 for the console test
+#  - chromium, libnss3-tools (certutil, pk12util): the headless console test (tests/console.rs)
+#  - python3 + a venv in target/pyenv with openapi-spec-validator and schemathesis (scripts/schemathesis.sh)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v certutil >/dev/null || need_apt+=(libnss3-tools)
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 if ((${#need_apt[@]})); then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt || true
+
+# Python tools for the OpenAPI checks, in a venv under target/ (never the system Python).
+venv=target/pyenv
+if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+  mkdir -p target
+  python3 -m venv "$venv" || { apt-get install -y -qq python3-venv && python3 -m venv "$venv"; }
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q 'openapi-spec-validator>=0.7' 'schemathesis>=4,<5'
+fi

@@ -64,6 +64,18 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let ok = |value: serde_json::Value| Ok(Reply::json(StatusCode::OK, &value));
     match (&method, segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            exchange.operation = "admin:metrics".into();
+            let text = broker.metrics.render(broker.audit.head().0);
+            Ok(Reply {
+                status: StatusCode::OK,
+                content_type: crate::metrics::CONTENT_TYPE,
+                body: text.into(),
+                headers: Vec::new(),
+                error_code: None,
+            })
+        }
+        (_, ["admin", "console", ..]) => crate::console::route(broker, exchange, req).await,
         (&Method::GET, ["admin", "v1", "agencies"]) => {
             exchange.operation = "admin:list_agencies".into();
             ok(json!({ "agencies": broker.registry.list() }))

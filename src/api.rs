@@ -8,6 +8,7 @@ use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::canonical::{self, History};
 use crate::error::ApiError;
+use crate::metrics::Stage;
 use crate::registry::{Agency, AgencyStatus};
 use crate::server::{Exchange, ReadRequest, Reply, Side};
 
@@ -59,6 +60,10 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                     "certificate": &*exchange.peer,
                 }),
             ))
+        }
+        (&Method::GET, "/v1/catalogue") => {
+            exchange.operation = "catalogue".into();
+            Ok(Reply::json(StatusCode::OK, &crate::openapi::document(broker)))
         }
         (&Method::GET, "/v1/purposes") => {
             exchange.operation = "list_purposes".into();
@@ -176,7 +181,13 @@ async fn route_resources(
 /// written the reply is replaced by 503 `audit_unavailable`: nothing leaves unaccounted.
 /// Health checks on the admin listener are not recorded (they touch no data and no registry).
 pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Reply) -> Reply {
-    if side == Side::Admin && exchange.operation == "health" {
+    // Metrics scrapes and the console's CSS/JS touch no data and come often: no trail entry each.
+    if side == Side::Admin
+        && matches!(
+            exchange.operation.as_str(),
+            "health" | "admin:metrics" | crate::console::ASSET_OPERATION
+        )
+    {
         return reply;
     }
     if let Some(rate) = &exchange.rate {
@@ -228,7 +239,10 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
             }
         }
     }
-    match broker.audit.append(entry).await {
+    let started = std::time::Instant::now();
+    let appended = broker.audit.append(entry).await;
+    broker.metrics.observe_since(Stage::AuditFlush, started);
+    match appended {
         Ok(entry) => {
             // Billing totals follow the audit trail: counted only once the entry is durable.
             let outcome = if served {

@@ -64,6 +64,8 @@ pub struct Broker {
     pub sms_limiter: crate::sms::PhoneLimiter,
     /// The sled database (one process per database: admin changes go through the running broker).
     pub db: sled::Db,
+    /// Prometheus metrics, rendered at `GET /metrics` on the admin listener.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Broker {
@@ -118,6 +120,7 @@ impl Broker {
             quota,
             sms_limiter: Default::default(),
             db,
+            metrics: crate::metrics::Metrics::new(),
         })
     }
 

@@ -77,7 +77,12 @@ pub fn authorize<'b>(
         )
     })?;
     exchange.purpose = Some(purpose.to_string());
-    broker.catalogue.authorize(purpose, &agency.code)
+    let started = std::time::Instant::now();
+    let authorized = broker.catalogue.authorize(purpose, &agency.code);
+    broker
+        .metrics
+        .observe_since(crate::metrics::Stage::Policy, started);
+    authorized
 }
 
 /// A well-formed 12-digit ID, recorded on the exchange: 400 `invalid_citizen_id`.
@@ -112,7 +117,12 @@ pub async fn read(
 /// nothing of it leaves except through [`release`]. 404 `citizen_not_found`.
 pub async fn fetch(broker: &Broker, exchange: &mut Exchange, id: &CitizenId) -> Result<Value, ApiError> {
     meter(broker, exchange)?;
-    let Some(mut record) = broker.store.get(id.as_str()).await? else {
+    let started = std::time::Instant::now();
+    let stored = broker.store.get(id.as_str()).await;
+    broker
+        .metrics
+        .observe_since(crate::metrics::Stage::Store, started);
+    let Some(mut record) = stored? else {
         return Err(ApiError::not_found(
             "citizen_not_found",
             format!("no citizen {id}"),
@@ -229,7 +239,12 @@ pub async fn append(
         schema.validate(record)?;
         Ok(UpdateOutcome::Written(entry.clone()))
     });
-    let outcome = broker.store.update(id.as_str(), change).await?;
+    let started = std::time::Instant::now();
+    let outcome = broker.store.update(id.as_str(), change).await;
+    broker
+        .metrics
+        .observe_since(crate::metrics::Stage::Store, started);
+    let outcome = outcome?;
     exchange.fields = vec![field.to_string()];
     Ok(match outcome {
         UpdateOutcome::Written(e) => (StatusCode::CREATED, e),

@@ -33,6 +33,9 @@
 //! | [`checkpoint`] | channel: checkpoint check-ins (CCCD QR scans) and contact tracing for the health authority |
 //! | [`api`] | the canonical API on the agency listener |
 //! | [`admin`] | the admin API on the admin listener |
+//! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
+//! | [`metrics`] | Prometheus metrics (`GET /metrics` on the admin listener) |
+//! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
 //! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
@@ -55,10 +58,13 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connector;
+pub mod console;
 pub mod demo;
 pub mod error;
 pub mod identity;
 pub mod json;
+pub mod metrics;
+pub mod openapi;
 pub mod policy;
 pub mod population;
 pub mod qr;

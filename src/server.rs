@@ -271,17 +271,23 @@ async fn accept_loop(
                 let _permit = permit;
                 let acceptor = tokio_rustls::TlsAcceptor::from(broker.tls.current());
                 let handshake = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
+                let started = std::time::Instant::now();
                 let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
-                        tracing::info!(error = %e, "TLS handshake refused");
+                        let reason = crate::metrics::handshake_failure_reason(&e);
+                        broker.metrics.count_handshake_failure(side, reason);
+                        tracing::info!(error = %e, reason, "TLS handshake refused");
                         return;
                     }
                     Err(_) => {
+                        broker.metrics.count_handshake_failure(side, "timeout");
                         tracing::info!("TLS handshake timed out");
                         return;
                     }
                 };
+                broker.metrics.observe_since(crate::metrics::Stage::Tls, started);
+                let _open = broker.metrics.connection_opened(side);
                 let peer = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                     Some(der) => match PeerIdentity::from_der(der) {
                         Ok(peer) => Arc::new(peer),
@@ -335,14 +341,25 @@ async fn handle(
         rate: None,
         also_concerns: Vec::new(),
     };
-    let span = tracing::info_span!("request", request_id = %exchange.request_id, route = %exchange.route);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %exchange.request_id,
+        route = %exchange.route,
+        agency = tracing::field::Empty
+    );
+    let request_span = span.clone();
     async move {
         // Known before the body is read, so that even a refused body is answered in the dialect's format.
         let connector = match side {
             Side::Agency => broker.connectors.find(req.method(), req.uri().path()),
             Side::Admin => None,
         };
-        let reply = match read_request(&broker, &mut exchange, req).await {
+        let started = std::time::Instant::now();
+        let read = read_request(&broker, &mut exchange, req).await;
+        broker
+            .metrics
+            .observe_since(crate::metrics::Stage::Decode, started);
+        let reply = match read {
             Ok(read) => match side {
                 Side::Agency => crate::api::handle(&broker, &mut exchange, read).await,
                 Side::Admin => crate::admin::handle(&broker, &mut exchange, read).await,
@@ -356,16 +373,46 @@ async fn handle(
             },
         };
         let reply = crate::api::record(&broker, side, &exchange, reply).await;
+        if let Some(agency) = &exchange.agency {
+            request_span.record("agency", agency.as_str());
+        }
+        count_request(&broker, side, &exchange, &reply);
         tracing::info!(
             status = reply.status.as_u16(),
             agency = exchange.agency.as_deref().unwrap_or("-"),
             code = reply.error_code.unwrap_or("-"),
             "answered"
         );
-        into_response(reply, &exchange.request_id)
+        let started = std::time::Instant::now();
+        let response = into_response(reply, &exchange.request_id);
+        broker
+            .metrics
+            .observe_since(crate::metrics::Stage::Encode, started);
+        response
     }
     .instrument(span)
     .await
+}
+
+/// Count the answered request; a purpose outside the catalogue is counted as `-` so made-up
+/// purposes cannot create new series.
+fn count_request(broker: &Broker, side: Side, exchange: &Exchange, reply: &Reply) {
+    let purpose = exchange
+        .purpose
+        .as_deref()
+        .filter(|p| broker.catalogue.get(p).is_some())
+        .unwrap_or("-");
+    let agency = exchange.agency.as_deref().unwrap_or("-");
+    broker.metrics.count_request(crate::metrics::RequestOutcome {
+        side,
+        agency,
+        purpose,
+        connector: &exchange.channel,
+        status: reply.status.as_u16(),
+    });
+    if reply.error_code == Some("quota_exceeded") {
+        broker.metrics.count_quota_rejection(agency, purpose);
+    }
 }
 
 /// Read the body within the size and time limits, hashing it for the audit trail.

@@ -1,0 +1,386 @@
+//! Stage: operations (every stage reports here). Prometheus metrics for `GET /metrics` on the admin
+//! listener: requests by agency, purpose, connector and status; latency per pipeline stage; quota
+//! rejections; the audit chain's head sequence; open connections; handshake failures by reason.
+//!
+//! Label values come only from bounded sets (registered agency codes, catalogue purposes, connector
+//! names, status codes, fixed reasons) so an agency cannot blow up the series count with made-up input.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::server::Side;
+
+/// The media type of [`Metrics::render`] (OpenMetrics text, which Prometheus scrapes natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A pipeline stage whose latency is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The TLS handshake (successful ones).
+    Tls,
+    /// Reading the body and decoding the request (canonical JSON or a connector's format).
+    Decode,
+    /// Purpose and field policy checks.
+    Policy,
+    /// The citizen store (read or write).
+    Store,
+    /// Appending to the audit trail until durable.
+    AuditFlush,
+    /// Turning the answer into the response.
+    Encode,
+}
+
+impl Stage {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Tls => "tls",
+            Stage::Decode => "decode",
+            Stage::Policy => "policy",
+            Stage::Store => "store",
+            Stage::AuditFlush => "audit_flush",
+            Stage::Encode => "encode",
+        }
+    }
+}
+
+fn side_label(side: Side) -> &'static str {
+    match side {
+        Side::Agency => "agency",
+        Side::Admin => "admin",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    side: &'static str,
+    agency: String,
+    purpose: String,
+    connector: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SideLabels {
+    side: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HandshakeLabels {
+    side: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QuotaLabels {
+    agency: String,
+    purpose: String,
+}
+
+/// What one answered request is counted under. Unknown values are passed as `-`.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestOutcome<'a> {
+    /// Which listener.
+    pub side: Side,
+    /// Registered agency code (or `admin`).
+    pub agency: &'a str,
+    /// A catalogue purpose id.
+    pub purpose: &'a str,
+    /// `canonical`, `admin`, or a connector name.
+    pub connector: &'a str,
+    /// HTTP status answered.
+    pub status: u16,
+}
+
+fn stage_histogram() -> Histogram {
+    // 50 µs … ~3.3 s: fast stages (policy) and slow ones (fdatasync, handshakes) both resolve.
+    Histogram::new([
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
+}
+
+/// The broker's metrics, shared by every connection (all updates are lock-free atomics or a short
+/// family lookup).
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    stages: Family<StageLabels, Histogram, fn() -> Histogram>,
+    quota_rejections: Family<QuotaLabels, Counter>,
+    audit_head_seq: Gauge<u64, AtomicU64>,
+    open_connections: Family<SideLabels, Gauge>,
+    handshake_failures: Family<HandshakeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all under the `lienthong_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lienthong");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let stages: Family<StageLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(stage_histogram);
+        let quota_rejections = Family::<QuotaLabels, Counter>::default();
+        let audit_head_seq = Gauge::<u64, AtomicU64>::default();
+        let open_connections = Family::<SideLabels, Gauge>::default();
+        let handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Answered requests by listener, agency, purpose, connector and HTTP status",
+            requests.clone(),
+        );
+        registry.register_with_unit(
+            "stage_duration",
+            "Latency of each pipeline stage",
+            Unit::Seconds,
+            stages.clone(),
+        );
+        registry.register(
+            "quota_rejections",
+            "Requests refused with 429 quota_exceeded, by agency and purpose",
+            quota_rejections.clone(),
+        );
+        registry.register(
+            "audit_head_seq",
+            "Sequence number of the last durable audit entry",
+            audit_head_seq.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "TLS connections currently open, by listener",
+            open_connections.clone(),
+        );
+        registry.register(
+            "handshake_failures",
+            "Failed TLS handshakes by listener and reason",
+            handshake_failures.clone(),
+        );
+        for side in [Side::Agency, Side::Admin] {
+            // Present from the start so dashboards see 0, not "no data".
+            let _ = open_connections.get_or_create(&SideLabels {
+                side: side_label(side),
+            });
+        }
+        Self {
+            registry,
+            requests,
+            stages,
+            quota_rejections,
+            audit_head_seq,
+            open_connections,
+            handshake_failures,
+        }
+    }
+
+    /// Record how long `stage` took.
+    pub fn observe(&self, stage: Stage, elapsed: Duration) {
+        self.stages
+            .get_or_create(&StageLabels {
+                stage: stage.as_str(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Record the time since `started` for `stage`.
+    pub fn observe_since(&self, stage: Stage, started: Instant) {
+        self.observe(stage, started.elapsed());
+    }
+
+    /// Count one answered request.
+    pub fn count_request(&self, outcome: RequestOutcome<'_>) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                side: side_label(outcome.side),
+                agency: outcome.agency.to_string(),
+                purpose: outcome.purpose.to_string(),
+                connector: outcome.connector.to_string(),
+                status: outcome.status,
+            })
+            .inc();
+    }
+
+    /// Count one request refused for quota.
+    pub fn count_quota_rejection(&self, agency: &str, purpose: &str) {
+        self.quota_rejections
+            .get_or_create(&QuotaLabels {
+                agency: agency.to_string(),
+                purpose: purpose.to_string(),
+            })
+            .inc();
+    }
+
+    /// Count one failed TLS handshake; `reason` is one of [`handshake_failure_reason`]'s answers.
+    pub fn count_handshake_failure(&self, side: Side, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&HandshakeLabels {
+                side: side_label(side),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A connection was accepted and its handshake succeeded; the gauge drops when the guard does.
+    pub fn connection_opened(&self, side: Side) -> ConnectionGuard {
+        let gauge = self.open_connections.get_or_create_owned(&SideLabels {
+            side: side_label(side),
+        });
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+
+    /// Open connections on `side` right now.
+    pub fn open_connections(&self, side: Side) -> i64 {
+        self.open_connections
+            .get_or_create(&SideLabels {
+                side: side_label(side),
+            })
+            .get()
+    }
+
+    /// The text exposition, with the audit head sequence read at scrape time.
+    pub fn render(&self, audit_head_seq: u64) -> String {
+        self.audit_head_seq.set(audit_head_seq);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Keeps a connection counted in `lienthong_open_connections` while alive.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// A short, fixed reason for a failed TLS handshake, for the `reason` label.
+pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as TlsError};
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) else {
+        return match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => "reset",
+            _ => "io",
+        };
+    };
+    match tls {
+        TlsError::NoCertificatesPresented => "no_client_certificate",
+        TlsError::InvalidCertificate(cert) => match cert {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "certificate_expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "certificate_not_yet_valid"
+            }
+            CertificateError::Revoked => "certificate_revoked",
+            CertificateError::UnknownIssuer => "unknown_ca",
+            CertificateError::BadSignature => "bad_signature",
+            _ => "bad_certificate",
+        },
+        TlsError::PeerIncompatible(_) => "incompatible",
+        TlsError::AlertReceived(_) => "alert_received",
+        TlsError::InappropriateMessage { .. } | TlsError::InappropriateHandshakeMessage { .. } => {
+            "protocol_error"
+        }
+        TlsError::InvalidMessage(_) => "invalid_message",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let m = Metrics::new();
+        m.count_request(RequestOutcome {
+            side: Side::Agency,
+            agency: "dvc",
+            purpose: "public-service-prefill",
+            connector: "canonical",
+            status: 200,
+        });
+        m.observe(Stage::Store, Duration::from_micros(300));
+        m.count_quota_rejection("pccovid", "covid-qr-status");
+        m.count_handshake_failure(Side::Agency, "unknown_ca");
+        let text = m.render(42);
+        assert!(text.contains(
+            r#"lienthong_requests_total{side="agency",agency="dvc",purpose="public-service-prefill",connector="canonical",status="200"} 1"#
+        ), "{text}");
+        assert!(
+            text.contains(r#"lienthong_stage_duration_seconds_bucket{le="0.0005",stage="store"} 1"#)
+                || text.contains(r#"lienthong_stage_duration_seconds_bucket{stage="store",le="0.0005"} 1"#),
+            "{text}"
+        );
+        assert!(text
+            .contains(r#"lienthong_quota_rejections_total{agency="pccovid",purpose="covid-qr-status"} 1"#));
+        assert!(text.contains("lienthong_audit_head_seq 42"), "{text}");
+        assert!(
+            text.contains(r#"lienthong_open_connections{side="agency"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"lienthong_handshake_failures_total{side="agency",reason="unknown_ca"} 1"#));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn connection_gauge_follows_guards() {
+        let m = Metrics::new();
+        let a = m.connection_opened(Side::Admin);
+        let b = m.connection_opened(Side::Admin);
+        assert_eq!(m.open_connections(Side::Admin), 2);
+        drop(a);
+        assert_eq!(m.open_connections(Side::Admin), 1);
+        drop(b);
+        assert_eq!(m.open_connections(Side::Admin), 0);
+        assert_eq!(m.open_connections(Side::Agency), 0);
+    }
+
+    #[test]
+    fn handshake_reasons_are_classified() {
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert_eq!(
+            handshake_failure_reason(&io(rustls::Error::NoCertificatesPresented)),
+            "no_client_certificate"
+        );
+        assert_eq!(
+            handshake_failure_reason(&io(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked
+            ))),
+            "certificate_revoked"
+        );
+        assert_eq!(
+            handshake_failure_reason(&std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            "eof"
+        );
+    }
+}
