@@ -93,6 +93,10 @@ pub async fn prepare_with(
     tweak(&mut config);
     config.validate("<demo defaults>")?;
     let broker = Arc::new(Broker::open(config)?);
+    // Before anything is registered or seeded: an emptied store must not be quietly re-filled.
+    crate::server::check_store_against_audit(&broker)
+        .await
+        .map_err(StartError::Other)?;
     for (code, name, billing_class) in DEMO_AGENCIES {
         if broker.registry.get(code).is_some() {
             continue;

@@ -184,6 +184,9 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    check_store_against_audit(&broker)
+        .await
+        .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m))?;
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let in_flight = Arc::new(InFlight::new(broker.config.limits.max_concurrent_per_agency));
@@ -491,6 +494,62 @@ async fn read_request(
     };
     exchange.body_sha256 = hex::encode(Sha256::digest(&body));
     Ok(ReadRequest { parts, body })
+}
+
+/// How far back [`check_store_against_audit`] looks, in audit entries.
+const STORE_CHECK_ENTRIES: usize = 10_000;
+
+/// The history lists a `201` write appends exactly one entry to.
+const HISTORIES: [&str; 4] = ["vaccinations", "test_results", "recoveries", "checkins"];
+
+/// Refuse to serve a citizen store that has lost acknowledged writes. sled checksums its log, but on
+/// recovery it cannot tell a corrupted record from a torn tail and silently rolls back to the last
+/// good one (or to nothing). The audit trail is written to its own fdatasync'd, hash-chained files
+/// *after* the store write succeeded, so every recent `201` entry naming a history list is a write the
+/// store must still hold: a store with fewer entries in that list is corrupt or rolled back.
+pub async fn check_store_against_audit(broker: &Broker) -> Result<(), String> {
+    let filter = crate::audit::AuditFilter {
+        status: Some(201),
+        ..Default::default()
+    };
+    let entries = broker
+        .audit
+        .search(&filter, None, STORE_CHECK_ENTRIES)
+        .map_err(|e| format!("audit trail: {e}"))?;
+    let mut expected: HashMap<(String, &'static str), usize> = HashMap::new();
+    for entry in &entries {
+        let Some(citizen) = &entry.record.citizen_id else {
+            continue;
+        };
+        if let Some(list) = HISTORIES
+            .iter()
+            .find(|h| entry.record.fields.iter().any(|f| f == *h))
+        {
+            *expected.entry((citizen.clone(), list)).or_insert(0) += 1;
+        }
+    }
+    for ((citizen, list), written) in expected {
+        let record = broker
+            .store
+            .get(&citizen)
+            .await
+            .map_err(|e| format!("citizen store: {}", e.message))?;
+        let held = record
+            .as_ref()
+            .and_then(|r| r.get(list))
+            .and_then(serde_json::Value::as_array)
+            .map_or(0, Vec::len);
+        if held < written {
+            return Err(format!(
+                "database {}: corrupt or rolled back, refusing to start: the audit trail acknowledges {written} writes \
+                 to {list} of citizen {}, the store holds {held}. Restore the data directory from a backup; \
+                 `lienthong audit export` lists what was acknowledged.",
+                broker.config.storage.data_dir.display(),
+                mask_citizen_ids(&citizen)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Connection builders per negotiated protocol.
