@@ -12,3 +12,5 @@ if ((${#need_apt[@]})); then
   $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt || true
+# The fuzz smoke (scripts/fuzz-smoke.sh) needs cargo-fuzz; built once, then reused.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
