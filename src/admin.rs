@@ -120,6 +120,53 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 .map_err(|e| ApiError::unprocessable("tls_reload_failed", e.to_string()))?;
             ok(json!({ "reloaded": true }))
         }
+        (&Method::PUT, ["admin", "v1", "agencies", code, "plan"]) => {
+            exchange.operation = "admin:set_plan".into();
+            let value = crate::json::parse(&req.body)?;
+            let plan = crate::quota::Plan::from_json(&value)?;
+            for purpose in plan.limits.keys().filter(|p| p.as_str() != "*") {
+                if broker.catalogue.get(purpose).is_none() {
+                    return Err(ApiError::bad_request(
+                        "unknown_purpose",
+                        format!("no purpose {purpose}"),
+                    ));
+                }
+            }
+            let plan = serde_json::to_value(plan).map_err(ApiError::internal)?;
+            ok(json!({ "agency": broker.registry.update(code, |a| { a.plan = plan; Ok(()) }).await? }))
+        }
+        (&Method::PUT, ["admin", "v1", "agencies", code, "billing-class"]) => {
+            exchange.operation = "admin:set_billing_class".into();
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Class {
+                billing_class: crate::registry::BillingClass,
+            }
+            let class: Class = json_body(req)?;
+            ok(
+                json!({ "agency": broker.registry.update(code, |a| { a.billing_class = class.billing_class; Ok(()) }).await? }),
+            )
+        }
+        (&Method::GET, ["admin", "v1", "agencies", code, "usage"]) => {
+            exchange.operation = "admin:usage".into();
+            let agency = broker
+                .registry
+                .get(code)
+                .ok_or_else(|| ApiError::not_found("unknown_agency", format!("no agency {code}")))?;
+            let mut usage = serde_json::Map::new();
+            let plan = crate::quota::Plan::from_json(&agency.plan)?;
+            for purpose in broker.catalogue.for_agency(code) {
+                usage.insert(
+                    purpose.id.clone(),
+                    json!({ "used": broker.quota.usage(code, &purpose.id)?, "limits": plan.for_purpose(&purpose.id) }),
+                );
+            }
+            ok(json!({ "agency": code, "usage": usage }))
+        }
+        (&Method::GET, ["admin", "v1", "billing", action]) => {
+            exchange.operation = format!("admin:billing_{action}");
+            crate::billing::admin_route(broker, req, action)
+        }
         (&Method::GET, ["admin", "v1", "audit", action]) => {
             exchange.operation = format!("admin:audit_{action}");
             crate::audit_api::admin_route(broker, req, action)

@@ -164,17 +164,25 @@ async fn route_resources(
         (_, ["v1", "citizens", ..]) | (_, ["v1", "purposes", ..]) => {
             Err(ApiError::method_not_allowed(method, path))
         }
-        _ => Err(ApiError::no_route(method, path)),
+        _ => match broker.connectors.find(method, path) {
+            Some(connector) => Ok(crate::connector::handle(broker, exchange, agency, connector, req).await),
+            None if broker.connectors.has_path(path) => Err(ApiError::method_not_allowed(method, path)),
+            None => Err(ApiError::no_route(method, path)),
+        },
     }
 }
 
 /// Record the exchange in the audit trail, then hand back the reply to send. If the trail cannot be
 /// written the reply is replaced by 503 `audit_unavailable`: nothing leaves unaccounted.
 /// Health checks on the admin listener are not recorded (they touch no data and no registry).
-pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, reply: Reply) -> Reply {
+pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Reply) -> Reply {
     if side == Side::Admin && exchange.operation == "health" {
         return reply;
     }
+    if let Some(rate) = &exchange.rate {
+        reply.headers.extend(rate.headers());
+    }
+    let served = exchange.metered && reply.status.is_success();
     let entry = AuditRecord {
         agency: exchange.agency.clone(),
         cert_fingerprint: Some(exchange.peer.fingerprint_sha256.clone()),
@@ -197,9 +205,50 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, reply: Rep
         request_id: exchange.request_id.clone(),
         request_sha256: exchange.body_sha256.clone(),
         bulk: exchange.bulk,
+        metered: exchange.metered,
     };
+    // A bulk answer is recorded once per citizen it concerns (same request id, not metered again), then as a
+    // whole; any failure withholds the answer.
+    if reply.status.is_success() {
+        for citizen in &exchange.also_concerns {
+            let per_citizen = AuditRecord {
+                citizen_id: Some(citizen.clone()),
+                metered: false,
+                ..entry.clone()
+            };
+            if let Err(e) = broker.audit.append(per_citizen).await {
+                tracing::error!(error = %e, "audit append failed; withholding the answer");
+                return Reply::error(
+                    &ApiError::unavailable(
+                        "audit_unavailable",
+                        "the audit trail cannot be written; nothing was released",
+                    ),
+                    &exchange.request_id,
+                );
+            }
+        }
+    }
     match broker.audit.append(entry).await {
-        Ok(_) => reply,
+        Ok(entry) => {
+            // Billing totals follow the audit trail: counted only once the entry is durable.
+            let outcome = if served {
+                Some("served")
+            } else if reply.error_code == Some("quota_exceeded") {
+                Some("refused")
+            } else {
+                None
+            };
+            if let (Some(kind), Some(agency), Some(purpose)) = (outcome, &exchange.agency, &exchange.purpose)
+            {
+                let at = chrono::DateTime::parse_from_rfc3339(&entry.time)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .unwrap_or_else(|_| chrono::Utc::now());
+                if let Err(e) = broker.quota.record_outcome(agency, purpose, kind, at) {
+                    tracing::error!(error = %e.message, "billing counter not updated; `billing reconcile` will show it");
+                }
+            }
+            reply
+        }
         Err(e) => {
             tracing::error!(error = %e, "audit append failed; withholding the answer");
             Reply::error(
@@ -255,6 +304,25 @@ pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::br
 }
 
 /// Example `curl` lines for the canonical API and connectors, given a `curl` prefix for an agency.
-pub fn demo_curl_examples(_curl: &dyn Fn(&str) -> String, _agency_addr: &str) -> String {
-    String::new()
+pub fn demo_curl_examples(curl: &dyn Fn(&str) -> String, agency_addr: &str) -> String {
+    let a = agency_addr;
+    [
+        format!("{} 'https://{a}/v1/citizens/001090000001?purpose=public-service-prefill'", curl("dvc")),
+        format!("{} 'https://{a}/v1/citizens/001090000001?purpose=covid-qr-status'", curl("pccovid")),
+        format!(
+            "{} -H 'content-type: application/json' --data-binary @connectors/examples/pccovid-qr-status.json https://{a}/connectors/pccovid/v1/qr-status",
+            curl("pccovid")
+        ),
+        format!(
+            "{} -H 'content-type: text/xml' --data-binary @connectors/examples/dvc-tra-cuu.xml https://{a}/connectors/dvc/v1/TraCuuThongTinCongDan",
+            curl("dvc")
+        ),
+        format!(
+            "{} -H 'content-type: application/fhir+json' --data-binary @connectors/examples/moh-bundle.json https://{a}/connectors/moh/v1/Immunization",
+            curl("moh")
+        ),
+    ]
+    .iter()
+    .map(|line| format!("  {line}\n"))
+    .collect()
 }

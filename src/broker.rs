@@ -50,10 +50,14 @@ pub struct Broker {
     pub schema: CitizenSchema,
     /// The purpose catalogue.
     pub catalogue: Catalogue,
+    /// The loaded connectors.
+    pub connectors: crate::connector::ConnectorSet,
     /// Citizen records.
     pub store: Arc<dyn CitizenStore>,
     /// The audit trail.
     pub audit: Arc<AuditLog>,
+    /// Quota counters and monthly billing totals.
+    pub quota: crate::quota::Quota,
     /// Registered checkpoints and the check-in index.
     pub checkpoints: crate::checkpoint::Checkpoints,
     /// Per-phone-number look-up limiter of the SMS channel.
@@ -76,6 +80,12 @@ impl Broker {
             .iter()
             .map(|p| crate::identity::fingerprint_of_pem_file(p))
             .collect::<Result<HashSet<_>, _>>()?;
+        let connectors = crate::connector::ConnectorSet::load(
+            config.catalogue.connectors_dir.as_deref(),
+            &schema,
+            &catalogue,
+        )
+        .map_err(|e| StartError::Other(format!("connector {e}")))?;
         let data_dir = &config.storage.data_dir;
         let store_err = |message: String| StartError::Store {
             path: data_dir.clone(),
@@ -89,6 +99,7 @@ impl Broker {
             .map_err(|e| store_err(describe_sled_error(e)))?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
+        let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let checkpoints =
             crate::checkpoint::Checkpoints::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let audit = AuditLog::open(&data_dir.join("audit"), db.clone(), config.audit.checkpoint_every)
@@ -100,9 +111,11 @@ impl Broker {
             registry,
             schema,
             catalogue,
+            connectors,
             store,
             audit,
             checkpoints,
+            quota,
             sms_limiter: Default::default(),
             db,
         })

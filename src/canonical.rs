@@ -38,6 +38,18 @@ impl History {
         }
     }
 
+    /// The history held in the record field `field`.
+    pub fn from_field(field: &str) -> Option<Self> {
+        [
+            History::Vaccinations,
+            History::TestResults,
+            History::Recoveries,
+            History::CheckIns,
+        ]
+        .into_iter()
+        .find(|h| h.field() == field)
+    }
+
     /// The history named by a URL segment (`vaccinations`, `test-results`, `recoveries`).
     pub fn from_segment(segment: &str) -> Option<Self> {
         match segment {
@@ -92,13 +104,14 @@ pub async fn read(
             format!("purpose {} releases no fields", purpose.id),
         ));
     }
-    let record = fetch(broker, id).await?;
+    let record = fetch(broker, exchange, id).await?;
     Ok(release(exchange, &record, &fields))
 }
 
 /// The stored record with its derived fields, for the broker's own use (matching a QR or a phone number);
 /// nothing of it leaves except through [`release`]. 404 `citizen_not_found`.
-pub async fn fetch(broker: &Broker, id: &CitizenId) -> Result<Value, ApiError> {
+pub async fn fetch(broker: &Broker, exchange: &mut Exchange, id: &CitizenId) -> Result<Value, ApiError> {
+    meter(broker, exchange)?;
     let Some(mut record) = broker.store.get(id.as_str()).await? else {
         return Err(ApiError::not_found(
             "citizen_not_found",
@@ -107,6 +120,32 @@ pub async fn fetch(broker: &Broker, id: &CitizenId) -> Result<Value, ApiError> {
     };
     crate::record::with_derived(&mut record, Utc::now());
     Ok(record)
+}
+
+/// Count this request against the agency's quota for its purpose, once, as it reaches the store:
+/// 429 `quota_exceeded` when over a limit. The rate-limit figures go on the exchange for the headers.
+pub fn meter(broker: &Broker, exchange: &mut Exchange) -> Result<(), ApiError> {
+    if exchange.metered {
+        return Ok(());
+    }
+    let (Some(agency), Some(purpose)) = (exchange.agency.as_deref(), exchange.purpose.as_deref()) else {
+        return Err(ApiError::internal("metering a request without agency or purpose"));
+    };
+    let plan = match broker.registry.get(agency) {
+        Some(a) => crate::quota::Plan::from_json(&a.plan)?,
+        None => crate::quota::Plan::default(),
+    };
+    match broker.quota.meter(agency, &plan, purpose) {
+        Ok(rate) => {
+            exchange.metered = true;
+            exchange.rate = rate;
+            Ok(())
+        }
+        Err((e, rate)) => {
+            exchange.rate = rate;
+            Err(e)
+        }
+    }
 }
 
 /// Project a fetched record onto `fields`, recording what was released on the exchange.
@@ -165,6 +204,7 @@ pub async fn append(
             ),
         ));
     };
+    meter(broker, exchange)?;
     let schema = &broker.schema;
     let change = Box::new(move |record: &mut Value| -> Result<UpdateOutcome, ApiError> {
         let list = record

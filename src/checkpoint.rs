@@ -301,7 +301,7 @@ async fn scan(
             "the scan time must be within the last 21 days",
         ));
     }
-    let record = canonical::fetch(broker, &id).await?;
+    let record = canonical::fetch(broker, exchange, &id).await?;
     if let Some(qr) = &qr {
         canonical::check_qr_matches(qr, &record)?;
     }
@@ -351,8 +351,13 @@ fn trace(
             "the window must be positive and at most 21 days",
         ));
     }
+    canonical::meter(broker, exchange)?;
     let checkins = broker.checkpoints.checkins(&cp.id, from, to)?;
     exchange.bulk = true;
+    // Each person released gets an entry of their own, so contact tracing shows in their access log.
+    exchange.also_concerns = checkins.iter().map(|(id, _)| id.clone()).collect();
+    exchange.also_concerns.sort();
+    exchange.also_concerns.dedup();
     exchange.fields = vec![
         "checkins[].checkpoint_id".into(),
         "checkins[].time".into(),

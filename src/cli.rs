@@ -71,6 +71,15 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditCommand,
     },
+    /// The monthly billing report and its reconciliation with the audit trail (through the admin API).
+    Billing {
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminTarget,
+        /// What to do.
+        #[command(subcommand)]
+        action: BillingCommand,
+    },
     /// Manage agencies through a running broker's admin API.
     Agency {
         /// How to reach the admin API.
@@ -143,6 +152,26 @@ pub enum AuditCommand {
     },
 }
 
+/// `lienthong billing …`
+#[derive(Debug, Subcommand)]
+pub enum BillingCommand {
+    /// Per agency and purpose: calls served, refused for quota, unit price, amount, exemption.
+    Report {
+        /// The month, `YYYY-MM` (default: this month).
+        #[arg(long)]
+        month: Option<String>,
+        /// `csv` or `json`.
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+    /// Recompute the month from the audit trail; exit 1 if the counters differ.
+    Reconcile {
+        /// The month, `YYYY-MM` (default: this month).
+        #[arg(long)]
+        month: Option<String>,
+    },
+}
+
 /// Where the admin API is and which certificate to present.
 #[derive(Debug, Args)]
 pub struct AdminTarget {
@@ -212,6 +241,35 @@ pub enum AgencyCommand {
         /// Agency code.
         code: String,
     },
+    /// Set the quota plan for one purpose (or `*`, every purpose); leave a limit out for no limit.
+    Plan {
+        /// Agency code.
+        code: String,
+        /// Purpose id, or `*`.
+        #[arg(long, default_value = "*")]
+        purpose: String,
+        /// Calls per minute.
+        #[arg(long)]
+        per_minute: Option<u64>,
+        /// Calls per day.
+        #[arg(long)]
+        per_day: Option<u64>,
+        /// Calls per month.
+        #[arg(long)]
+        per_month: Option<u64>,
+    },
+    /// Set the billing class: `billed` or `state-budget`.
+    BillingClass {
+        /// Agency code.
+        code: String,
+        /// `billed` or `state-budget`.
+        class: String,
+    },
+    /// Quota use in the current windows, per purpose.
+    Usage {
+        /// Agency code.
+        code: String,
+    },
 }
 
 /// Set up logging: `RUST_LOG` filter (default `info`), text or JSON.
@@ -276,6 +334,7 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Agency { admin, action } => return agency_command(admin, action).await,
+        Command::Billing { admin, action } => return billing_command(admin, action).await,
         Command::Audit { action } => return audit_command(action),
     };
     match result {
@@ -340,14 +399,78 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-async fn agency_command(admin: AdminTarget, action: AgencyCommand) -> i32 {
-    let client = match MtlsClient::from_files(&admin.cacert, &admin.cert, &admin.key, Alpn::Both) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("lienthong: {e}");
-            return 2;
-        }
+/// Call the admin API; the answer, or the exit code after printing why it failed.
+async fn admin_call(
+    admin: &AdminTarget,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<crate::client::Response, i32> {
+    let client = MtlsClient::from_files(&admin.cacert, &admin.cert, &admin.key, Alpn::Both).map_err(|e| {
+        eprintln!("lienthong: {e}");
+        2
+    })?;
+    let (content_type, body) = match body {
+        Some(b) => (Some("application/json"), b.to_string()),
+        None => (None, String::new()),
     };
+    let resp = client
+        .request(admin.admin_addr, method, path, content_type, body)
+        .await
+        .map_err(|e| {
+            eprintln!(
+                "lienthong: cannot reach the admin API at {}: {e}",
+                admin.admin_addr
+            );
+            1
+        })?;
+    if resp.status >= 300 {
+        eprintln!("lienthong: admin API answered {}: {}", resp.status, resp.text());
+        return Err(1);
+    }
+    Ok(resp)
+}
+
+fn pretty(resp: &crate::client::Response) -> String {
+    serde_json::to_string_pretty(&resp.json()).unwrap_or_else(|_| resp.text())
+}
+
+async fn billing_command(admin: AdminTarget, action: BillingCommand) -> i32 {
+    let month_q = |m: &Option<String>| m.as_ref().map(|m| format!("month={m}&")).unwrap_or_default();
+    match action {
+        BillingCommand::Report { month, format } => {
+            let path = format!("/admin/v1/billing/report?{}format={format}", month_q(&month));
+            match admin_call(&admin, Method::GET, &path, None).await {
+                Ok(resp) if format == "csv" => {
+                    print!("{}", resp.text());
+                    0
+                }
+                Ok(resp) => {
+                    println!("{}", pretty(&resp));
+                    0
+                }
+                Err(code) => code,
+            }
+        }
+        BillingCommand::Reconcile { month } => {
+            let path = format!("/admin/v1/billing/reconcile?{}", month_q(&month));
+            match admin_call(&admin, Method::GET, &path, None).await {
+                Ok(resp) => {
+                    println!("{}", pretty(&resp));
+                    if resp.json()["ok"] == true {
+                        0
+                    } else {
+                        eprintln!("lienthong: the billing counters differ from the audit trail");
+                        1
+                    }
+                }
+                Err(code) => code,
+            }
+        }
+    }
+}
+
+async fn agency_command(admin: AdminTarget, action: AgencyCommand) -> i32 {
     let cert_fp = |path: &PathBuf| crate::identity::fingerprint_of_pem_file(path).map_err(|e| e.to_string());
     let call = match action {
         AgencyCommand::List => Ok((Method::GET, "/admin/v1/agencies".to_string(), None)),
@@ -394,6 +517,35 @@ async fn agency_command(admin: AdminTarget, action: AgencyCommand) -> i32 {
         AgencyCommand::Resume { code } => {
             Ok((Method::POST, format!("/admin/v1/agencies/{code}/resume"), None))
         }
+        AgencyCommand::Usage { code } => Ok((Method::GET, format!("/admin/v1/agencies/{code}/usage"), None)),
+        AgencyCommand::BillingClass { code, class } => Ok((
+            Method::PUT,
+            format!("/admin/v1/agencies/{code}/billing-class"),
+            Some(serde_json::json!({ "billing_class": class })),
+        )),
+        AgencyCommand::Plan {
+            code,
+            purpose,
+            per_minute,
+            per_day,
+            per_month,
+        } => {
+            let mut limits = serde_json::Map::new();
+            for (k, v) in [
+                ("per_minute", per_minute),
+                ("per_day", per_day),
+                ("per_month", per_month),
+            ] {
+                if let Some(v) = v {
+                    limits.insert(k.into(), v.into());
+                }
+            }
+            Ok((
+                Method::PUT,
+                format!("/admin/v1/agencies/{code}/plan"),
+                Some(serde_json::json!({ "limits": { purpose: limits } })),
+            ))
+        }
     };
     let (method, path, body) = match call {
         Ok(call) => call,
@@ -402,32 +554,12 @@ async fn agency_command(admin: AdminTarget, action: AgencyCommand) -> i32 {
             return 2;
         }
     };
-    let (content_type, body) = match body {
-        Some(b) => (Some("application/json"), b.to_string()),
-        None => (None, String::new()),
-    };
-    match client
-        .request(admin.admin_addr, method, &path, content_type, body)
-        .await
-    {
+    match admin_call(&admin, method, &path, body).await {
         Ok(resp) => {
-            let json = resp.json();
-            let pretty = serde_json::to_string_pretty(&json).unwrap_or_else(|_| resp.text());
-            if resp.status < 300 {
-                println!("{pretty}");
-                0
-            } else {
-                eprintln!("lienthong: admin API answered {}: {pretty}", resp.status);
-                1
-            }
+            println!("{}", pretty(&resp));
+            0
         }
-        Err(e) => {
-            eprintln!(
-                "lienthong: cannot reach the admin API at {}: {e}",
-                admin.admin_addr
-            );
-            1
-        }
+        Err(code) => code,
     }
 }
 

@@ -19,9 +19,12 @@
 //! | [`registry`] | agencies, their bound certificates, status, plan and billing class |
 //! | [`citizen_id`] | the 12-digit personal ID (province, century/gender digit, birth year) |
 //! | [`qr`] | the CCCD QR payload printed on the chip-based citizen ID card |
+//! | [`connector`] | declarative `connectors/*.toml`: an agency's JSON or XML ↔ the canonical operations |
 //! | [`schema`] | the canonical citizen record as JSON Schema, checked on every write |
 //! | [`record`] | derived fields of a record (`covid_status`) |
 //! | [`policy`] | the purpose catalogue: which fields each purpose may read or write |
+//! | [`quota`] | per agency/purpose limits per minute, day and month; served and refused totals for billing |
+//! | [`billing`] | the monthly billing report and its reconciliation with the audit trail |
 //! | [`store`] | citizen records, behind the [`store::CitizenStore`] seam (sled by default) |
 //! | [`audit`] | the append-only, hash-chained audit trail |
 //! | [`canonical`] | the canonical operations (read for a purpose, append history) every channel uses |
@@ -42,6 +45,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod audit_api;
+pub mod billing;
 pub mod broker;
 pub mod canonical;
 pub mod certs;
@@ -50,6 +54,7 @@ pub mod citizen_id;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connector;
 pub mod demo;
 pub mod error;
 pub mod identity;
@@ -57,6 +62,7 @@ pub mod json;
 pub mod policy;
 pub mod population;
 pub mod qr;
+pub mod quota;
 pub mod record;
 pub mod registry;
 pub mod schema;

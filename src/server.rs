@@ -63,6 +63,12 @@ pub struct Exchange {
     pub bulk: bool,
     /// HTTP method and path, for the log.
     pub route: String,
+    /// The request reached the store and was counted against the quota.
+    pub metered: bool,
+    /// Rate-limit figures for the response headers, when the plan limits this purpose.
+    pub rate: Option<crate::quota::RateInfo>,
+    /// Other citizens a bulk answer released data about; each gets an audit entry of their own.
+    pub also_concerns: Vec<String>,
 }
 
 /// An answer before it becomes an HTTP response.
@@ -372,9 +378,17 @@ async fn handle(
         body_sha256: String::new(),
         bulk: false,
         route: format!("{} {}", req.method(), mask_citizen_ids(req.uri().path())),
+        metered: false,
+        rate: None,
+        also_concerns: Vec::new(),
     };
     let span = tracing::info_span!("request", request_id = %exchange.request_id, route = %exchange.route);
     async move {
+        // Known before the body is read, so that even a refused body is answered in the dialect's format.
+        let connector = match side {
+            Side::Agency => broker.connectors.find(req.method(), req.uri().path()),
+            Side::Admin => None,
+        };
         // Agencies share the broker: one of them may not hold every worker. Operators are never capped.
         let _slot = if side == Side::Agency {
             let agency = broker.registry.by_fingerprint(&exchange.peer.fingerprint_sha256);
@@ -398,7 +412,13 @@ async fn handle(
                         ),
                     );
                     err.retry_after = Some(1);
-                    let reply = Reply::error(&err, &exchange.request_id);
+                    let reply = match connector {
+                        Some(c) => {
+                            exchange.channel = c.name.clone();
+                            crate::connector::error_reply(c, &err, &exchange.request_id)
+                        }
+                        None => Reply::error(&err, &exchange.request_id),
+                    };
                     let reply = crate::api::record(&broker, side, &exchange, reply).await;
                     tracing::info!(
                         status = reply.status.as_u16(),
@@ -419,7 +439,13 @@ async fn handle(
                 Side::Agency => crate::api::handle(&broker, &mut exchange, read).await,
                 Side::Admin => crate::admin::handle(&broker, &mut exchange, read).await,
             },
-            Err(e) => Reply::error(&e, &exchange.request_id),
+            Err(e) => match connector {
+                Some(c) => {
+                    exchange.channel = c.name.clone();
+                    crate::connector::error_reply(c, &e, &exchange.request_id)
+                }
+                None => Reply::error(&e, &exchange.request_id),
+            },
         };
         let reply = crate::api::record(&broker, side, &exchange, reply).await;
         tracing::info!(
@@ -712,6 +738,9 @@ async fn record_connection_event(
         body_sha256: hex::encode(Sha256::digest(b"")),
         bulk: false,
         route: "-".into(),
+        metered: false,
+        rate: None,
+        also_concerns: Vec::new(),
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut reply = Reply::error(&ApiError::new(status, code, message), &exchange.request_id);

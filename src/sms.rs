@@ -203,7 +203,7 @@ pub async fn inbound(
         return Ok(no_match());
     };
     exchange.citizen_id = Some(id.as_str().to_string());
-    let record = match canonical::fetch(broker, &id).await {
+    let record = match canonical::fetch(broker, exchange, &id).await {
         Ok(record) => record,
         Err(e) if e.code == "citizen_not_found" => return Ok(no_match()),
         Err(e) => return Err(e),

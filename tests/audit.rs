@@ -241,7 +241,8 @@ async fn verify_works_offline_and_finds_the_tampered_entry() {
     assert_eq!(
         out.status.code(),
         Some(0),
-        "{}",
+        "stdout: {} stderr: {}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 5 entries"));

@@ -325,3 +325,111 @@ async fn covid_status_follows_new_test_results_and_recoveries() {
         (403, Some("forbidden_field"))
     );
 }
+
+fn example(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("connectors/examples")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn fhir_observation_and_recovery_connectors_move_covid_status() {
+    let b = TestBroker::start().await;
+    let id = "048203000003";
+    let status = || async {
+        b.get("pccovid", &format!("/v1/citizens/{id}?purpose=covid-qr-status"))
+            .await
+            .json()["citizen"]["covid_status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status().await, "none");
+    // A lab result sampled within 72 hours: rewrite the example's time to two hours ago.
+    let sampled = (Utc::now() - Duration::hours(2)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let obs = String::from_utf8(example("moh-observation.json"))
+        .unwrap()
+        .replace("2026-11-23T07:30:00+07:00", &sampled);
+    let r = b
+        .post_raw(
+            "moh",
+            "/connectors/moh/v1/Observation",
+            "application/fhir+json",
+            obs.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(status().await, "negative_test");
+    let r = b
+        .post_raw(
+            "moh",
+            "/connectors/moh/v1/Observation",
+            "application/fhir+json",
+            obs.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "idempotent");
+    let stored = record(&b, id).await["test_results"].as_array().unwrap().clone();
+    let ours: Vec<&Value> = stored
+        .iter()
+        .filter(|t| t["source_record_id"] == "CDC-DN-2026-11-23-004512")
+        .collect();
+    assert_eq!(ours.len(), 1, "written once");
+    assert_eq!(
+        (ours[0]["kind"].as_str(), ours[0]["result"].as_str()),
+        (Some("pcr"), Some("negative"))
+    );
+    let unknown_code = obs
+        .replace("94500-6", "12345-6")
+        .replace("CDC-DN-2026-11-23-004512", "other");
+    let r = b
+        .post_raw(
+            "moh",
+            "/connectors/moh/v1/Observation",
+            "application/fhir+json",
+            unknown_code,
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(
+        r.json()["issue"][0]["details"]["coding"][0]["code"],
+        "invalid_value"
+    );
+
+    // The recovery list: one good, one unknown citizen, one impossible date — each answered on its own.
+    let today = lienthong::record::today_in_vietnam(Utc::now());
+    let list = String::from_utf8(example("moh-recovery-list.json"))
+        .unwrap()
+        .replace(
+            "15/11/2026",
+            &(today - Duration::days(3)).format("%d/%m/%Y").to_string(),
+        );
+    let r = b
+        .post_raw("moh", "/connectors/moh/v1/khoi-benh", "application/json", list)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let statuses: Vec<u64> = r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 404, 422]);
+    assert_eq!(status().await, "recovered");
+    // The purposes stay apart: the recovery connector cannot be reached by other agencies.
+    let r = b
+        .post_raw(
+            "pccovid",
+            "/connectors/moh/v1/khoi-benh",
+            "application/json",
+            example("moh-recovery-list.json"),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_deref()),
+        (403, Some("purpose_not_allowed"))
+    );
+}

@@ -623,3 +623,63 @@ async fn old_protocol_versions_and_weak_suites_are_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn hostile_xml_gets_a_soap_fault_an_entry_and_no_data() {
+    let b = TestBroker::start().await;
+    let dvc = "/connectors/dvc/v1/TraCuuThongTinCongDan";
+    let good = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/examples/dvc-tra-cuu.xml"),
+    )
+    .unwrap();
+    let r = b.post_raw("dvc", dvc, "text/xml", good.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let prolog = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>";
+    let laughs = "<?xml version=\"1.0\"?><!DOCTYPE l [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\"><!ENTITY c \"&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;\">]>";
+    let xxe = "<?xml version=\"1.0\"?><!DOCTYPE d [<!ENTITY x SYSTEM \"file:///etc/passwd\">]>";
+    let deep = format!("{}{}", "<x>".repeat(10_000), "</x>".repeat(10_000));
+    let cases: Vec<(String, &str)> = vec![
+        (
+            good.replace(prolog, laughs).replace("Nguyễn Văn An", "&c;"),
+            "xml_doctype_refused",
+        ),
+        (
+            good.replace(prolog, xxe).replace("Nguyễn Văn An", "&x;"),
+            "xml_doctype_refused",
+        ),
+        (good.replace("Nguyễn Văn An", "&x;"), "xml_entity_refused"),
+        (
+            good.replace("<soap:Header/>", &format!("<soap:Header>{deep}</soap:Header>")),
+            "too_deep",
+        ),
+        (
+            good.replace(
+                "<soap:Header/>",
+                &format!("<soap:Header a=\"{}\"/>", "x".repeat(100_000)),
+            ),
+            "xml_too_large",
+        ),
+    ];
+    for (body, code) in cases {
+        let r = b.post_raw("dvc", dvc, "text/xml", body).await;
+        assert!(
+            (400..500).contains(&r.status),
+            "{code}: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(
+            r.text().contains("<soap:Fault>") && r.text().contains(code),
+            "{}",
+            r.text()
+        );
+        assert!(
+            !r.text().contains(AN_NAME) && !r.text().contains("root:"),
+            "{}",
+            r.text()
+        );
+        let e = entry_for(&b, &request_id(&r)).await;
+        assert_eq!(e["status"].as_u64(), Some(r.status as u64), "{code}");
+        assert_eq!(e["fields"], json!([]));
+    }
+}

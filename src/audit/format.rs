@@ -62,13 +62,17 @@ pub struct AuditRecord {
     pub request_sha256: String,
     /// Bulk processing (e.g. contact tracing).
     pub bulk: bool,
+    /// The request reached the store and counted against the agency's quota (the billing reconcile
+    /// counts served calls from this).
+    #[serde(default)]
+    pub metered: bool,
 }
 
 /// One line of the trail.
 ///
 /// `hash = hex(SHA-256(prev_hash_hex ‖ canonical))`, where `canonical` is the compact serde_json encoding of
 /// the entry without `hash`, fields in this order: `seq, time, agency, cert_fingerprint, purpose, channel,
-/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, prev_hash`
+/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered, prev_hash`
 /// (`None` as `null`). The stored line is the same encoding with `hash` appended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEntry {

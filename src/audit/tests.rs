@@ -48,6 +48,7 @@ fn record(i: u64, citizen: Option<&str>) -> AuditRecord {
         request_id: format!("req-{i}"),
         request_sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
         bulk: false,
+        metered: false,
     }
 }
 
@@ -105,7 +106,7 @@ async fn append_and_verify_round_trip() {
     let parsed: AuditEntry = serde_json::from_str(line).unwrap();
     assert_eq!(parsed, entries[2]);
     assert!(line.starts_with(r#"{"seq":3,"time":""#));
-    assert!(line.contains(r#""bulk":false,"prev_hash":""#));
+    assert!(line.contains(r#""bulk":false,"metered":false,"prev_hash":""#));
 }
 
 #[tokio::test]

@@ -1,0 +1,502 @@
+//! Stage: quota. Per agency and purpose, an agency's plan limits calls per minute (burst), per day and per
+//! month (volume). A request is metered when it reaches the store; over any limit it gets 429
+//! `quota_exceeded` with `Retry-After` (seconds to the end of the exceeded window) and the
+//! `RateLimit-Limit` / `RateLimit-Remaining` / `RateLimit-Reset` headers a served request also carries.
+//!
+//! Counting is exact under concurrency: one process owns the database, and the read-check-increment of the
+//! three windows happens under one lock, so N concurrent calls against a limit L serve exactly min(N, L).
+//! Counters live in sled (tree `quota`) and survive restarts. Day and month windows follow the calendar in
+//! Vietnam (UTC+7); the minute window is the UTC minute.
+//!
+//! The same tree keeps, per month, the calls served and the calls refused for quota — the basis of the
+//! monthly billing report, which `billing reconcile` recomputes from the audit trail.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Timelike, Utc};
+use hyper::header::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// Limits for one purpose (or `*`, any purpose). A missing limit is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Calls per minute (burst).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<u64>,
+    /// Calls per calendar day (Vietnam time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<u64>,
+    /// Calls per calendar month (Vietnam time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_month: Option<u64>,
+}
+
+/// An agency's plan: limits per purpose id, with `*` for every purpose not named. No plan = unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Purpose id (or `*`) → limits.
+    #[serde(default)]
+    pub limits: BTreeMap<String, Limits>,
+}
+
+impl Plan {
+    /// Read a plan from the registry's JSON (`null` = no plan).
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, ApiError> {
+        if value.is_null() {
+            return Ok(Self::default());
+        }
+        serde_json::from_value(value.clone())
+            .map_err(|e| ApiError::bad_request("invalid_plan", e.to_string()))
+    }
+
+    /// The limits that apply to `purpose`.
+    pub fn for_purpose(&self, purpose: &str) -> Limits {
+        self.limits
+            .get(purpose)
+            .or_else(|| self.limits.get("*"))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// The windows counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The UTC minute.
+    Minute,
+    /// The calendar day in Vietnam.
+    Day,
+    /// The calendar month in Vietnam.
+    Month,
+}
+
+const WINDOWS: [Window; 3] = [Window::Minute, Window::Day, Window::Month];
+
+fn vietnam() -> FixedOffset {
+    // UTC+7 has no daylight saving; the constant cannot fail.
+    FixedOffset::east_opt(7 * 3600)
+        .unwrap_or_else(|| FixedOffset::east_opt(0).unwrap_or_else(|| unreachable!()))
+}
+
+impl Window {
+    fn name(self) -> &'static str {
+        match self {
+            Window::Minute => "minute",
+            Window::Day => "day",
+            Window::Month => "month",
+        }
+    }
+
+    fn limit(self, limits: &Limits) -> Option<u64> {
+        match self {
+            Window::Minute => limits.per_minute,
+            Window::Day => limits.per_day,
+            Window::Month => limits.per_month,
+        }
+    }
+
+    /// The window containing `now`: its label and its end.
+    fn bounds(self, now: DateTime<Utc>) -> (String, DateTime<Utc>) {
+        match self {
+            Window::Minute => {
+                let start = now
+                    .with_second(0)
+                    .and_then(|t| t.with_nanosecond(0))
+                    .unwrap_or(now);
+                (
+                    start.format("%Y-%m-%dT%H:%M").to_string(),
+                    start + Duration::minutes(1),
+                )
+            }
+            Window::Day => {
+                let local = now.with_timezone(&vietnam()).date_naive();
+                let end = local.succ_opt().unwrap_or(local);
+                (local.format("%Y-%m-%d").to_string(), midnight_vn(end))
+            }
+            Window::Month => {
+                let local = now.with_timezone(&vietnam()).date_naive();
+                let (y, m) = if local.month() == 12 {
+                    (local.year() + 1, 1)
+                } else {
+                    (local.year(), local.month() + 1)
+                };
+                let end = NaiveDate::from_ymd_opt(y, m, 1).unwrap_or(local);
+                (local.format("%Y-%m").to_string(), midnight_vn(end))
+            }
+        }
+    }
+}
+
+fn midnight_vn(day: NaiveDate) -> DateTime<Utc> {
+    vietnam()
+        .from_local_datetime(&day.and_hms_opt(0, 0, 0).unwrap_or_default())
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+/// The month label (`2026-11`) of a time, in Vietnam.
+pub fn month_of(t: DateTime<Utc>) -> String {
+    Window::Month.bounds(t).0
+}
+
+/// The UTC range `[start, end)` of a month label `YYYY-MM`: 400 `invalid_month` otherwise.
+pub fn month_range(month: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+    let first = NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
+        .ok()
+        .filter(|_| month.len() == 7)
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_month", format!("{month:?} is not a month (YYYY-MM)"))
+        })?;
+    let start = midnight_vn(first);
+    let (_, end) = Window::Month.bounds(start);
+    Ok((start, end))
+}
+
+/// What the rate-limit headers say about the tightest window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateInfo {
+    /// The limit of the tightest window.
+    pub limit: u64,
+    /// Calls left in it.
+    pub remaining: u64,
+    /// Seconds until it resets.
+    pub reset: u64,
+}
+
+impl RateInfo {
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        vec![
+            (
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderValue::from(self.limit),
+            ),
+            (
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderValue::from(self.remaining),
+            ),
+            (
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderValue::from(self.reset),
+            ),
+        ]
+    }
+}
+
+/// Per-month totals for one agency and purpose.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MonthTotals {
+    /// Calls served (2xx after reaching the store).
+    pub served: u64,
+    /// Calls refused with 429 `quota_exceeded`.
+    pub refused: u64,
+}
+
+/// The counters.
+pub struct Quota {
+    tree: sled::Tree,
+    lock: Mutex<()>,
+}
+
+fn store_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable("store_unavailable", format!("quota store: {e}"))
+}
+
+fn use_key(agency: &str, purpose: &str, window: Window, label: &str) -> String {
+    format!("use\u{0}{agency}\u{0}{purpose}\u{0}{}\u{0}{label}", window.name())
+}
+
+/// The key of a month's served or refused counter (`kind` = `served` or `refused`).
+pub fn total_key(kind: &str, month: &str, agency: &str, purpose: &str) -> String {
+    format!("{kind}\u{0}{month}\u{0}{agency}\u{0}{purpose}")
+}
+
+impl Quota {
+    /// Open the `quota` tree.
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self {
+            tree: db.open_tree("quota")?,
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn get(&self, key: &str) -> Result<u64, ApiError> {
+        Ok(match self.tree.get(key.as_bytes()).map_err(store_error)? {
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    fn add(&self, batch: &mut sled::Batch, key: &str, value: u64) {
+        batch.insert(key.as_bytes(), &value.to_be_bytes());
+    }
+
+    /// Meter one call now. `Ok(Some(info))` when the plan limits this purpose, `Ok(None)` when unlimited,
+    /// 429 `quota_exceeded` (with `Retry-After` and the rate-limit headers) when over any limit.
+    pub fn meter(
+        &self,
+        agency: &str,
+        plan: &Plan,
+        purpose: &str,
+    ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
+        self.meter_at(agency, plan, purpose, Utc::now())
+    }
+
+    /// [`Quota::meter`] at a given time (tests use it for window roll-over).
+    pub fn meter_at(
+        &self,
+        agency: &str,
+        plan: &Plan,
+        purpose: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
+        let limits = plan.for_purpose(purpose);
+        let _guard = match self.lock.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut batch = sled::Batch::default();
+        let mut tightest: Option<RateInfo> = None;
+        let mut exceeded: Option<(Window, u64)> = None;
+        for window in WINDOWS {
+            let (label, end) = window.bounds(now);
+            let key = use_key(agency, purpose, window, &label);
+            let used = self.get(&key).map_err(|e| (e, None))?;
+            let reset = (end - now).num_seconds().max(1) as u64;
+            if let Some(limit) = window.limit(&limits) {
+                if used >= limit {
+                    if exceeded.is_none_or(|(_, r)| reset > r) {
+                        exceeded = Some((window, reset));
+                    }
+                    tightest = Some(RateInfo {
+                        limit,
+                        remaining: 0,
+                        reset,
+                    });
+                    continue;
+                }
+                let remaining = limit - used - 1;
+                if tightest.is_none_or(|t| remaining < t.remaining) {
+                    tightest = Some(RateInfo {
+                        limit,
+                        remaining,
+                        reset,
+                    });
+                }
+            }
+            self.add(&mut batch, &key, used + 1);
+        }
+        if let Some((window, reset)) = exceeded {
+            let mut e = ApiError::new(
+                hyper::StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!(
+                    "the {} quota of purpose {purpose} is used up; retry in {reset} s",
+                    window.name()
+                ),
+            );
+            e.retry_after = Some(reset);
+            return Err((
+                e,
+                tightest.map(|t| RateInfo {
+                    remaining: 0,
+                    reset,
+                    ..t
+                }),
+            ));
+        }
+        self.tree.apply_batch(batch).map_err(|e| (store_error(e), None))?;
+        Ok(tightest)
+    }
+
+    /// Count the month's outcome of a metered call: `served` (2xx) or `refused` (429 for quota).
+    pub fn record_outcome(
+        &self,
+        agency: &str,
+        purpose: &str,
+        kind: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        let _guard = match self.lock.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let key = total_key(kind, &month_of(at), agency, purpose);
+        let n = self.get(&key)?;
+        self.tree
+            .insert(key.as_bytes(), &(n + 1).to_be_bytes())
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Calls counted in the current windows for one agency and purpose (for the console and the API).
+    pub fn usage(&self, agency: &str, purpose: &str) -> Result<BTreeMap<&'static str, u64>, ApiError> {
+        let now = Utc::now();
+        WINDOWS
+            .into_iter()
+            .map(|w| {
+                Ok((
+                    w.name(),
+                    self.get(&use_key(agency, purpose, w, &w.bounds(now).0))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Served and refused totals of a month, per (agency, purpose).
+    pub fn month_totals(&self, month: &str) -> Result<BTreeMap<(String, String), MonthTotals>, ApiError> {
+        let mut out: BTreeMap<(String, String), MonthTotals> = BTreeMap::new();
+        for kind in ["served", "refused"] {
+            let prefix = format!("{kind}\u{0}{month}\u{0}");
+            for item in self.tree.scan_prefix(prefix.as_bytes()) {
+                let (key, value) = item.map_err(store_error)?;
+                let key = String::from_utf8_lossy(&key).into_owned();
+                let mut parts = key.split('\u{0}').skip(2);
+                let (Some(agency), Some(purpose)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let n = <[u8; 8]>::try_from(value.as_ref())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                let t = out.entry((agency.to_string(), purpose.to_string())).or_default();
+                if kind == "served" {
+                    t.served = n;
+                } else {
+                    t.refused = n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Overwrite a month counter (operators repairing after a reconcile, and tamper tests).
+    pub fn set_total(
+        &self,
+        kind: &str,
+        month: &str,
+        agency: &str,
+        purpose: &str,
+        value: u64,
+    ) -> Result<(), ApiError> {
+        self.tree
+            .insert(
+                total_key(kind, month, agency, purpose).as_bytes(),
+                &value.to_be_bytes(),
+            )
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(per_minute: Option<u64>, per_day: Option<u64>, per_month: Option<u64>) -> Plan {
+        Plan {
+            limits: BTreeMap::from([(
+                "p".to_string(),
+                Limits {
+                    per_minute,
+                    per_day,
+                    per_month,
+                },
+            )]),
+        }
+    }
+
+    fn quota() -> (tempfile::TempDir, Quota) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let db = sled::Config::new()
+            .path(dir.path())
+            .open()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let q = Quota::open(&db).unwrap_or_else(|e| panic!("{e}"));
+        (dir, q)
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn minute_window_rolls_over_and_reports_retry_after() {
+        let (_d, q) = quota();
+        let p = plan(Some(2), None, None);
+        let t = at("2026-11-23T10:15:20Z");
+        assert_eq!(
+            q.meter_at("a", &p, "p", t).ok().flatten().map(|i| i.remaining),
+            Some(1)
+        );
+        assert_eq!(
+            q.meter_at("a", &p, "p", t).ok().flatten().map(|i| i.remaining),
+            Some(0)
+        );
+        let err = q.meter_at("a", &p, "p", t).err();
+        assert_eq!(
+            err.as_ref().map(|(e, _)| (e.code, e.retry_after)),
+            Some(("quota_exceeded", Some(40)))
+        );
+        // Next minute: fresh.
+        assert!(q.meter_at("a", &p, "p", at("2026-11-23T10:16:00Z")).is_ok());
+        // Another agency or purpose is counted apart.
+        assert!(q.meter_at("b", &p, "p", t).is_ok());
+    }
+
+    #[test]
+    fn day_and_month_follow_the_vietnamese_calendar() {
+        let (_d, q) = quota();
+        let p = plan(None, Some(1), Some(2));
+        // 16:59 UTC on the 30th is 23:59 in Hà Nội; 17:00 UTC is already the 1st of December there.
+        assert!(q.meter_at("a", &p, "p", at("2026-11-30T16:59:00Z")).is_ok());
+        let err = q.meter_at("a", &p, "p", at("2026-11-30T16:59:30Z")).err();
+        assert_eq!(err.map(|(e, _)| e.retry_after), Some(Some(30)));
+        assert!(
+            q.meter_at("a", &p, "p", at("2026-11-30T17:00:00Z")).is_ok(),
+            "new day and new month in Vietnam"
+        );
+        assert_eq!(month_of(at("2026-11-30T17:00:00Z")), "2026-12");
+        assert!(q.meter_at("a", &p, "p", at("2026-12-02T03:00:00Z")).is_ok());
+        let err = q.meter_at("a", &p, "p", at("2026-12-03T03:00:00Z")).err();
+        assert_eq!(err.map(|(e, _)| e.message.contains("month")), Some(true));
+    }
+
+    #[test]
+    fn refused_calls_are_not_counted_against_the_window() {
+        let (_d, q) = quota();
+        let p = plan(Some(1), Some(5), None);
+        let t = at("2026-11-23T10:15:00Z");
+        assert!(q.meter_at("a", &p, "p", t).is_ok());
+        for _ in 0..10 {
+            assert!(q.meter_at("a", &p, "p", t).is_err());
+        }
+        assert_eq!(q.get(&use_key("a", "p", Window::Day, "2026-11-23")).ok(), Some(1));
+    }
+
+    #[test]
+    fn month_ranges_and_plans() {
+        let (start, end) = month_range("2026-11").unwrap_or_default();
+        assert_eq!(start, at("2026-10-31T17:00:00Z"));
+        assert_eq!(end, at("2026-11-30T17:00:00Z"));
+        assert!(month_range("2026-13").is_err());
+        assert!(month_range("2026-1").is_err());
+        let plan =
+            Plan::from_json(&serde_json::json!({ "limits": { "*": { "per_day": 10 } } })).unwrap_or_default();
+        assert_eq!(plan.for_purpose("x").per_day, Some(10));
+        assert!(Plan::from_json(&serde_json::json!({ "limits": { "*": { "per_week": 1 } } })).is_err());
+        assert_eq!(
+            Plan::from_json(&serde_json::Value::Null).ok(),
+            Some(Plan::default())
+        );
+    }
+}
