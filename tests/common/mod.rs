@@ -56,7 +56,13 @@ impl TestBroker {
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self, lienthong::broker::StartError> {
         let opts = options(dir.path());
-        let broker = lienthong::demo::prepare_with(&opts, tweak).await?;
+        let broker = lienthong::demo::prepare_with(&opts, |config: &mut Config| {
+            // Suites that fire hundreds of concurrent calls from one agency (quota) test other limits;
+            // tests/hostile.rs sets the per-agency cap it tests explicitly.
+            config.limits.max_concurrent_per_agency = 1024;
+            tweak(config);
+        })
+        .await?;
         let agency_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let agency = agency_listener.local_addr().unwrap();
