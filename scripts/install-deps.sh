@@ -28,3 +28,5 @@ if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q 'openapi-spec-validator>=0.7' 'schemathesis>=4,<5'
 fi
+# The fuzz smoke (scripts/fuzz-smoke.sh) needs cargo-fuzz; built once, then reused.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -139,6 +139,9 @@ pub struct CatalogueConfig {
 pub struct LimitsConfig {
     /// Largest request body accepted, in bytes (413 above it).
     pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) answered, in bytes: 431 `headers_too_large`
+    /// above it. hyper refuses heads over 64 KiB by itself, before any request exists to audit.
+    pub max_header_bytes: usize,
     /// Time allowed to receive a request's headers, in milliseconds.
     pub header_read_timeout_ms: u64,
     /// Time allowed for a whole request, body included, in milliseconds.
@@ -147,6 +150,9 @@ pub struct LimitsConfig {
     pub handshake_timeout_ms: u64,
     /// Connections served at once on each listener; further ones wait in the kernel backlog.
     pub max_connections: usize,
+    /// Requests one agency may have in flight at once on the agency listener (keyed by agency code, or
+    /// by certificate fingerprint for an unregistered certificate); above it, 429 `concurrency_limit`.
+    pub max_concurrent_per_agency: usize,
     /// Time graceful shutdown waits for in-flight requests, in milliseconds.
     pub shutdown_grace_ms: u64,
 }
@@ -155,10 +161,12 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1 << 20,
+            max_header_bytes: 32 * 1024,
             header_read_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
             max_connections: 4096,
+            max_concurrent_per_agency: 64,
             shutdown_grace_ms: 10_000,
         }
     }
@@ -283,6 +291,12 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             return Err(err("limits.max_connections", "must be greater than 0".into()));
+        }
+        if self.limits.max_concurrent_per_agency == 0 {
+            return Err(err(
+                "limits.max_concurrent_per_agency",
+                "must be greater than 0".into(),
+            ));
         }
         if self.audit.checkpoint_every == 0 {
             return Err(err("audit.checkpoint_every", "must be greater than 0".into()));

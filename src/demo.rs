@@ -70,6 +70,15 @@ pub fn demo_config(opts: &DemoOptions) -> Config {
 
 /// Make the PKI, open the broker and register the demo agencies (idempotent).
 pub async fn prepare(opts: &DemoOptions) -> Result<Arc<Broker>, StartError> {
+    prepare_with(opts, |_| {}).await
+}
+
+/// As [`prepare`], with the demo config adjusted by `tweak` before the broker opens (tests use it to
+/// tighten limits).
+pub async fn prepare_with(
+    opts: &DemoOptions,
+    tweak: impl FnOnce(&mut Config),
+) -> Result<Arc<Broker>, StartError> {
     let mut clients: Vec<(&str, &str)> = DEMO_AGENCIES
         .iter()
         .map(|(code, name, _)| (*code, *name))
@@ -80,9 +89,14 @@ pub async fn prepare(opts: &DemoOptions) -> Result<Arc<Broker>, StartError> {
     for path in &created {
         tracing::info!(path = %path.display(), "created");
     }
-    let config = demo_config(opts);
+    let mut config = demo_config(opts);
+    tweak(&mut config);
     config.validate("<demo defaults>")?;
     let broker = Arc::new(Broker::open(config)?);
+    // Before anything is registered or seeded: an emptied store must not be quietly re-filled.
+    crate::server::check_store_against_audit(&broker)
+        .await
+        .map_err(StartError::Other)?;
     for (code, name, billing_class) in DEMO_AGENCIES {
         if broker.registry.get(code).is_some() {
             continue;

@@ -3,8 +3,12 @@
 //!
 //! `serve` takes already-bound listeners, so tests bind `127.0.0.1:0` and read the port back.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
@@ -185,8 +190,12 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    check_store_against_audit(&broker)
+        .await
+        .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m))?;
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let in_flight = Arc::new(InFlight::new(broker.config.limits.max_concurrent_per_agency));
     let loops = [
         tokio::spawn(accept_loop(
             Side::Agency,
@@ -194,6 +203,7 @@ pub async fn serve(
             broker.clone(),
             graceful.clone(),
             stop_rx.clone(),
+            in_flight.clone(),
         )),
         tokio::spawn(accept_loop(
             Side::Admin,
@@ -201,6 +211,7 @@ pub async fn serve(
             broker.clone(),
             graceful.clone(),
             stop_rx,
+            in_flight,
         )),
     ];
     shutdown.await;
@@ -230,6 +241,7 @@ async fn accept_loop(
     broker: Arc<Broker>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
+    in_flight: Arc<InFlight>,
 ) {
     let permits = Arc::new(Semaphore::new(broker.config.limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -244,7 +256,14 @@ async fn accept_loop(
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Duration::from_secs(30));
-    let builder = Arc::new(builder);
+    // With ALPN the protocol is known: skip hyper-util's preface sniffing, which has no timeout (a
+    // client that connects and sends nothing would hold its connection slot for ever). The header read
+    // timeout then runs from the first moment.
+    let builders = Arc::new(ProtocolBuilders {
+        h1: builder.clone().http1_only(),
+        h2: builder.clone().http2_only(),
+        sniff: builder,
+    });
     loop {
         let permit = tokio::select! {
             _ = stop.changed() => break,
@@ -264,8 +283,9 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let broker = broker.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let watcher = graceful.watcher();
+        let in_flight = in_flight.clone();
         tokio::spawn(
             async move {
                 let _permit = permit;
@@ -300,14 +320,39 @@ async fn accept_loop(
                     None => return,
                 };
                 tracing::debug!(subject = %peer.subject, fingerprint = %peer.fingerprint_sha256, "connected");
-                let service = hyper::service::service_fn(move |req| {
-                    let broker = broker.clone();
-                    let peer = peer.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(side, broker, peer, req).await) }
+                let pending = Arc::new(AtomicU64::new(0));
+                let service = hyper::service::service_fn({
+                    let (broker, peer, pending) = (broker.clone(), peer.clone(), pending.clone());
+                    move |req| {
+                        let broker = broker.clone();
+                        let peer = peer.clone();
+                        let in_flight = in_flight.clone();
+                        let pending = pending.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                handle(side, broker, peer, in_flight, pending, req).await,
+                            )
+                        }
+                    }
                 });
-                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                let io = CountingIo {
+                    inner: tls,
+                    read: pending.clone(),
+                };
+                let builder = match io.inner.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => &builders.h2,
+                    Some(b"http/1.1") => &builders.h1,
+                    _ => &builders.sniff,
+                };
+                let conn = builder.serve_connection(TokioIo::new(io), service);
                 if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                    let partial = pending.load(Ordering::Relaxed) > 0;
+                    match connection_event(&*e, partial) {
+                        Some((status, code, message)) => {
+                            record_connection_event(&broker, side, peer, status, code, message).await
+                        }
+                        None => tracing::debug!(error = %e, "connection ended with an error"),
+                    }
                 }
             }
             .instrument(tracing::info_span!("conn", side = ?side, %remote)),
@@ -319,6 +364,8 @@ async fn handle(
     side: Side,
     broker: Arc<Broker>,
     peer: Arc<PeerIdentity>,
+    in_flight: Arc<InFlight>,
+    pending: Arc<AtomicU64>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let mut exchange = Exchange {
@@ -354,11 +401,53 @@ async fn handle(
             Side::Agency => broker.connectors.find(req.method(), req.uri().path()),
             Side::Admin => None,
         };
+        // Agencies share the broker: one of them may not hold every worker. Operators are never capped.
+        let _slot = if side == Side::Agency {
+            let agency = broker.registry.by_fingerprint(&exchange.peer.fingerprint_sha256);
+            let key = match &agency {
+                Some(a) => a.code.clone(),
+                None => format!("cert:{}", exchange.peer.fingerprint_sha256),
+            };
+            // Known before the body is read, so that a refusal on the way (slow body) names the agency.
+            exchange.agency = agency.map(|a| a.code);
+            match in_flight.try_acquire(&key) {
+                Some(slot) => Some(slot),
+                None => {
+                    exchange.operation = "concurrency_limit".into();
+                    exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+                    let mut err = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "concurrency_limit",
+                        format!(
+                            "more than {} requests in flight for this agency; retry shortly",
+                            in_flight.cap
+                        ),
+                    );
+                    err.retry_after = Some(1);
+                    let reply = match connector {
+                        Some(c) => {
+                            exchange.channel = c.name.clone();
+                            crate::connector::error_reply(c, &err, &exchange.request_id)
+                        }
+                        None => Reply::error(&err, &exchange.request_id),
+                    };
+                    let reply = crate::api::record(&broker, side, &exchange, reply).await;
+                    tracing::info!(
+                        status = reply.status.as_u16(),
+                        code = "concurrency_limit",
+                        "answered"
+                    );
+                    return into_response(reply, &exchange.request_id);
+                }
+            }
+        } else {
+            None
+        };
         let started = std::time::Instant::now();
         let read = read_request(&broker, &mut exchange, req).await;
-        broker
-            .metrics
-            .observe_since(crate::metrics::Stage::Decode, started);
+        broker.metrics.observe_since(crate::metrics::Stage::Decode, started);
+        // The request is consumed: any byte read from here on belongs to the next request's head.
+        pending.store(0, Ordering::Relaxed);
         let reply = match read {
             Ok(read) => match side {
                 Side::Agency => crate::api::handle(&broker, &mut exchange, read).await,
@@ -423,6 +512,23 @@ async fn read_request(
 ) -> Result<ReadRequest, ApiError> {
     let limits = &broker.config.limits;
     let (parts, body) = req.into_parts();
+    let head_bytes = parts.uri.to_string().len()
+        + parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head_bytes > limits.max_header_bytes {
+        exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request headers are over the limit of {} bytes",
+                limits.max_header_bytes
+            ),
+        ));
+    }
     let limited = Limited::new(body, limits.max_body_bytes);
     let collected = tokio::time::timeout(
         Duration::from_millis(limits.request_timeout_ms),
@@ -458,6 +564,232 @@ async fn read_request(
     };
     exchange.body_sha256 = hex::encode(Sha256::digest(&body));
     Ok(ReadRequest { parts, body })
+}
+
+/// How far back [`check_store_against_audit`] looks, in audit entries.
+const STORE_CHECK_ENTRIES: usize = 10_000;
+
+/// The history lists a `201` write appends exactly one entry to.
+const HISTORIES: [&str; 4] = ["vaccinations", "test_results", "recoveries", "checkins"];
+
+/// Refuse to serve a citizen store that has lost acknowledged writes. sled checksums its log, but on
+/// recovery it cannot tell a corrupted record from a torn tail and silently rolls back to the last
+/// good one (or to nothing). The audit trail is written to its own fdatasync'd, hash-chained files
+/// *after* the store write succeeded, so every recent `201` entry naming a history list is a write the
+/// store must still hold: a store with fewer entries in that list is corrupt or rolled back.
+pub async fn check_store_against_audit(broker: &Broker) -> Result<(), String> {
+    let filter = crate::audit::AuditFilter {
+        status: Some(201),
+        ..Default::default()
+    };
+    let entries = broker
+        .audit
+        .search(&filter, None, STORE_CHECK_ENTRIES)
+        .map_err(|e| format!("audit trail: {e}"))?;
+    let mut expected: HashMap<(String, &'static str), usize> = HashMap::new();
+    for entry in &entries {
+        let Some(citizen) = &entry.record.citizen_id else {
+            continue;
+        };
+        if let Some(list) = HISTORIES
+            .iter()
+            .find(|h| entry.record.fields.iter().any(|f| f == *h))
+        {
+            *expected.entry((citizen.clone(), list)).or_insert(0) += 1;
+        }
+    }
+    for ((citizen, list), written) in expected {
+        let record = broker
+            .store
+            .get(&citizen)
+            .await
+            .map_err(|e| format!("citizen store: {}", e.message))?;
+        let held = record
+            .as_ref()
+            .and_then(|r| r.get(list))
+            .and_then(serde_json::Value::as_array)
+            .map_or(0, Vec::len);
+        if held < written {
+            return Err(format!(
+                "database {}: corrupt or rolled back, refusing to start: the audit trail acknowledges {written} writes \
+                 to {list} of citizen {}, the store holds {held}. Restore the data directory from a backup; \
+                 `lienthong audit export` lists what was acknowledged.",
+                broker.config.storage.data_dir.display(),
+                mask_citizen_ids(&citizen)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Connection builders per negotiated protocol.
+struct ProtocolBuilders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+    sniff: auto::Builder<TokioExecutor>,
+}
+
+/// Requests in flight per agency, with a cap.
+struct InFlight {
+    cap: usize,
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+/// One request's slot; released on drop, whatever way the request ends.
+struct InFlightSlot {
+    owner: Arc<InFlight>,
+    key: String,
+}
+
+impl InFlight {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn try_acquire(self: &Arc<Self>, key: &str) -> Option<InFlightSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.to_string()).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(InFlightSlot {
+            owner: self.clone(),
+            key: key.to_string(),
+        })
+    }
+}
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The decrypted stream, counting bytes read since the last request was consumed, so that a header
+/// timeout on a half-sent request (slowloris) can be told from an idle keep-alive connection closing.
+struct CountingIo<T> {
+    inner: T,
+    read: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before) as u64;
+        self.read.fetch_add(n, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A request hyper refused before our service saw it (it answers 431 or 400 itself, or closes on a
+/// header timeout): the status hyper sent, our stable code and a message. `None` for ordinary endings
+/// (client went away, idle keep-alive timed out with no request begun).
+fn connection_event(
+    err: &(dyn std::error::Error + 'static),
+    partial_request: bool,
+) -> Option<(u16, &'static str, &'static str)> {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                return Some((431, "headers_too_large", "request headers over the size limit"));
+            }
+            if h.is_parse() {
+                return Some((
+                    400,
+                    "malformed_request",
+                    "malformed or ambiguous HTTP request (e.g. conflicting Content-Length/Transfer-Encoding)",
+                ));
+            }
+            if h.is_timeout() && partial_request {
+                return Some((
+                    408,
+                    "header_timeout",
+                    "request headers arrived too slowly; connection closed",
+                ));
+            }
+            return None;
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// Put a connection-level refusal on the audit trail, with the peer that caused it.
+async fn record_connection_event(
+    broker: &Broker,
+    side: Side,
+    peer: Arc<PeerIdentity>,
+    status: u16,
+    code: &'static str,
+    message: &'static str,
+) {
+    let agency = broker
+        .registry
+        .by_fingerprint(&peer.fingerprint_sha256)
+        .map(|a| a.code);
+    tracing::warn!(status, code, agency = agency.as_deref().unwrap_or("-"), fingerprint = %peer.fingerprint_sha256, "connection refused by the HTTP layer");
+    let exchange = Exchange {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        peer,
+        agency: if side == Side::Admin { None } else { agency },
+        purpose: None,
+        channel: "connection".into(),
+        operation: format!("connection:{code}"),
+        citizen_id: None,
+        fields: Vec::new(),
+        body_sha256: hex::encode(Sha256::digest(b"")),
+        bulk: false,
+        route: "-".into(),
+        metered: false,
+        rate: None,
+        also_concerns: Vec::new(),
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut reply = Reply::error(&ApiError::new(status, code, message), &exchange.request_id);
+    reply.error_code = Some(code);
+    let _ = crate::api::record(broker, side, &exchange, reply).await;
 }
 
 fn into_response(reply: Reply, request_id: &str) -> Response<Full<Bytes>> {

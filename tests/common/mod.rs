@@ -9,6 +9,7 @@ use std::sync::Arc;
 use lienthong::broker::Broker;
 use lienthong::certs::{CertAuthority, IssuedCert, Validity};
 use lienthong::client::{Alpn, MtlsClient, Response};
+use lienthong::config::Config;
 use lienthong::demo::DemoOptions;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -39,9 +40,29 @@ impl TestBroker {
         Self::try_start_in(dir).await.expect("broker starts")
     }
 
+    /// A fresh broker whose config `tweak` adjusts first (limits, timeouts).
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::try_start_in_with(dir, tweak).await.expect("broker starts")
+    }
+
     async fn try_start_in(dir: Arc<tempfile::TempDir>) -> Result<Self, lienthong::broker::StartError> {
+        Self::try_start_in_with(dir, |_| {}).await
+    }
+
+    /// Start on an existing folder with an adjusted config; the start-up error is handed back.
+    pub async fn try_start_in_with(
+        dir: Arc<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Self, lienthong::broker::StartError> {
         let opts = options(dir.path());
-        let broker = lienthong::demo::prepare(&opts).await?;
+        let broker = lienthong::demo::prepare_with(&opts, |config: &mut Config| {
+            // Suites that fire hundreds of concurrent calls from one agency (quota) test other limits;
+            // tests/hostile.rs sets the per-agency cap it tests explicitly.
+            config.limits.max_concurrent_per_agency = 1024;
+            tweak(config);
+        })
+        .await?;
         let agency_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let agency = agency_listener.local_addr().unwrap();

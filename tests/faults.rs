@@ -1,0 +1,397 @@
+//! Issue 8: faults. A full disk answers 503 with nothing half-written and recovers when space returns; a
+//! SIGKILL under mixed load loses no acknowledged write (the audit half is in tests/audit.rs); a corrupted
+//! database is refused at start-up with a clear error, never silently emptied.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestBroker;
+use lienthong::client::{Alpn, MtlsClient};
+use serde_json::{json, Value};
+
+const AN: &str = "001090000001";
+
+fn lienthong() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lienthong"))
+}
+
+fn vaccination(source: &str) -> Value {
+    json!({ "dose_number": 1, "vaccine_code": "208", "vaccine_name": "Comirnaty",
+            "date": "2021-09-01", "source_record_id": source })
+}
+
+/// A tiny tmpfs mounted on `dir`, unmounted on drop. `None` where mounting is not allowed (not root,
+/// no CAP_SYS_ADMIN): the test then says so and skips.
+struct TinyDisk(PathBuf);
+
+impl TinyDisk {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fill the file system holding `dir` until a write fails with ENOSPC.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        if f.write_all(&chunk).is_err() || f.sync_all().is_err() {
+            break;
+        }
+    }
+    // Byte by byte to the very end, so even a small append has no room.
+    while f.write_all(&[0]).is_ok() && f.sync_all().is_ok() {}
+    path
+}
+
+#[tokio::test]
+async fn full_disk_answers_503_writes_nothing_and_recovers() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let Some(_disk) = TinyDisk::mount(&dir.path().join("data"), "64m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); see SECURITY.md");
+        return;
+    };
+    let b = TestBroker::try_start_in_with(dir.clone(), |_| {}).await.unwrap();
+    let path = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
+    let r = b.post("moh", &path, vaccination("before-full")).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let before = b.broker.store.get(AN).await.unwrap().unwrap();
+
+    let filler = fill(&dir.path().join("data"));
+    // Files already have partly used pages, so a few small appends may still fit: write until refused.
+    let mut acknowledged = vec!["before-full".to_string()];
+    let mut refused = None;
+    for i in 0..500 {
+        let source = format!("full-{i}");
+        let r = b.post("moh", &path, vaccination(&source)).await;
+        match r.status {
+            201 => acknowledged.push(source),
+            503 => {
+                assert!(r.headers.get("retry-after").is_some());
+                eprintln!("disk full answered: {}", r.text());
+                refused = Some(source);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    let refused = refused.expect("a full disk must refuse writes");
+    let read = format!("/v1/citizens/{AN}?purpose=public-service-prefill");
+    // A read is answered only if its audit entry is durable (a small entry may still fit).
+    let mut answered_reads = Vec::new();
+    for _ in 0..3 {
+        let r = b.get("dvc", &read).await;
+        match r.status {
+            200 => answered_reads.push(r.headers["x-request-id"].to_str().unwrap().to_string()),
+            503 => assert!(!r.text().contains("Nguyễn"), "{}", r.text()),
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    let sources = |v: &Value| -> Vec<String> {
+        v["vaccinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["source_record_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let now = b.broker.store.get(AN).await.unwrap().unwrap();
+    for s in &acknowledged {
+        assert!(sources(&now).contains(s), "acknowledged {s} missing");
+    }
+    assert!(sources(&before).iter().all(|s| sources(&now).contains(s)));
+
+    // Space returns. sled keeps its first I/O error for the rest of the process ("global error"), and
+    // the citizen and quota stores live in sled: requests stay 503 store_unavailable until a restart
+    // (known limitation, see SECURITY.md). What matters here: never a 2xx without its data and entry.
+    std::fs::remove_file(filler).unwrap();
+    for _ in 0..3 {
+        let r = b.get("dvc", &read).await;
+        match r.status {
+            200 => answered_reads.push(r.headers["x-request-id"].to_str().unwrap().to_string()),
+            503 => assert!(!r.text().contains("Nguyễn"), "{}", r.text()),
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    let verify = b.admin_get("/admin/v1/audit/verify").await.json();
+    assert_eq!(verify["ok"], true, "the trail itself is whole: {verify}");
+
+    // After a restart: the refused write, retried with the same idempotency key, lands exactly once
+    // (whether or not the store had taken it before failing); everything acknowledged is there once.
+    let b = b.restart().await;
+    let r = b.post("moh", &path, vaccination(&refused)).await;
+    assert!(r.status == 201 || r.status == 200, "{}", r.text());
+    let r = b.post("moh", &path, vaccination("after-restart")).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let after = sources(&b.broker.store.get(AN).await.unwrap().unwrap());
+    for s in acknowledged
+        .iter()
+        .chain([&refused, &"after-restart".to_string()])
+    {
+        assert_eq!(after.iter().filter(|x| *x == s).count(), 1, "{s} in {after:?}");
+    }
+    assert_eq!(b.admin_get("/admin/v1/audit/verify").await.json()["ok"], true);
+    // The trail files are the authority (the sled index is reconciled from them at start-up).
+    let trail = b.admin_get("/admin/v1/audit/entries?limit=500").await.json();
+    for rid in &answered_reads {
+        assert!(
+            trail["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["request_id"] == *rid),
+            "answered read {rid} has no audit entry"
+        );
+    }
+    drop(b.stop().await);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn demo_child(dir: &Path, agency: u16, admin: u16) -> std::process::Child {
+    lienthong()
+        .args(["demo", "--citizens", "300", "--certs-dir"])
+        .arg(dir.join("certs"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--agency-addr",
+            &format!("127.0.0.1:{agency}"),
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sigkill_under_mixed_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agency_port, admin_port) = (free_port(), free_port());
+    let mut child = demo_child(dir.path(), agency_port, admin_port);
+    let agency: std::net::SocketAddr = format!("127.0.0.1:{agency_port}").parse().unwrap();
+    let certs = dir.path().join("certs");
+    for _ in 0..300 {
+        if certs.join("moh.key").is_file() && certs.join("dvc.key").is_file() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = |who: &str| {
+        MtlsClient::from_files(
+            &certs.join("ca.pem"),
+            &certs.join(format!("{who}.pem")),
+            &certs.join(format!("{who}.key")),
+            Alpn::Both,
+        )
+        .unwrap()
+    };
+    let mut up = false;
+    for _ in 0..300 {
+        if client("dvc")
+            .get(agency, "/healthz")
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "broker did not come up");
+
+    let ids: Vec<String> = lienthong::population::generate(300, 2021)
+        .map(|r| r["citizen_id"].as_str().unwrap().to_string())
+        .collect();
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (reader, writer) = (client("dvc"), client("moh"));
+        let ids = ids.clone();
+        workers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0.. {
+                let id = ids[(w * 37 + i) % ids.len()].clone();
+                if i % 2 == 0 {
+                    let source = format!("kill-{w}-{i}");
+                    match writer
+                        .post_json(
+                            agency,
+                            &format!("/v1/citizens/{id}/vaccinations?purpose=vaccination-sync"),
+                            &vaccination(&source),
+                        )
+                        .await
+                    {
+                        Ok(r) if r.status == 201 => acknowledged.push((id, source)),
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                } else if reader
+                    .get(
+                        agency,
+                        &format!("/v1/citizens/{id}?purpose=public-service-prefill"),
+                    )
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut acknowledged = Vec::new();
+    for w in workers {
+        acknowledged.extend(w.await.unwrap());
+    }
+    assert!(acknowledged.len() > 10, "too little load: {}", acknowledged.len());
+
+    // Read what the crash left, straight from the database (the process is gone, the lock with it).
+    let db = sled::open(dir.path().join("data/db")).unwrap();
+    let store = lienthong::store::SledStore::open(&db).unwrap();
+    use lienthong::store::CitizenStore;
+    let mut missing = Vec::new();
+    for (id, source) in &acknowledged {
+        let record = store.get(id).await.unwrap().unwrap();
+        let stored: HashSet<&str> = record["vaccinations"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["source_record_id"].as_str()).collect())
+            .unwrap_or_default();
+        if !stored.contains(source.as_str()) {
+            missing.push(source.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost: {missing:?}",
+        missing.len(),
+        acknowledged.len()
+    );
+    drop(store);
+    drop(db);
+    let verify = lienthong()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_corrupted_database_is_refused_at_start_up_never_emptied() {
+    let b = TestBroker::start().await;
+    let path = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
+    assert_eq!(
+        b.post("moh", &path, vaccination("pre-corruption")).await.status,
+        201
+    );
+    let dir = b.stop().await;
+    let db_dir = dir.path().join("data/db");
+    // Garbage over the middle of every file sled keeps (log, snapshot, config).
+    let mut damaged = 0;
+    for entry in walk(&db_dir) {
+        let mut bytes = std::fs::read(&entry).unwrap();
+        if bytes.len() < 64 {
+            continue;
+        }
+        let mid = bytes.len() / 2;
+        let end = (mid + 4096).min(bytes.len());
+        bytes[mid..end].iter_mut().for_each(|b| *b ^= 0x5a);
+        std::fs::write(&entry, bytes).unwrap();
+        damaged += 1;
+    }
+    assert!(damaged > 0);
+    match TestBroker::try_start_in_with(dir.clone(), |_| {}).await {
+        Err(e) => {
+            let message = e.to_string();
+            eprintln!("refused: {message}");
+            assert!(
+                message.contains("database") && message.contains("corrupt"),
+                "the error names the database and says why: {message}"
+            );
+        }
+        Ok(b) => {
+            // If sled could recover, it must not have done so by dropping data.
+            let record = b.broker.store.get(AN).await.unwrap();
+            let record = record.expect("the citizen must still be there");
+            assert!(
+                record.to_string().contains("pre-corruption"),
+                "acknowledged write lost to corruption"
+            );
+            assert_eq!(
+                b.broker.store.count(),
+                common::TEST_CITIZENS,
+                "records silently dropped"
+            );
+            drop(b.stop().await);
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_emptied_database_is_refused_not_reseeded() {
+    let b = TestBroker::start().await;
+    let path = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
+    assert_eq!(b.post("moh", &path, vaccination("before-loss")).await.status, 201);
+    let dir = b.stop().await;
+    std::fs::remove_dir_all(dir.path().join("data/db")).unwrap();
+    let e = TestBroker::try_start_in_with(dir.clone(), |_| {})
+        .await
+        .err()
+        .expect("an emptied store must not start (the demo would re-seed it)");
+    let message = e.to_string();
+    assert!(message.contains("corrupt or rolled back"), "{message}");
+    assert!(
+        message.contains("001*******01"),
+        "the citizen is named masked: {message}"
+    );
+}
