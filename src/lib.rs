@@ -33,6 +33,7 @@
 //! | [`admin`] | the admin API on the admin listener |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
 //! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
+//! | [`bench`] | `lienthong bench`: the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
 //! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |
 //! | [`population`] | a synthetic, deterministic population for the demo and benchmarks |
@@ -43,6 +44,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod audit_api;
+pub mod bench;
 pub mod broker;
 pub mod canonical;
 pub mod certs;
