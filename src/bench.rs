@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// `RUST_LOG` for the broker child (the broker as shipped logs every answer at `info`).
     #[arg(long, default_value = "info")]
     pub broker_log: String,
+    /// Run the serving broker behind this command, split on spaces (for profiling:
+    /// `--broker-wrapper "valgrind --tool=callgrind --callgrind-out-file=cg.out"`).
+    #[arg(long)]
+    pub broker_wrapper: Option<String>,
     /// Seconds to wait for the broker to seed and come up.
     #[arg(long, default_value_t = 3600)]
     pub ready_timeout_secs: u64,
@@ -153,6 +157,8 @@ pub struct BenchOptions {
     pub work_dir: Option<PathBuf>,
     /// `RUST_LOG` for the broker.
     pub broker_log: String,
+    /// Command the serving broker runs behind (a profiler), if any.
+    pub broker_wrapper: Vec<String>,
     /// Readiness timeout.
     pub ready_timeout: Duration,
     /// Also run the canonical read at a fixed rate of half the broker's measured throughput.
@@ -172,6 +178,11 @@ impl BenchOptions {
             alpn: if a.http2 { Alpn::Http2 } else { Alpn::Http1 },
             work_dir: a.work_dir.clone(),
             broker_log: a.broker_log.clone(),
+            broker_wrapper: a
+                .broker_wrapper
+                .as_deref()
+                .map(|w| w.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
             ready_timeout: Duration::from_secs(a.ready_timeout_secs),
             half_load: true,
         };
@@ -329,6 +340,9 @@ impl Sample {
 fn spread(n: u64) -> u64 {
     n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
 }
+
+/// How long the load generator waits for one answer before counting an error and reconnecting.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Unique across the whole run: source ids of writes.
 static WRITE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -514,11 +528,26 @@ struct Child {
 }
 
 impl Child {
-    fn spawn(name: &'static str, args: &[String], log: PathBuf, rust_log: &str) -> Result<Self, String> {
+    /// Run the current executable with `args`, behind `wrapper` (e.g. `valgrind --tool=callgrind`) if any.
+    fn spawn(
+        name: &'static str,
+        wrapper: &[String],
+        args: &[String],
+        log: PathBuf,
+        rust_log: &str,
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current executable: {e}"))?;
         let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = file.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = tokio::process::Command::new(exe)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = tokio::process::Command::new(program);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => tokio::process::Command::new(exe),
+        };
+        let child = command
             .args(args)
             .env("RUST_LOG", rust_log)
             .stdin(std::process::Stdio::null())
@@ -770,7 +799,7 @@ async fn load(clients: &Clients, sample: &Arc<Sample>, plan: Plan, run_tag: &str
                 if let Some(i) = interval {
                     next += i;
                 }
-                let result = async {
+                let exchange = async {
                     if scenario.new_connection || conn.is_none() {
                         conn = Some(clients.connect(addr, scenario.new_connection).await?);
                     }
@@ -778,8 +807,12 @@ async fn load(clients: &Clients, sample: &Arc<Sample>, plan: Plan, run_tag: &str
                         Some(c) => c.send(req.method, &req.path, req.content_type, req.body).await,
                         None => Err(ClientError::Credentials("no connection".into())),
                     }
-                }
-                .await;
+                };
+                // A stuck server must not hang the harness: the request counts as an error instead.
+                let result = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+                };
                 match result {
                     Ok(resp) => {
                         let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
@@ -788,7 +821,7 @@ async fn load(clients: &Clients, sample: &Arc<Sample>, plan: Plan, run_tag: &str
                     }
                     Err(e) => {
                         out.errors += 1;
-                        out.first_error.get_or_insert_with(|| e.to_string());
+                        out.first_error.get_or_insert(e);
                         conn = None;
                         // Do not spin on a refusing server.
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1037,6 +1070,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
     let t = Instant::now();
     let mut seeder = Child::spawn(
         "broker (seeding)",
+        &[],
         &demo_args,
         work.path.join("broker-seed.log"),
         "warn",
@@ -1047,6 +1081,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
 
     let mut broker = Child::spawn(
         "broker",
+        &opts.broker_wrapper,
         &demo_args,
         work.path.join("broker.log"),
         &opts.broker_log,
@@ -1083,7 +1118,13 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
         "--body-bytes".into(),
         body_bytes.to_string(),
     ];
-    let mut baseline = Child::spawn("baseline", &baseline_args, work.path.join("baseline.log"), "warn")?;
+    let mut baseline = Child::spawn(
+        "baseline",
+        &[],
+        &baseline_args,
+        work.path.join("baseline.log"),
+        "warn",
+    )?;
     wait_ready(
         &mut baseline,
         &dvc.keep_alive,
