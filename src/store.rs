@@ -59,6 +59,18 @@ pub struct SledStore {
     tree: sled::Tree,
 }
 
+/// Make the last writes durable. Not `flush_async`: in sled 0.34 concurrent `flush_async` calls deadlock
+/// (spacejam/sled#1308, unfixed in any release) — their jobs fill sled's own I/O thread pool and starve the
+/// buffer writes they wait for. A blocking flush on tokio's blocking pool leaves sled's pool free.
+async fn flush(db: &sled::Db) -> Result<(), ApiError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.flush())
+        .await
+        .map_err(store_error)?
+        .map_err(store_error)?;
+    Ok(())
+}
+
 impl SledStore {
     /// Open the `citizens` tree of `db`.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
@@ -104,7 +116,7 @@ impl CitizenStore for SledStore {
                     .map_err(store_error)?
                 {
                     Ok(()) => {
-                        self.db.flush_async().await.map_err(store_error)?;
+                        flush(&self.db).await?;
                         return Ok(outcome);
                     }
                     // Someone else wrote in between: start again from their version.
@@ -121,7 +133,7 @@ impl CitizenStore for SledStore {
                 batch.insert(id.as_bytes(), serde_json::to_vec(&record).map_err(store_error)?);
             }
             self.tree.apply_batch(batch).map_err(store_error)?;
-            self.db.flush_async().await.map_err(store_error)?;
+            flush(&self.db).await?;
             Ok(())
         })
     }
