@@ -126,7 +126,7 @@ impl Broker {
 
     /// Flush what is buffered; called on graceful shutdown after the last request.
     pub async fn close(&self) {
-        if let Err(e) = self.db.flush_async().await {
+        if let Err(e) = crate::store::durable_flush(&self.db).await {
             tracing::error!(error = %e, "flushing the database on shutdown failed");
         }
     }

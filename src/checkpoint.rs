@@ -154,7 +154,9 @@ impl Checkpoints {
             .map_err(store_error)?
         {
             Ok(()) => {
-                self.registry.flush_async().await.map_err(store_error)?;
+                crate::store::durable_flush(&self.registry)
+                    .await
+                    .map_err(store_error)?;
                 Ok(cp)
             }
             Err(_) => Err(ApiError::conflict(
@@ -169,7 +171,9 @@ impl Checkpoints {
         self.by_checkpoint
             .insert(key.as_bytes(), &[])
             .map_err(store_error)?;
-        self.by_checkpoint.flush_async().await.map_err(store_error)?;
+        crate::store::durable_flush(&self.by_checkpoint)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 

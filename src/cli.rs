@@ -80,6 +80,8 @@ pub enum Command {
         #[command(subcommand)]
         action: BillingCommand,
     },
+    /// Benchmark the whole pipeline against a bare hyper + rustls baseline (see `BENCHMARKS.md`).
+    Bench(crate::bench::BenchArgs),
     /// Manage agencies through a running broker's admin API.
     Agency {
         /// How to reach the admin API.
@@ -335,6 +337,7 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::Agency { admin, action } => return agency_command(admin, action).await,
         Command::Billing { admin, action } => return billing_command(admin, action).await,
+        Command::Bench(args) => return crate::bench::run_cli(args).await,
         Command::Audit { action } => return audit_command(action),
     };
     match result {

@@ -38,6 +38,7 @@
 //! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
 //! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
+//! | [`bench`] | `lienthong bench`: the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
 //! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |
 //! | [`population`] | a synthetic, deterministic population for the demo and benchmarks |
@@ -48,6 +49,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod audit_api;
+pub mod bench;
 pub mod billing;
 pub mod broker;
 pub mod canonical;

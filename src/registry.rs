@@ -196,7 +196,7 @@ impl Registry {
         self.tree
             .insert(agency.code.as_bytes(), bytes)
             .map_err(store_err)?;
-        self.tree.flush_async().await.map_err(store_err)?;
+        crate::store::durable_flush(&self.tree).await.map_err(store_err)?;
         self.rebuild()
     }
 

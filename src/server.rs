@@ -445,7 +445,9 @@ async fn handle(
         };
         let started = std::time::Instant::now();
         let read = read_request(&broker, &mut exchange, req).await;
-        broker.metrics.observe_since(crate::metrics::Stage::Decode, started);
+        broker
+            .metrics
+            .observe_since(crate::metrics::Stage::Decode, started);
         // The request is consumed: any byte read from here on belongs to the next request's head.
         pending.store(0, Ordering::Relaxed);
         let reply = match read {

@@ -59,6 +59,23 @@ pub struct SledStore {
     tree: sled::Tree,
 }
 
+/// Make the last writes durable. Not `flush_async`: in sled 0.34 concurrent `flush_async` calls deadlock
+/// (spacejam/sled#1308, unfixed in any release) — their jobs fill sled's own I/O thread pool and starve the
+/// buffer writes they wait for. A blocking flush on tokio's blocking pool leaves sled's pool free.
+/// Every sled write path of the broker (store, registry, checkpoints, shutdown) flushes through here.
+pub async fn durable_flush(tree: &sled::Tree) -> Result<(), String> {
+    let tree = tree.clone();
+    match tokio::task::spawn_blocking(move || tree.flush()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn flush(db: &sled::Db) -> Result<(), ApiError> {
+    durable_flush(db).await.map_err(store_error)
+}
+
 impl SledStore {
     /// Open the `citizens` tree of `db`.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
@@ -104,7 +121,7 @@ impl CitizenStore for SledStore {
                     .map_err(store_error)?
                 {
                     Ok(()) => {
-                        self.db.flush_async().await.map_err(store_error)?;
+                        flush(&self.db).await?;
                         return Ok(outcome);
                     }
                     // Someone else wrote in between: start again from their version.
@@ -121,7 +138,7 @@ impl CitizenStore for SledStore {
                 batch.insert(id.as_bytes(), serde_json::to_vec(&record).map_err(store_error)?);
             }
             self.tree.apply_batch(batch).map_err(store_error)?;
-            self.db.flush_async().await.map_err(store_error)?;
+            flush(&self.db).await?;
             Ok(())
         })
     }
