@@ -47,9 +47,8 @@ struct BindRequest {
 async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> Result<Reply, ApiError> {
     let method = req.parts.method.clone();
     let path = req.path().to_string();
-    if path == "/healthz" {
-        exchange.operation = "health".into();
-        return Ok(Reply::json(StatusCode::OK, &json!({ "status": "ok" })));
+    if let Some(health) = crate::server::health(exchange, &path) {
+        return Ok(health);
     }
     if !broker
         .admin_fingerprints

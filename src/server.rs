@@ -147,6 +147,14 @@ impl ReadRequest {
     }
 }
 
+/// `GET /healthz`, the same on both listeners: the answer, or `None` for any other path.
+pub fn health(exchange: &mut Exchange, path: &str) -> Option<Reply> {
+    (path == "/healthz").then(|| {
+        exchange.operation = "health".into();
+        Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+    })
+}
+
 /// A path fit for logs and audit `operation` text: any run of 9 or more digits (a citizen ID or an old
 /// ID number) keeps its first three and last two digits, the rest masked. Citizen data never reaches a
 /// log line in the clear.

@@ -6,11 +6,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::TestBroker;
+use common::{demo_child, free_port, TestBroker};
 use lienthong::certs::Validity;
 use lienthong::client::{Alpn, MtlsClient, Response};
 use serde_json::{json, Value};
@@ -277,14 +276,6 @@ async fn verify_works_offline_and_finds_the_tampered_entry() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn wait_ready(client: &MtlsClient, addr: std::net::SocketAddr) {
     for _ in 0..300 {
         if let Ok(r) = client.get(addr, "/healthz").await {
@@ -295,24 +286,6 @@ async fn wait_ready(client: &MtlsClient, addr: std::net::SocketAddr) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("broker did not come up");
-}
-
-fn demo_child(dir: &Path, agency: u16, admin: u16) -> std::process::Child {
-    lienthong()
-        .args(["demo", "--citizens", "300", "--certs-dir"])
-        .arg(dir.join("certs"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args([
-            "--agency-addr",
-            &format!("127.0.0.1:{agency}"),
-            "--admin-addr",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 #[tokio::test]

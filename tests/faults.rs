@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestBroker;
+use common::{demo_child, free_port, TestBroker};
 use lienthong::client::{Alpn, MtlsClient};
 use serde_json::{json, Value};
 
@@ -165,32 +165,6 @@ async fn full_disk_answers_503_writes_nothing_and_recovers() {
         );
     }
     drop(b.stop().await);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn demo_child(dir: &Path, agency: u16, admin: u16) -> std::process::Child {
-    lienthong()
-        .args(["demo", "--citizens", "300", "--certs-dir"])
-        .arg(dir.join("certs"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args([
-            "--agency-addr",
-            &format!("127.0.0.1:{agency}"),
-            "--admin-addr",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 #[tokio::test]

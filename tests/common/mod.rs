@@ -229,3 +229,32 @@ pub fn realdata(rel: &str) -> PathBuf {
         .join("../shared/realdata")
         .join(rel)
 }
+
+/// A free port on loopback (bound and released; for child brokers that need fixed addresses).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `lienthong demo` as a child process on the given ports, with its own certificates and data under `dir`
+/// (for crash tests: it can be SIGKILLed).
+pub fn demo_child(dir: &Path, agency: u16, admin: u16) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lienthong"))
+        .args(["demo", "--citizens", "300", "--certs-dir"])
+        .arg(dir.join("certs"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--agency-addr",
+            &format!("127.0.0.1:{agency}"),
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
