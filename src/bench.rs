@@ -27,8 +27,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Serialize;
@@ -463,19 +462,7 @@ pub async fn serve_baseline(
     let tls = crate::tls::server_config(&config.tls).map_err(|e| e.to_string())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let body = baseline_body(body_bytes);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(config.limits.header_read_timeout_ms))
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Duration::from_secs(30));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(crate::server::http_builder(&config.limits));
     let accept = async {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -707,17 +694,7 @@ impl Clients {
             .connect(name, tcp)
             .await
             .map_err(ClientError::Handshake)?;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let io = TokioIo::new(tls);
-        if h2 {
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-            tokio::spawn(conn);
-            Ok(Connection::H2(sender))
-        } else {
-            let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(conn);
-            Ok(Connection::H1(sender))
-        }
+        Connection::over_tls(tls).await
     }
 }
 

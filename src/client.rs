@@ -165,17 +165,7 @@ impl MtlsClient {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(ClientError::Handshake)?;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let io = TokioIo::new(tls);
-        if h2 {
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-            tokio::spawn(conn);
-            Ok(Connection::H2(sender))
-        } else {
-            let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(conn);
-            Ok(Connection::H1(sender))
-        }
+        Connection::over_tls(tls).await
     }
 
     /// One request on a fresh connection.
@@ -215,6 +205,21 @@ impl MtlsClient {
 }
 
 impl Connection {
+    /// The HTTP handshake on an established TLS session, in the version ALPN chose.
+    pub async fn over_tls(tls: tokio_rustls::client::TlsStream<TcpStream>) -> Result<Self, ClientError> {
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(tls);
+        if h2 {
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            Ok(Connection::H2(sender))
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            Ok(Connection::H1(sender))
+        }
+    }
+
     /// Send one request and read the whole answer.
     pub async fn send(
         &mut self,

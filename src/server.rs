@@ -243,6 +243,24 @@ pub async fn serve(
     Ok(())
 }
 
+/// The HTTP/1.1 and HTTP/2 settings of both listeners (and of the benchmark's baseline, so that it differs
+/// from the broker only by the pipeline).
+pub fn http_builder(limits: &crate::config::LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Duration::from_secs(30));
+    builder
+}
+
 async fn accept_loop(
     side: Side,
     listener: TcpListener,
@@ -252,18 +270,7 @@ async fn accept_loop(
     in_flight: Arc<InFlight>,
 ) {
     let permits = Arc::new(Semaphore::new(broker.config.limits.max_connections));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(broker.config.limits.header_read_timeout_ms))
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Duration::from_secs(30));
+    let builder = http_builder(&broker.config.limits);
     // With ALPN the protocol is known: skip hyper-util's preface sniffing, which has no timeout (a
     // client that connects and sends nothing would hold its connection slot for ever). The header read
     // timeout then runs from the first moment.
