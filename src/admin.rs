@@ -176,11 +176,11 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         }
         (&Method::GET, ["admin", "v1", "billing", action]) => {
             exchange.operation = format!("admin:billing_{action}");
-            crate::billing::admin_route(broker, req, action)
+            crate::billing::admin_route(broker, req, action).await
         }
         (&Method::GET, ["admin", "v1", "audit", action]) => {
             exchange.operation = format!("admin:audit_{action}");
-            crate::audit_api::admin_route(broker, req, action)
+            crate::audit_api::admin_route(broker, req, action).await
         }
         _ => Err(ApiError::no_route(&method, &path)),
     }

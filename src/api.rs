@@ -141,7 +141,7 @@ async fn route_resources(
                 ));
             }
             let id = canonical::citizen_id(exchange, id)?;
-            let log = crate::audit_api::access_log(broker, req, &id)?;
+            let log = crate::audit_api::access_log(broker, req, &id).await?;
             exchange.fields = vec!["access_log".into()];
             Ok(Reply::json(
                 StatusCode::OK,

@@ -53,7 +53,7 @@ fn page(entries: Vec<AuditEntry>, limit: usize, view: impl Fn(&AuditEntry) -> Va
 }
 
 /// `GET /admin/v1/audit/{head,verify,entries}`.
-pub fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Result<Reply, ApiError> {
+pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Result<Reply, ApiError> {
     match action {
         "head" => {
             let (count, head_hash) = broker.audit.head();
@@ -93,7 +93,7 @@ pub fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Result<R
                 to: time_param(req, "to")?,
             };
             let (before, limit) = page_params(req)?;
-            let entries = broker.audit.search(&filter, before, limit)?;
+            let entries = broker.audit.search(&filter, before, limit).await?;
             Ok(Reply::json(StatusCode::OK, &page(entries, limit, |e| json!(e))))
         }
         _ => Err(ApiError::no_route(&req.parts.method, req.path())),
@@ -114,8 +114,8 @@ fn citizen_view(e: &AuditEntry) -> Value {
 }
 
 /// Entries about one citizen, newest first, paginated.
-pub fn access_log(broker: &Broker, req: &ReadRequest, id: &CitizenId) -> Result<Value, ApiError> {
+pub async fn access_log(broker: &Broker, req: &ReadRequest, id: &CitizenId) -> Result<Value, ApiError> {
     let (before, limit) = page_params(req)?;
-    let entries = broker.audit.for_citizen(id.as_str(), before, limit)?;
+    let entries = broker.audit.for_citizen(id.as_str(), before, limit).await?;
     Ok(page(entries, limit, citizen_view))
 }

@@ -116,7 +116,7 @@ pub struct Difference {
 }
 
 /// Recompute the month from the audit trail and compare with the counters.
-pub fn reconcile(broker: &Broker, month: &str) -> Result<(Report, Vec<Difference>), ApiError> {
+pub async fn reconcile(broker: &Broker, month: &str) -> Result<(Report, Vec<Difference>), ApiError> {
     let (from, to) = month_range(month)?;
     let filter = AuditFilter {
         from: Some(from),
@@ -126,7 +126,7 @@ pub fn reconcile(broker: &Broker, month: &str) -> Result<(Report, Vec<Difference
     let mut audited: BTreeMap<(String, String), MonthTotals> = BTreeMap::new();
     let mut before = None;
     loop {
-        let page = broker.audit.search(&filter, before, 500)?;
+        let page = broker.audit.search(&filter, before, 500).await?;
         for e in &page {
             let (Some(agency), Some(purpose)) = (&e.record.agency, &e.record.purpose) else {
                 continue;
@@ -165,7 +165,7 @@ pub fn reconcile(broker: &Broker, month: &str) -> Result<(Report, Vec<Difference
 }
 
 /// `GET /admin/v1/billing/report?month=…&format=csv|json` and `GET /admin/v1/billing/reconcile?month=…`.
-pub fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Result<Reply, ApiError> {
+pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Result<Reply, ApiError> {
     let month = req
         .query("month")
         .unwrap_or_else(|| crate::quota::month_of(chrono::Utc::now()));
@@ -187,7 +187,7 @@ pub fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Result<R
             }
         }
         "reconcile" => {
-            let (from_audit, differences) = reconcile(broker, &month)?;
+            let (from_audit, differences) = reconcile(broker, &month).await?;
             Ok(Reply::json(
                 StatusCode::OK,
                 &json!({ "month": month, "ok": differences.is_empty(), "differences": differences, "from_audit": from_audit }),

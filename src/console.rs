@@ -205,7 +205,7 @@ impl Filters {
 async fn render(broker: &Broker, req: &ReadRequest) -> Result<String, ApiError> {
     let filters = Filters::from(req);
     let audit_filter = filters.to_audit()?;
-    let entries = broker.audit.search(&audit_filter, None, ENTRIES_SHOWN)?;
+    let entries = broker.audit.search(&audit_filter, None, ENTRIES_SHOWN).await?;
     let (chain_class, chain) = chain_status(broker).await;
     let notice = req
         .query("notice")

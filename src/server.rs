@@ -602,6 +602,7 @@ pub async fn check_store_against_audit(broker: &Broker) -> Result<(), String> {
     let entries = broker
         .audit
         .search(&filter, None, STORE_CHECK_ENTRIES)
+        .await
         .map_err(|e| format!("audit trail: {e}"))?;
     let mut expected: HashMap<(String, &'static str), usize> = HashMap::new();
     for entry in &entries {

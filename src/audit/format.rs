@@ -100,13 +100,14 @@ struct Unhashed<'a> {
 }
 
 impl AuditEntry {
-    /// Build an entry and compute its hash.
+    /// Build an entry, compute its hash and its stored line, serialising it once: the stored line is
+    /// the hashed encoding with `"hash"` appended (the field order of [`AuditEntry`] guarantees it).
     pub(crate) fn seal(
         seq: u64,
         time: String,
         record: AuditRecord,
         prev_hash: String,
-    ) -> Result<Self, AuditError> {
+    ) -> Result<(Self, String), AuditError> {
         let mut entry = Self {
             seq,
             time,
@@ -114,23 +115,32 @@ impl AuditEntry {
             prev_hash,
             hash: String::new(),
         };
-        entry.hash = entry.compute_hash()?;
-        Ok(entry)
+        let canonical = entry.canonical()?;
+        entry.hash = hash_of(&entry.prev_hash, &canonical);
+        // `canonical` ends with the `}` of the object: reopen it for the last field.
+        let mut line = canonical;
+        line.pop();
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(entry.hash.as_bytes());
+        line.extend_from_slice(b"\"}");
+        let line = String::from_utf8(line).map_err(|e| AuditError::Corrupt(e.to_string()))?;
+        Ok((entry, line))
     }
 
-    /// Recompute the hash from the other fields.
-    pub fn compute_hash(&self) -> Result<String, AuditError> {
+    /// The hashed encoding: everything but `hash`, compact, in the stored order.
+    fn canonical(&self) -> Result<Vec<u8>, AuditError> {
         let unhashed = Unhashed {
             seq: self.seq,
             time: &self.time,
             record: &self.record,
             prev_hash: &self.prev_hash,
         };
-        let canonical = serde_json::to_vec(&unhashed).map_err(|e| AuditError::Corrupt(e.to_string()))?;
-        let mut hasher = Sha256::new();
-        hasher.update(self.prev_hash.as_bytes());
-        hasher.update(&canonical);
-        Ok(hex::encode(hasher.finalize()))
+        serde_json::to_vec(&unhashed).map_err(|e| AuditError::Corrupt(e.to_string()))
+    }
+
+    /// Recompute the hash from the other fields.
+    pub fn compute_hash(&self) -> Result<String, AuditError> {
+        Ok(hash_of(&self.prev_hash, &self.canonical()?))
     }
 
     /// The stored line, without its newline.
@@ -149,6 +159,14 @@ impl AuditEntry {
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
+}
+
+/// `hex(SHA-256(prev_hash_hex ‖ canonical))`.
+fn hash_of(prev_hash: &str, canonical: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(prev_hash.as_bytes());
+    hasher.update(canonical);
+    hex::encode(hasher.finalize())
 }
 
 /// UTC, RFC 3339, milliseconds, `Z`.
@@ -189,6 +207,13 @@ impl Segment {
         let complete = &self.data[..self.complete];
         let body = complete.strip_suffix(b"\n").unwrap_or(complete);
         body.split(|b| *b == b'\n').filter(move |_| !complete.is_empty())
+    }
+
+    /// The complete lines with the byte offset each starts at.
+    pub(crate) fn lines_with_offsets(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let start = self.data.as_ptr() as usize;
+        self.lines()
+            .map(move |line| ((line.as_ptr() as usize - start) as u64, line))
     }
 
     /// The last complete line.

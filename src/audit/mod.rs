@@ -37,7 +37,7 @@ pub use format::{AuditEntry, AuditRecord, GENESIS_HASH};
 pub use offline::{archive_and_prune, export, verify_dir, VerifyFailure, VerifyReport};
 
 use format::{list_segments, load_or_create_key, Base, Checkpoints, Segment, CHECKPOINTS_FILE, MAX_SEQ};
-use index::Index;
+use index::{run_indexer, Index, IndexItem, Location};
 use writer::{Cmd, OpenSegment, Shared, Writer, MAX_BATCH};
 
 /// Why the trail could not do what was asked.
@@ -123,7 +123,12 @@ pub struct AuditLog {
     tx: mpsc::Sender<Cmd>,
     shared: Arc<Shared>,
     index: Index,
+    /// The last seq the indexer has applied.
+    indexed: tokio::sync::watch::Receiver<u64>,
 }
+
+/// How long a search waits for the indexer to catch up before answering from what is indexed.
+const INDEX_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl AuditLog {
     /// Open (or create) the trail in `dir`, using `index` (the broker's one sled database) for queries.
@@ -150,7 +155,7 @@ impl AuditLog {
         let mut head = (base.seq - 1, base.prev_hash.clone());
         let mut last_time = DateTime::<Utc>::UNIX_EPOCH;
         let mut segment = None;
-        for (i, (_, path)) in segments.iter().enumerate().rev() {
+        for (i, (first, path)) in segments.iter().enumerate().rev() {
             let contents = Segment::read(path)?;
             if i + 1 == segments.len() {
                 let file = OpenOptions::new().append(true).open(path)?;
@@ -161,6 +166,7 @@ impl AuditLog {
                 }
                 let entries = contents.lines().count() as u64;
                 segment = Some(OpenSegment {
+                    first: *first,
                     file,
                     len: contents.complete_len(),
                     entries,
@@ -201,9 +207,15 @@ impl AuditLog {
             )));
         }
 
-        let index = Index::open(&db)?;
+        let index = Index::open(&db, dir)?;
         reconcile_index(&index, &segments, &base, &head)?;
 
+        let (index_tx, index_rx) = std::sync::mpsc::channel();
+        let (indexed_tx, indexed) = tokio::sync::watch::channel(head.0);
+        let indexer = std::thread::Builder::new().name("audit-indexer".into()).spawn({
+            let index = index.clone();
+            move || run_indexer(index, index_rx, indexed_tx)
+        })?;
         let shared = Arc::new(Shared {
             head: Mutex::new(head.clone()),
             fail_writes: AtomicBool::new(false),
@@ -223,13 +235,19 @@ impl AuditLog {
             checkpoints_need_repair: false,
             last_checkpoint_seq,
             shared: Arc::clone(&shared),
-            index: index.clone(),
+            index_tx,
+            indexer: Some(indexer),
         };
         let (tx, rx) = mpsc::channel(2 * MAX_BATCH);
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))?;
-        Ok(Arc::new(Self { tx, shared, index }))
+        Ok(Arc::new(Self {
+            tx,
+            shared,
+            index,
+            indexed,
+        }))
     }
 
     /// Append `record`; returns once the entry is on disk (`fdatasync`). Concurrent calls share one sync.
@@ -249,8 +267,19 @@ impl AuditLog {
         self.shared.head.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Wait (a little) until the index holds every entry durable when this is called, so a search sees
+    /// the requests already answered.
+    async fn index_caught_up(&self) {
+        let head = self.head().0;
+        let mut indexed = self.indexed.clone();
+        let caught_up = tokio::time::timeout(INDEX_CATCH_UP, indexed.wait_for(|seq| *seq >= head)).await;
+        if caught_up.is_err() {
+            tracing::warn!(head, "audit index is lagging; answering from what is indexed");
+        }
+    }
+
     /// Entries for one citizen, newest first, with seq below `before_seq`, at most `limit`.
-    pub fn for_citizen(
+    pub async fn for_citizen(
         &self,
         citizen_id: &str,
         before_seq: Option<u64>,
@@ -260,16 +289,17 @@ impl AuditLog {
             citizen_id: Some(citizen_id.to_owned()),
             ..AuditFilter::default()
         };
-        self.index.search(&filter, before_seq, limit)
+        self.search(&filter, before_seq, limit).await
     }
 
     /// Admin search, newest first, with seq below `before_seq`, at most `limit`.
-    pub fn search(
+    pub async fn search(
         &self,
         filter: &AuditFilter,
         before_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, AuditError> {
+        self.index_caught_up().await;
         self.index.search(filter, before_seq, limit)
     }
 
@@ -304,7 +334,8 @@ fn reconcile_index(
     index.retain_range(base.seq, head.0)?;
     let mut from = match index.last_seq()? {
         Some(last) => {
-            let linked = index.get(last)?.map(|e| e.hash);
+            // An entry the index cannot read back (a replaced trail) counts as another chain.
+            let linked = index.get(last).ok().flatten().map(|e| e.hash);
             if last == head.0 && linked.as_ref() != Some(&head.1) {
                 index.clear()?;
                 base.seq
@@ -319,13 +350,13 @@ fn reconcile_index(
     }
     for attempt in 0..2 {
         let mut expected_prev = if from > base.seq {
-            index.get(from - 1)?.map(|e| e.hash)
+            index.get(from - 1).ok().flatten().map(|e| e.hash)
         } else {
             None
         };
         let mut batch = Vec::new();
         let mut relinked = true;
-        'walk: for (i, (_, path)) in segments.iter().enumerate() {
+        'walk: for (i, (first, path)) in segments.iter().enumerate() {
             // Skip segments that end before `from`.
             if segments
                 .get(i + 1)
@@ -334,7 +365,7 @@ fn reconcile_index(
                 continue;
             }
             let contents = Segment::read(path)?;
-            for line in contents.lines() {
+            for (offset, line) in contents.lines_with_offsets() {
                 let entry = AuditEntry::from_line(line).map_err(AuditError::Corrupt)?;
                 if entry.seq < from {
                     continue;
@@ -345,8 +376,12 @@ fn reconcile_index(
                         break 'walk;
                     }
                 }
-                let line = String::from_utf8_lossy(line).into_owned();
-                batch.push((entry, line));
+                let location = Location {
+                    segment: *first,
+                    offset,
+                    len: u32::try_from(line.len()).map_err(|e| AuditError::Corrupt(e.to_string()))?,
+                };
+                batch.push(IndexItem::new(&entry, location));
                 if batch.len() >= 1024 {
                     index.insert(&batch)?;
                     batch.clear();

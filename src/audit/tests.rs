@@ -144,7 +144,7 @@ async fn concurrent_appends_share_fsyncs() {
     let report = verify_dir(&f.dir).unwrap();
     assert_eq!(report.count, 200);
     assert!(report.checkpoints >= 1);
-    assert_eq!(log.for_citizen(CITIZEN_A, None, 1000).unwrap().len(), 200);
+    assert_eq!(log.for_citizen(CITIZEN_A, None, 1000).await.unwrap().len(), 200);
 }
 
 /// A trail of 10 entries with a signed checkpoint at 8, closed.
@@ -329,7 +329,7 @@ async fn failed_writes_leave_nothing_and_recover() {
     assert_eq!(entry.seq, 3);
     assert_eq!(entry.prev_hash, head.1);
     assert_eq!(verify_dir(&f.dir).unwrap().count, 3);
-    assert_eq!(log.for_citizen(CITIZEN_B, None, 10).unwrap().len(), 1);
+    assert_eq!(log.for_citizen(CITIZEN_B, None, 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -343,6 +343,7 @@ async fn for_citizen_returns_only_that_citizen_newest_first() {
 
     let b: Vec<u64> = log
         .for_citizen(CITIZEN_B, None, 10)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.seq)
@@ -350,6 +351,7 @@ async fn for_citizen_returns_only_that_citizen_newest_first() {
     assert_eq!(b, [9, 6, 3]);
     let a: Vec<u64> = log
         .for_citizen(CITIZEN_A, None, 10)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.seq)
@@ -357,15 +359,20 @@ async fn for_citizen_returns_only_that_citizen_newest_first() {
     assert_eq!(a, [8, 7, 5, 4, 2, 1]);
     let page: Vec<u64> = log
         .for_citizen(CITIZEN_A, Some(5), 2)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.seq)
         .collect();
     assert_eq!(page, [4, 2]);
-    assert!(log.for_citizen(CITIZEN_A, Some(1), 10).unwrap().is_empty());
-    assert!(log.for_citizen(CITIZEN_A, None, 0).unwrap().is_empty());
-    assert!(log.for_citizen("000000000000", None, 10).unwrap().is_empty());
-    let short = log.for_citizen(&CITIZEN_A[..11], None, 10).unwrap();
+    assert!(log.for_citizen(CITIZEN_A, Some(1), 10).await.unwrap().is_empty());
+    assert!(log.for_citizen(CITIZEN_A, None, 0).await.unwrap().is_empty());
+    assert!(log
+        .for_citizen("000000000000", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let short = log.for_citizen(&CITIZEN_A[..11], None, 10).await.unwrap();
     assert_eq!(short.len(), 1);
     assert_eq!(short[0].seq, 11);
 }
@@ -377,30 +384,30 @@ async fn search_filters_and_pages() {
     let entries = fill(&log, 10).await;
     let seqs = |v: Vec<AuditEntry>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
 
-    let all = seqs(log.search(&AuditFilter::default(), None, 100).unwrap());
+    let all = seqs(log.search(&AuditFilter::default(), None, 100).await.unwrap());
     assert_eq!(all, (1..=10).rev().collect::<Vec<_>>());
     let byt = AuditFilter {
         agency: Some("BYT".into()),
         ..AuditFilter::default()
     };
-    assert_eq!(seqs(log.search(&byt, None, 100).unwrap()), [10, 8, 6, 4, 2]);
-    assert_eq!(seqs(log.search(&byt, Some(8), 2).unwrap()), [6, 4]);
+    assert_eq!(seqs(log.search(&byt, None, 100).await.unwrap()), [10, 8, 6, 4, 2]);
+    assert_eq!(seqs(log.search(&byt, Some(8), 2).await.unwrap()), [6, 4]);
     let refused = AuditFilter {
         status: Some(403),
         ..AuditFilter::default()
     };
-    assert_eq!(seqs(log.search(&refused, None, 100).unwrap()), [9, 4]);
+    assert_eq!(seqs(log.search(&refused, None, 100).await.unwrap()), [9, 4]);
     let both = AuditFilter {
         citizen_id: Some(CITIZEN_A.into()),
         agency: Some("BCA".into()),
         ..byt.clone()
     };
-    assert_eq!(seqs(log.search(&both, None, 100).unwrap()), [7, 5, 1]);
+    assert_eq!(seqs(log.search(&both, None, 100).await.unwrap()), [7, 5, 1]);
     let nobody = AuditFilter {
         purpose: Some("tax".into()),
         ..AuditFilter::default()
     };
-    assert!(log.search(&nobody, None, 100).unwrap().is_empty());
+    assert!(log.search(&nobody, None, 100).await.unwrap().is_empty());
 
     let t5 = entries[4].parsed_time().unwrap();
     let window = AuditFilter {
@@ -414,12 +421,12 @@ async fn search_filters_and_pages() {
         .filter(|e| e.time == entries[4].time)
         .map(|e| e.seq)
         .collect();
-    assert_eq!(seqs(log.search(&window, None, 100).unwrap()), expected);
+    assert_eq!(seqs(log.search(&window, None, 100).await.unwrap()), expected);
     let future = AuditFilter {
         from: Some(Utc::now() + Duration::hours(1)),
         ..Default::default()
     };
-    assert!(log.search(&future, None, 100).unwrap().is_empty());
+    assert!(log.search(&future, None, 100).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -495,6 +502,7 @@ async fn archive_and_prune_keeps_the_rest_verifiable() {
     assert_eq!(log.head(), (10, entries[9].hash.clone()));
     let seqs: Vec<u64> = log
         .for_citizen(CITIZEN_A, None, 100)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.seq)
@@ -549,6 +557,7 @@ async fn a_fresh_index_is_rebuilt_from_the_segments() {
     let log = AuditLog::open_with(&f.dir, db, options(0)).unwrap();
     let seqs: Vec<u64> = log
         .for_citizen(CITIZEN_B, None, 10)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.seq)
@@ -559,8 +568,14 @@ async fn a_fresh_index_is_rebuilt_from_the_segments() {
     let other = fixture();
     let log = AuditLog::open_with(&other.dir, f.db.clone(), options(0)).unwrap();
     log.append(record(1, Some(CITIZEN_B))).await.unwrap();
-    assert_eq!(log.for_citizen(CITIZEN_B, None, 10).unwrap().len(), 1);
-    assert_eq!(log.search(&AuditFilter::default(), None, 100).unwrap().len(), 1);
+    assert_eq!(log.for_citizen(CITIZEN_B, None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        log.search(&AuditFilter::default(), None, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[cfg(unix)]
@@ -580,4 +595,51 @@ fn signing_key_is_private_and_its_public_half_published() {
     // Reopening keeps the same key.
     drop(AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap());
     assert_eq!(format::read_public_key(&f.dir).unwrap(), public);
+}
+
+#[test]
+fn sealing_serialises_once_yet_matches_the_documented_line_and_hash() {
+    for (i, citizen) in [(1, Some(CITIZEN_A)), (4, None), (9, Some("0\"\\\u{1}é"))] {
+        let (entry, line) = AuditEntry::seal(
+            i,
+            "2026-12-02T10:00:00.000Z".into(),
+            record(i, citizen),
+            "ab".repeat(32),
+        )
+        .unwrap();
+        assert_eq!(line, entry.to_line().unwrap());
+        assert_eq!(entry.hash, entry.compute_hash().unwrap());
+        assert_eq!(AuditEntry::from_line(line.as_bytes()).unwrap(), entry);
+    }
+}
+
+#[tokio::test]
+async fn an_index_of_whole_lines_from_an_older_version_is_still_read() {
+    let f = fixture();
+    let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
+    let written = fill(&log, 6).await;
+    // Let the indexer finish, then rewrite `by_seq` as older versions stored it: the whole line.
+    assert_eq!(
+        log.search(&AuditFilter::default(), None, 100)
+            .await
+            .unwrap()
+            .len(),
+        6
+    );
+    drop(log);
+    let by_seq = f.db.open_tree("audit/by_seq").unwrap();
+    for entry in &written {
+        by_seq
+            .insert(entry.seq.to_be_bytes(), entry.to_line().unwrap().as_bytes())
+            .unwrap();
+    }
+    let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
+    log.append(record(7, Some(CITIZEN_A))).await.unwrap();
+    let found = log.search(&AuditFilter::default(), None, 100).await.unwrap();
+    let seqs: Vec<u64> = found.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [7, 6, 5, 4, 3, 2, 1]);
+    assert_eq!(found[6], written[0]);
+    // The new entry is stored as a location (20 bytes), the old ones stay lines.
+    assert_eq!(by_seq.get(7u64.to_be_bytes()).unwrap().unwrap().len(), 20);
+    assert_eq!(by_seq.get(1u64.to_be_bytes()).unwrap().unwrap()[0], b'{');
 }

@@ -1,5 +1,5 @@
 //! Stage: audit — the writer thread: group commit of appends into segment files, one `fdatasync` per
-//! batch, then the index, then the answers; signed checkpoints.
+//! batch, then the answers; the index is handed to the indexer thread; signed checkpoints.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -12,7 +12,7 @@ use ring::signature::Ed25519KeyPair;
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{format_time, segment_name, sync_dir, truncate_ms, Checkpoint, CHECKPOINTS_FILE};
-use super::index::Index;
+use super::index::{IndexItem, Location};
 use super::{AuditEntry, AuditError, AuditOptions, AuditRecord};
 
 /// Most records committed by one `fdatasync`.
@@ -34,6 +34,8 @@ pub(crate) struct Shared {
 
 /// The segment being appended to.
 pub(crate) struct OpenSegment {
+    /// The seq its name carries.
+    pub(crate) first: u64,
     pub(crate) file: File,
     /// Length of what is known to be whole and synced; anything beyond is a failed write to cut.
     pub(crate) len: u64,
@@ -56,7 +58,10 @@ pub(crate) struct Writer {
     pub(crate) checkpoints_need_repair: bool,
     pub(crate) last_checkpoint_seq: u64,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) index: Index,
+    /// To the indexer thread, in seq order.
+    pub(crate) index_tx: std::sync::mpsc::Sender<Vec<IndexItem>>,
+    /// The indexer thread, joined when the writer stops so that no sled handle outlives the trail.
+    pub(crate) indexer: Option<std::thread::JoinHandle<()>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> AuditError {
@@ -87,12 +92,14 @@ impl Writer {
                 let (records, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
                 match self.commit(records) {
                     Ok(entries) => {
-                        if let Err(e) = self.index.insert(&entries) {
-                            // The entries are durable; the index catches up when the trail is next opened.
-                            tracing::error!(error = %e, "audit index update failed");
-                        }
-                        for ((entry, _), reply) in entries.into_iter().zip(replies) {
+                        let mut items = Vec::with_capacity(entries.len());
+                        for ((entry, location), reply) in entries.into_iter().zip(replies) {
+                            items.push(IndexItem::new(&entry, location));
                             let _ = reply.send(Ok(entry));
+                        }
+                        // The entries are durable: their answers are on their way; indexing follows.
+                        if self.index_tx.send(items).is_err() {
+                            tracing::error!("audit indexer has stopped; the index is rebuilt at next start");
                         }
                     }
                     Err(e) => {
@@ -115,10 +122,17 @@ impl Writer {
                 }
             }
         }
+        let Writer {
+            index_tx, indexer, ..
+        } = self;
+        drop(index_tx);
+        if let Some(indexer) = indexer {
+            let _ = indexer.join();
+        }
     }
 
     /// Write one batch and sync it. On any failure nothing of the batch remains and the head is unchanged.
-    fn commit(&mut self, records: Vec<AuditRecord>) -> Result<Vec<(AuditEntry, String)>, AuditError> {
+    fn commit(&mut self, records: Vec<AuditRecord>) -> Result<Vec<(AuditEntry, Location)>, AuditError> {
         let now = truncate_ms(Utc::now());
         // The clock may step back; the trail's times never do, so range queries can stop early.
         let time = if now > self.last_time { now } else { self.last_time };
@@ -129,12 +143,17 @@ impl Writer {
         let mut out = Vec::with_capacity(records.len());
         for record in records {
             seq += 1;
-            let entry = AuditEntry::seal(seq, time_text.clone(), record, prev)?;
-            let line = entry.to_line()?;
+            let (entry, line) = AuditEntry::seal(seq, time_text.clone(), record, prev)?;
+            // Where the line will lie, relative to the batch until the segment is known.
+            let location = Location {
+                segment: 0,
+                offset: buf.len() as u64,
+                len: u32::try_from(line.len()).map_err(unavailable)?,
+            };
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
             prev = entry.hash.clone();
-            out.push((entry, line));
+            out.push((entry, location));
         }
         let count = out.len() as u64;
 
@@ -161,6 +180,10 @@ impl Writer {
                 .and_then(|()| segment.file.sync_data());
             self.needs_repair = cut.is_err();
             return Err(unavailable(e));
+        }
+        for (_, location) in &mut out {
+            location.segment = segment.first;
+            location.offset += good_len;
         }
         segment.len += buf.len() as u64;
         segment.entries += count;
@@ -201,6 +224,7 @@ impl Writer {
             }
             sync_dir(&self.dir).map_err(unavailable)?;
             self.segment = Some(OpenSegment {
+                first: self.seq + 1,
                 file,
                 len: 0,
                 entries: 0,
