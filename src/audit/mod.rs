@@ -123,6 +123,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Cmd>,
     shared: Arc<Shared>,
     index: Index,
+    /// Joined by [`AuditLog::close`], so that a reopen knows the thread's files and sled handles are gone.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl AuditLog {
@@ -226,10 +228,33 @@ impl AuditLog {
             index: index.clone(),
         };
         let (tx, rx) = mpsc::channel(2 * MAX_BATCH);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))?;
-        Ok(Arc::new(Self { tx, shared, index }))
+        Ok(Arc::new(Self {
+            tx,
+            shared,
+            index,
+            writer: Mutex::new(Some(writer)),
+        }))
+    }
+
+    /// Stop the writer thread once it has answered what was queued, and wait for it: on return the
+    /// trail's files are closed and its sled handles dropped (sled releases its lock only when the last
+    /// one is). Needs the last handle; otherwise the handle is given back. Blocking.
+    pub fn close(self: Arc<Self>) -> Result<(), Arc<Self>> {
+        let Self {
+            tx, index, writer, ..
+        } = Arc::try_unwrap(self)?;
+        drop(tx);
+        drop(index);
+        let writer = writer.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(thread) = writer {
+            if thread.join().is_err() {
+                tracing::error!("the audit writer thread panicked");
+            }
+        }
+        Ok(())
     }
 
     /// Append `record`; returns once the entry is on disk (`fdatasync`). Concurrent calls share one sync.
