@@ -47,8 +47,9 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// A database that fails again soon after a reopen (a disk that is not really fixed) waits at least this
-/// long, doubling up to `COOLDOWN_MAX`, before the next reopen: no churn of drains and reopens.
+/// A reopened database that fails again soon (a disk that is not really fixed) is reopened no sooner than
+/// this long after it opened, doubling up to `COOLDOWN_MAX` while it keeps happening: no churn of drains
+/// and reopens.
 const COOLDOWN_FIRST: Duration = Duration::from_secs(1);
 const COOLDOWN_MAX: Duration = Duration::from_secs(60);
 
@@ -91,7 +92,8 @@ pub async fn supervise(
     let slot = slot.unwrap_or_default();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut broker = broker;
-    let mut cooldown = COOLDOWN_FIRST;
+    // No wait before the first reopen; see COOLDOWN_FIRST for the later ones.
+    let mut cooldown = Duration::ZERO;
     loop {
         slot.set(&broker);
         broker.metrics.set_store_available(true);
@@ -110,9 +112,10 @@ pub async fn supervise(
             tracing::info!("stopped");
             return Ok(());
         }
-        // A database that failed within a minute of opening waits longer before the next reopen.
+        // The next database, if it fails within `cooldown` of opening, waits that long before a reopen;
+        // the wait doubles while databases keep failing within a minute.
         cooldown = if serving_since.elapsed() < COOLDOWN_MAX {
-            (cooldown * 2).min(COOLDOWN_MAX)
+            (cooldown * 2).clamp(COOLDOWN_FIRST, COOLDOWN_MAX)
         } else {
             COOLDOWN_FIRST
         };
