@@ -47,7 +47,7 @@ struct BindRequest {
 async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> Result<Reply, ApiError> {
     let method = req.parts.method.clone();
     let path = req.path().to_string();
-    if let Some(health) = crate::server::health(exchange, &path) {
+    if let Some(health) = crate::server::health(broker, exchange, &path) {
         return Ok(health);
     }
     if !broker

@@ -44,7 +44,7 @@ pub fn authenticate(broker: &Broker, exchange: &mut Exchange) -> Result<Agency, 
 async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> Result<Reply, ApiError> {
     let method = req.parts.method.clone();
     let path = req.path().to_string();
-    if let Some(health) = crate::server::health(exchange, &path) {
+    if let Some(health) = crate::server::health(broker, exchange, &path) {
         return Ok(health);
     }
     let agency = authenticate(broker, exchange)?;

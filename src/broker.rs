@@ -94,6 +94,9 @@ impl Broker {
             message,
         };
         std::fs::create_dir_all(data_dir).map_err(|e| store_err(e.to_string()))?;
+        // Before sled or the trail touch anything: a read-only data dir is refused up front, clearly.
+        crate::supervisor::probe_data_dir(data_dir, crate::supervisor::START_PROBE_BYTES)
+            .map_err(|e| store_err(crate::supervisor::describe_probe_error(&e)))?;
         let db = sled::Config::new()
             .path(data_dir.join("db"))
             .mode(sled::Mode::HighThroughput)
@@ -122,6 +125,16 @@ impl Broker {
             db,
             metrics: crate::metrics::Metrics::new(),
         })
+    }
+
+    /// The database's sticky I/O error, if it has one: sled keeps its first I/O error (a full disk, a
+    /// read-only file system) for the life of the open database and fails every later write with it. The
+    /// supervisor ([`crate::supervisor`]) then reopens the database once the data dir is writable again;
+    /// until then `/healthz` answers 503 `store_unavailable`.
+    pub fn store_failure(&self) -> Option<String> {
+        // `context` and `global_error` are public but hidden in sled 0.34 (pinned in Cargo.lock); they
+        // read the one atomic that every sled write checks.
+        self.db.context.global_error().err().map(|e| e.to_string())
     }
 
     /// Flush what is buffered; called on graceful shutdown after the last request.

@@ -81,7 +81,7 @@ pub struct Checkpoints {
 }
 
 fn store_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable("store_unavailable", format!("checkpoint store: {e}"))
+    crate::store::unavailable("checkpoints", e)
 }
 
 /// Fixed-width UTC time, so index keys sort by time.

@@ -37,6 +37,7 @@
 //! | [`metrics`] | Prometheus metrics (`GET /metrics` on the admin listener) |
 //! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
+//! | [`supervisor`] | live recovery: reopens a failed database (full disk) without a restart |
 //! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
 //! | [`bench`] | `lienthong bench`: the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
@@ -77,4 +78,5 @@ pub mod schema;
 pub mod server;
 pub mod sms;
 pub mod store;
+pub mod supervisor;
 pub mod tls;

@@ -121,6 +121,8 @@ pub struct Metrics {
     audit_head_seq: Gauge<u64, AtomicU64>,
     open_connections: Family<SideLabels, Gauge>,
     handshake_failures: Family<HandshakeLabels, Counter>,
+    store_available: Gauge,
+    store_reopens: Counter,
 }
 
 impl Default for Metrics {
@@ -146,6 +148,9 @@ impl Metrics {
         let audit_head_seq = Gauge::<u64, AtomicU64>::default();
         let open_connections = Family::<SideLabels, Gauge>::default();
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        let store_available = Gauge::default();
+        store_available.set(1);
+        let store_reopens = Counter::default();
         registry.register(
             "requests",
             "Answered requests by listener, agency, purpose, connector and HTTP status",
@@ -177,6 +182,16 @@ impl Metrics {
             "Failed TLS handshakes by listener and reason",
             handshake_failures.clone(),
         );
+        registry.register(
+            "store_available",
+            "1 while the database accepts writes, 0 from its first I/O error until it is reopened",
+            store_available.clone(),
+        );
+        registry.register(
+            "store_reopens",
+            "Times the database was reopened live after failing (see src/supervisor.rs)",
+            store_reopens.clone(),
+        );
         for side in [Side::Agency, Side::Admin] {
             // Present from the start so dashboards see 0, not "no data".
             let _ = open_connections.get_or_create(&SideLabels {
@@ -191,7 +206,19 @@ impl Metrics {
             audit_head_seq,
             open_connections,
             handshake_failures,
+            store_available,
+            store_reopens,
         }
+    }
+
+    /// Whether the database accepts writes (set by the supervisor).
+    pub fn set_store_available(&self, available: bool) {
+        self.store_available.set(i64::from(available));
+    }
+
+    /// Count one live reopen of the database.
+    pub fn count_store_reopen(&self) {
+        self.store_reopens.inc();
     }
 
     /// Record how long `stage` took.

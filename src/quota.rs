@@ -205,7 +205,7 @@ pub struct Quota {
 }
 
 fn store_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable("store_unavailable", format!("quota store: {e}"))
+    crate::store::unavailable("quota", e)
 }
 
 fn use_key(agency: &str, purpose: &str, window: Window, label: &str) -> String {

@@ -105,7 +105,7 @@ fn now() -> String {
 }
 
 fn store_err(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("registry store: {e}"))
+    crate::store::unavailable("registry", e)
 }
 
 /// Check a fingerprint's form: 64 lower-case hex digits (upper case and `:` separators are accepted

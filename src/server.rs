@@ -147,11 +147,19 @@ impl ReadRequest {
     }
 }
 
-/// `GET /healthz`, the same on both listeners: the answer, or `None` for any other path.
-pub fn health(exchange: &mut Exchange, path: &str) -> Option<Reply> {
+/// `GET /healthz`, the same on both listeners: the answer, or `None` for any other path. 503
+/// `store_unavailable` while the database has failed (until the supervisor has reopened it).
+pub fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Reply> {
     (path == "/healthz").then(|| {
         exchange.operation = "health".into();
-        Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+        match broker.store_failure() {
+            None => Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+            // The supervisor has logged the cause; a health probe every few seconds need not repeat it.
+            Some(_) => Reply::error(
+                &ApiError::unavailable("store_unavailable", crate::store::UNAVAILABLE),
+                &exchange.request_id,
+            ),
+        }
     })
 }
 
@@ -191,56 +199,71 @@ fn decode(s: &str) -> String {
 }
 
 /// Run both listeners until `shutdown` resolves, then stop accepting, let in-flight requests finish
-/// (up to `limits.shutdown_grace_ms`), and flush the stores.
+/// (up to `limits.shutdown_grace_ms`), and flush the stores. A database that fails on the way (a full
+/// disk) is reopened live by the supervisor once the data dir is writable again ([`crate::supervisor`]).
 pub async fn serve(
     broker: Arc<Broker>,
     agency: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    check_store_against_audit(&broker)
-        .await
-        .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m))?;
-    let graceful = Arc::new(GracefulShutdown::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let in_flight = Arc::new(InFlight::new(broker.config.limits.max_concurrent_per_agency));
-    let loops = [
-        tokio::spawn(accept_loop(
-            Side::Agency,
-            agency,
-            broker.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
-            in_flight.clone(),
-        )),
-        tokio::spawn(accept_loop(
-            Side::Admin,
-            admin,
-            broker.clone(),
-            graceful.clone(),
-            stop_rx,
-            in_flight,
-        )),
-    ];
-    shutdown.await;
-    tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    let _ = stop_tx.send(true);
-    for handle in loops {
-        let _ = handle.await;
-    }
-    let grace = Duration::from_millis(broker.config.limits.shutdown_grace_ms);
-    match Arc::try_unwrap(graceful) {
-        Ok(graceful) => {
-            if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-                tracing::warn!("grace period over; closing the remaining connections");
-            }
+    crate::supervisor::supervise(broker, agency, admin, shutdown, None).await
+}
+
+/// Both accept loops of one broker, on listeners that outlive it (the supervisor swaps brokers).
+pub(crate) struct Accepting {
+    stop: watch::Sender<bool>,
+    loops: [tokio::task::JoinHandle<()>; 2],
+    graceful: Arc<GracefulShutdown>,
+}
+
+impl Accepting {
+    /// Start accepting on both listeners for `broker`.
+    pub(crate) fn start(broker: &Arc<Broker>, agency: &Arc<TcpListener>, admin: &Arc<TcpListener>) -> Self {
+        let graceful = Arc::new(GracefulShutdown::new());
+        let (stop, stop_rx) = watch::channel(false);
+        let in_flight = Arc::new(InFlight::new(broker.config.limits.max_concurrent_per_agency));
+        let loops = [
+            tokio::spawn(accept_loop(
+                Side::Agency,
+                agency.clone(),
+                broker.clone(),
+                graceful.clone(),
+                stop_rx.clone(),
+                in_flight.clone(),
+            )),
+            tokio::spawn(accept_loop(
+                Side::Admin,
+                admin.clone(),
+                broker.clone(),
+                graceful.clone(),
+                stop_rx,
+                in_flight,
+            )),
+        ];
+        Self {
+            stop,
+            loops,
+            graceful,
         }
-        Err(_) => tracing::warn!("connection tracker still shared; skipping the graceful wait"),
     }
-    crate::api::on_shutdown(&broker).await;
-    broker.close().await;
-    tracing::info!("stopped");
-    Ok(())
+
+    /// Stop accepting (the listeners stay bound: new connections wait in the backlog) and let
+    /// in-flight requests finish, up to `grace`.
+    pub(crate) async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        for handle in self.loops {
+            let _ = handle.await;
+        }
+        match Arc::try_unwrap(self.graceful) {
+            Ok(graceful) => {
+                if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+                    tracing::warn!("grace period over; closing the remaining connections");
+                }
+            }
+            Err(_) => tracing::warn!("connection tracker still shared; skipping the graceful wait"),
+        }
+    }
 }
 
 /// The HTTP/1.1 and HTTP/2 settings of both listeners (and of the benchmark's baseline, so that it differs
@@ -263,7 +286,7 @@ pub fn http_builder(limits: &crate::config::LimitsConfig) -> auto::Builder<Tokio
 
 async fn accept_loop(
     side: Side,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     broker: Arc<Broker>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,

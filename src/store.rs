@@ -49,8 +49,19 @@ pub enum UpdateOutcome {
     Unchanged(Value),
 }
 
+/// 503 `store_unavailable` for a failure of the embedded database (citizen store, registry, quota,
+/// checkpoints). The cause — an OS error, a path — goes to the log, in the request's span, never to the
+/// client, as [`ApiError::internal`] does.
+pub fn unavailable(store: &'static str, cause: impl std::fmt::Display) -> ApiError {
+    tracing::error!(store, %cause, "store failed");
+    ApiError::unavailable("store_unavailable", UNAVAILABLE)
+}
+
+/// The one message a client gets for `store_unavailable`.
+pub const UNAVAILABLE: &str = "the citizen store is unavailable; retry later";
+
 fn store_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable("store_unavailable", format!("the citizen store failed: {e}"))
+    unavailable("citizens", e)
 }
 
 /// The embedded store: one sled tree, JSON values.

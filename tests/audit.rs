@@ -198,7 +198,7 @@ async fn citizen_sees_who_read_their_data_and_nobody_elses() {
 #[tokio::test]
 async fn a_failing_audit_trail_withholds_the_answer() {
     let b = TestBroker::start().await;
-    b.broker.audit.set_fail_writes(true);
+    b.broker().audit.set_fail_writes(true);
     let r = b
         .get("pccovid", &format!("/v1/citizens/{AN}?purpose=covid-qr-status"))
         .await;
@@ -208,7 +208,7 @@ async fn a_failing_audit_trail_withholds_the_answer() {
     );
     assert!(!r.text().contains("Nguyễn"), "no data may leave: {}", r.text());
     assert!(r.headers.get("retry-after").is_some());
-    b.broker.audit.set_fail_writes(false);
+    b.broker().audit.set_fail_writes(false);
     let r = b
         .get("pccovid", &format!("/v1/citizens/{AN}?purpose=covid-qr-status"))
         .await;

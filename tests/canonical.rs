@@ -29,8 +29,8 @@ async fn with_blank_citizen() -> TestBroker {
         "citizen_id": BLANK, "full_name": "Phạm Thị Thu", "birth_date": "1990-02-03", "gender": "male",
         "permanent_address": { "detail": "Số 5 Tràng Tiền", "province": "Thành phố Hà Nội" }
     });
-    lienthong::canonical::validate_record(&b.broker, &record).unwrap();
-    b.broker
+    lienthong::canonical::validate_record(&b.broker(), &record).unwrap();
+    b.broker()
         .store
         .put_many(vec![(BLANK.into(), record)])
         .await
@@ -282,7 +282,7 @@ async fn vaccination_write_is_idempotent_and_conflicts_are_refused() {
         (r.status, r.error_code().as_deref()),
         (409, Some("idempotency_conflict"))
     );
-    let stored = b.broker.store.get(BLANK).await.unwrap().unwrap();
+    let stored = b.broker().store.get(BLANK).await.unwrap().unwrap();
     assert_eq!(
         stored["vaccinations"].as_array().unwrap().len(),
         1,
@@ -331,7 +331,7 @@ async fn schema_violations_name_the_pointer_and_write_nothing() {
         (r.status, r.error_code().as_deref()),
         (415, Some("unsupported_media_type"))
     );
-    let stored = b.broker.store.get(BLANK).await.unwrap().unwrap();
+    let stored = b.broker().store.get(BLANK).await.unwrap().unwrap();
     assert!(stored
         .get("vaccinations")
         .is_none_or(|v| v.as_array().unwrap().is_empty()));
@@ -404,7 +404,7 @@ async fn covid_status_fully_vaccinated_from_day_14() {
 async fn covid_status_recovered_within_180_days_and_negative_test_within_72_hours() {
     let b = with_blank_citizen().await;
     let set_history = |field: &'static str, entry: Value| {
-        let store = b.broker.store.clone();
+        let store = b.broker().store.clone();
         async move {
             let mut record = store.get(BLANK).await.unwrap().unwrap();
             record[field] = json!([entry]);

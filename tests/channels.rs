@@ -13,7 +13,7 @@ const BINH: &str = "079195000002";
 const NO_MATCH: &str = "Số điện thoại hoặc công dân không tồn tại";
 
 async fn record(b: &TestBroker, id: &str) -> Value {
-    b.broker.store.get(id).await.unwrap().unwrap()
+    b.broker().store.get(id).await.unwrap().unwrap()
 }
 
 async fn sms(b: &TestBroker, from: &str, text: &str) -> Value {

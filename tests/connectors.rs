@@ -268,7 +268,7 @@ async fn moh_writes_a_fhir_immunization_idempotently() {
         )
         .await;
     assert_eq!(r.status, 200, "replay: {}", r.text());
-    let record = b.broker.store.get("048203000003").await.unwrap().unwrap();
+    let record = b.broker().store.get("048203000003").await.unwrap().unwrap();
     let v = record["vaccinations"].as_array().unwrap();
     assert_eq!(v.len(), 1);
     assert_eq!(v[0]["date"], "2021-09-12");
@@ -329,7 +329,7 @@ async fn moh_refuses_the_real_fhir_example_clearly() {
 #[tokio::test]
 async fn a_bundle_with_mixed_entries_writes_the_good_ones_exactly_once() {
     let b = TestBroker::start().await;
-    let binh_before = b.broker.store.get("079195000002").await.unwrap().unwrap()["vaccinations"]
+    let binh_before = b.broker().store.get("079195000002").await.unwrap().unwrap()["vaccinations"]
         .as_array()
         .unwrap()
         .len();
@@ -362,9 +362,9 @@ async fn a_bundle_with_mixed_entries_writes_the_good_ones_exactly_once() {
         outcome_code(&body["entry"][2]["response"]["outcome"]),
         Some("invalid_value")
     );
-    let chau = b.broker.store.get("048203000003").await.unwrap().unwrap();
+    let chau = b.broker().store.get("048203000003").await.unwrap().unwrap();
     assert_eq!(chau["vaccinations"].as_array().unwrap().len(), 1);
-    let binh = b.broker.store.get("079195000002").await.unwrap().unwrap();
+    let binh = b.broker().store.get("079195000002").await.unwrap().unwrap();
     assert_eq!(binh["vaccinations"].as_array().unwrap().len(), binh_before + 1);
 
     // Replaying the night's bundle writes nothing twice.
@@ -381,7 +381,7 @@ async fn a_bundle_with_mixed_entries_writes_the_good_ones_exactly_once() {
         statuses,
         ["200 OK", "404 Not Found", "422 Unprocessable Entity", "200 OK"]
     );
-    let binh = b.broker.store.get("079195000002").await.unwrap().unwrap();
+    let binh = b.broker().store.get("079195000002").await.unwrap().unwrap();
     assert_eq!(binh["vaccinations"].as_array().unwrap().len(), binh_before + 1);
     let e = b
         .admin_get("/admin/v1/audit/entries?agency=moh&limit=1")

@@ -379,7 +379,7 @@ async fn path_traversal_and_encoding_tricks_get_4xx_with_an_entry_and_no_data() 
 async fn json_with_duplicate_keys_or_deep_nesting_is_refused_and_nothing_is_written() {
     let b = TestBroker::start().await;
     let path = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
-    let before = b.broker.store.get(AN).await.unwrap().unwrap();
+    let before = b.broker().store.get(AN).await.unwrap().unwrap();
     // The second source_record_id would slip past an idempotency check made on the first.
     let dup = r#"{"dose_number":1,"vaccine_code":"208","vaccine_name":"Comirnaty","date":"2021-09-01",
                   "source_record_id":"dup-1","source_record_id":"dup-2"}"#;
@@ -396,7 +396,7 @@ async fn json_with_duplicate_keys_or_deep_nesting_is_refused_and_nothing_is_writ
     let r = b.post_raw("moh", &path, "application/json", deep).await;
     assert_refused(&r, 400, "too_deep");
     assert_eq!(entry_for(&b, &request_id(&r)).await["status"], 400);
-    assert_eq!(b.broker.store.get(AN).await.unwrap().unwrap(), before);
+    assert_eq!(b.broker().store.get(AN).await.unwrap().unwrap(), before);
 
     // The admin API parses the same way.
     let r = b
@@ -411,7 +411,7 @@ async fn json_with_duplicate_keys_or_deep_nesting_is_refused_and_nothing_is_writ
         .await
         .unwrap();
     assert_refused(&r, 400, "invalid_json");
-    assert!(b.broker.registry.get("bhxh").is_none());
+    assert!(b.broker().registry.get("bhxh").is_none());
 }
 
 #[tokio::test]
@@ -425,7 +425,7 @@ async fn qr_confusables_and_invisible_characters_never_match_a_citizen() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
-    let record = b.broker.store.get(AN).await.unwrap().unwrap();
+    let record = b.broker().store.get(AN).await.unwrap().unwrap();
     let qr = lienthong::population::qr_payload(&record).unwrap();
     assert!(qr.contains(AN_NAME));
     let path = "/v1/checkpoints/gate-1/checkins?purpose=checkpoint-checkin";

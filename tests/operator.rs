@@ -89,7 +89,7 @@ async fn catalogue_describes_every_route_purpose_and_error() {
     }
     // Every purpose of the loaded catalogue, with legal basis and price.
     let purposes = doc["x-purposes"].as_array().unwrap();
-    for p in b.broker.catalogue.all() {
+    for p in b.broker().catalogue.all() {
         let published = purposes.iter().find(|x| x["id"] == p.id.as_str()).unwrap();
         assert_eq!(published["legal_basis"], p.legal_basis.as_str());
         assert_eq!(published["price_vnd"], p.price_vnd);
@@ -101,7 +101,7 @@ async fn catalogue_describes_every_route_purpose_and_error() {
         .as_array()
         .unwrap();
     let readers = b
-        .broker
+        .broker()
         .catalogue
         .all()
         .iter()
@@ -136,7 +136,7 @@ async fn catalogue_describes_every_route_purpose_and_error() {
         assert!(paths.contains_key(route), "{route} missing");
     }
     // Every loaded connector, with its own purpose.
-    for c in b.broker.connectors.all() {
+    for c in b.broker().connectors.all() {
         let op = &doc["paths"][c.path.as_str()][c.method.as_str().to_ascii_lowercase()];
         assert_eq!(op["x-purposes"], json!([c.purpose]), "{}", c.name);
         assert!(op["requestBody"]["content"]
@@ -286,7 +286,7 @@ async fn metrics_count_requests_stages_and_handshake_failures() {
     // The scrape's own connection is open while it is answered.
     assert!(sample(&text, r#"lienthong_open_connections{side="admin"}"#).unwrap() >= 1.0);
     // The head sequence is the trail's (scrapes themselves are not audited).
-    let head = b.broker.audit.head().0 as f64;
+    let head = b.broker().audit.head().0 as f64;
     assert_eq!(sample(&text, "lienthong_audit_head_seq"), Some(head));
     assert_eq!(
         sample(

@@ -238,7 +238,7 @@ async fn reconcile_detects_a_tampered_counter() {
         .await
         .json();
     assert_eq!(rec["ok"], true, "{rec}");
-    b.broker
+    b.broker()
         .quota
         .set_total("served", &month(), "pccovid", "covid-qr-status", 2)
         .unwrap();

@@ -125,6 +125,9 @@ pub struct AuditLog {
     index: Index,
     /// The last seq the indexer has applied.
     indexed: tokio::sync::watch::Receiver<u64>,
+    /// Joined by [`AuditLog::close`], so that a reopen knows the thread's files and sled handles are gone
+    /// (the writer joins the indexer thread before it ends).
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// How long a search waits for the indexer to catch up before answering from what is indexed.
@@ -239,7 +242,7 @@ impl AuditLog {
             indexer: Some(indexer),
         };
         let (tx, rx) = mpsc::channel(2 * MAX_BATCH);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))?;
         Ok(Arc::new(Self {
@@ -247,7 +250,26 @@ impl AuditLog {
             shared,
             index,
             indexed,
+            writer: Mutex::new(Some(writer)),
         }))
+    }
+
+    /// Stop the writer thread once it has answered what was queued, and wait for it: on return the
+    /// trail's files are closed and its sled handles dropped (sled releases its lock only when the last
+    /// one is). Needs the last handle; otherwise the handle is given back. Blocking.
+    pub fn close(self: Arc<Self>) -> Result<(), Arc<Self>> {
+        let Self {
+            tx, index, writer, ..
+        } = Arc::try_unwrap(self)?;
+        drop(tx);
+        drop(index);
+        let writer = writer.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(thread) = writer {
+            if thread.join().is_err() {
+                tracing::error!("the audit writer thread panicked");
+            }
+        }
+        Ok(())
     }
 
     /// Append `record`; returns once the entry is on disk (`fdatasync`). Concurrent calls share one sync.

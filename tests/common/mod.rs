@@ -11,6 +11,7 @@ use lienthong::certs::{CertAuthority, IssuedCert, Validity};
 use lienthong::client::{Alpn, MtlsClient, Response};
 use lienthong::config::Config;
 use lienthong::demo::DemoOptions;
+use lienthong::supervisor::BrokerSlot;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -22,7 +23,8 @@ pub const TEST_CITIZENS: usize = 200;
 pub struct TestBroker {
     pub agency: SocketAddr,
     pub admin: SocketAddr,
-    pub broker: Arc<Broker>,
+    /// The broker serving now (the supervisor replaces it when it reopens a failed database).
+    slot: BrokerSlot,
     pub dir: Arc<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -68,12 +70,20 @@ impl TestBroker {
         let agency = agency_listener.local_addr().unwrap();
         let admin = admin_listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
+        let slot = BrokerSlot::new(&broker);
         let task = tokio::spawn({
-            let broker = broker.clone();
+            let slot = slot.clone();
             async move {
-                lienthong::server::serve(broker, agency_listener, admin_listener, async {
+                let shutdown = async {
                     let _ = stopped.await;
-                })
+                };
+                lienthong::supervisor::supervise(
+                    broker,
+                    agency_listener,
+                    admin_listener,
+                    shutdown,
+                    Some(slot),
+                )
                 .await
                 .expect("serve");
             }
@@ -81,7 +91,7 @@ impl TestBroker {
         Ok(Self {
             agency,
             admin,
-            broker,
+            slot,
             dir,
             stop: Some(stop),
             task: Some(task),
@@ -96,10 +106,7 @@ impl TestBroker {
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
-        let dir = self.dir.clone();
-        // Drop our handle on the broker so sled's lock is released before a restart.
-        drop(self);
-        dir
+        self.dir.clone()
     }
 
     /// Stop and start again on the same data and certificates.
@@ -115,6 +122,13 @@ impl TestBroker {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("broker did not restart: {last:?}");
+    }
+
+    /// The broker serving now. Panics while the database is being reopened: poll over HTTP first.
+    pub fn broker(&self) -> Arc<Broker> {
+        self.slot
+            .current()
+            .expect("a broker is serving (not in the middle of a reopen)")
     }
 
     pub fn certs_dir(&self) -> PathBuf {
