@@ -139,6 +139,9 @@ impl Broker {
 
     /// Flush what is buffered; called on graceful shutdown after the last request.
     pub async fn close(&self) {
+        if let Err(e) = self.quota.persist() {
+            tracing::error!(error = %e.message, "writing the quota counters on shutdown failed");
+        }
         if let Err(e) = crate::store::durable_flush(&self.db).await {
             tracing::error!(error = %e, "flushing the database on shutdown failed");
         }

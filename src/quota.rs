@@ -5,14 +5,19 @@
 //!
 //! Counting is exact under concurrency: one process owns the database, and the read-check-increment of the
 //! three windows happens under one lock, so N concurrent calls against a limit L serve exactly min(N, L).
-//! Counters live in sled (tree `quota`) and survive restarts. Day and month windows follow the calendar in
+//! While the broker runs, the counters in memory are the authority; a background thread writes the
+//! changed ones to sled (tree `quota`) every [`PERSIST_EVERY`], and closing writes the rest, so they survive
+//! restarts. No request waits for sled: its writes can stall behind its own I/O buffers, and a stalled
+//! tokio worker stalls every connection on it. A crash loses at most the last interval's counts — no
+//! worse than sled's own flush interval — and the billing totals are recomputed from the audit trail by
+//! `billing reconcile`. Day and month windows follow the calendar in
 //! Vietnam (UTC+7); the minute window is the UTC minute.
 //!
 //! The same tree keeps, per month, the calls served and the calls refused for quota — the basis of the
 //! monthly billing report, which `billing reconcile` recomputes from the audit trail.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Timelike, Utc};
 use hyper::header::{HeaderName, HeaderValue};
@@ -198,10 +203,31 @@ pub struct MonthTotals {
     pub refused: u64,
 }
 
+/// How often changed counters are written to sled.
+pub const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Counters kept in memory beyond this are dropped once persisted (past windows), and reloaded on use.
+const CACHED_COUNTERS: usize = 10_000;
+
 /// The counters.
 pub struct Quota {
+    inner: Arc<Counters>,
+    /// Dropping it stops the persister thread.
+    stop: Option<mpsc::Sender<()>>,
+    persister: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Counters {
     tree: sled::Tree,
-    lock: Mutex<()>,
+    state: Mutex<CounterState>,
+    /// One writer to sled at a time, so a later snapshot is never overwritten by an earlier one.
+    persisting: Mutex<()>,
+}
+
+#[derive(Default)]
+struct CounterState {
+    values: HashMap<String, u64>,
+    dirty: HashSet<String>,
 }
 
 fn store_error(e: impl std::fmt::Display) -> ApiError {
@@ -217,26 +243,108 @@ pub fn total_key(kind: &str, month: &str, agency: &str, purpose: &str) -> String
     format!("{kind}\u{0}{month}\u{0}{agency}\u{0}{purpose}")
 }
 
-impl Quota {
-    /// Open the `quota` tree.
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(Self {
-            tree: db.open_tree("quota")?,
-            lock: Mutex::new(()),
-        })
-    }
-
-    fn get(&self, key: &str) -> Result<u64, ApiError> {
-        Ok(match self.tree.get(key.as_bytes()).map_err(store_error)? {
+impl CounterState {
+    /// The counter's value: from memory, or loaded from sled on first use.
+    fn value(&mut self, tree: &sled::Tree, key: &str) -> Result<u64, ApiError> {
+        if let Some(v) = self.values.get(key) {
+            return Ok(*v);
+        }
+        let v = match tree.get(key.as_bytes()).map_err(store_error)? {
             Some(v) => <[u8; 8]>::try_from(v.as_ref())
                 .map(u64::from_be_bytes)
                 .unwrap_or(0),
             None => 0,
+        };
+        self.values.insert(key.to_string(), v);
+        Ok(v)
+    }
+
+    fn set(&mut self, key: String, value: u64) {
+        self.dirty.insert(key.clone());
+        self.values.insert(key, value);
+    }
+}
+
+impl Counters {
+    fn state(&self) -> std::sync::MutexGuard<'_, CounterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write the changed counters to sled (not flushed: sled's flush, or the broker's on shutdown, does).
+    fn persist(&self) -> Result<(), ApiError> {
+        let _one_writer = self.persisting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        {
+            let mut state = self.state();
+            if state.dirty.is_empty() {
+                return Ok(());
+            }
+            let dirty = std::mem::take(&mut state.dirty);
+            for key in &dirty {
+                if let Some(v) = state.values.get(key) {
+                    batch.insert(key.as_bytes(), &v.to_be_bytes());
+                }
+            }
+            if state.values.len() > CACHED_COUNTERS {
+                // Everything is clean now (dirty was taken above); what is needed again is reloaded.
+                state.values.clear();
+                for key in dirty {
+                    state.dirty.remove(&key);
+                }
+            }
+        }
+        self.tree.apply_batch(batch).map_err(store_error)
+    }
+}
+
+/// Persist every [`PERSIST_EVERY`] until the sender is dropped or the counters are gone.
+fn run_persister(counters: Weak<Counters>, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(PERSIST_EVERY) {
+        let Some(counters) = counters.upgrade() else {
+            return;
+        };
+        if let Err(e) = counters.persist() {
+            tracing::error!(error = %e.message, "quota counters not persisted; retrying");
+        }
+    }
+}
+
+impl Drop for Quota {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.persister.take() {
+            let _ = thread.join();
+        }
+        if let Err(e) = self.inner.persist() {
+            tracing::error!(error = %e.message, "quota counters not persisted on close");
+        }
+    }
+}
+
+impl Quota {
+    /// Open the `quota` tree and start the thread that persists the counters.
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        let inner = Arc::new(Counters {
+            tree: db.open_tree("quota")?,
+            state: Mutex::default(),
+            persisting: Mutex::new(()),
+        });
+        let (stop, stopped) = mpsc::channel();
+        let weak = Arc::downgrade(&inner);
+        let persister = std::thread::Builder::new()
+            .name("quota-persist".into())
+            .spawn(move || run_persister(weak, stopped))
+            .map_err(sled::Error::Io)?;
+        Ok(Self {
+            inner,
+            stop: Some(stop),
+            persister: Some(persister),
         })
     }
 
-    fn add(&self, batch: &mut sled::Batch, key: &str, value: u64) {
-        batch.insert(key.as_bytes(), &value.to_be_bytes());
+    /// Write every changed counter to sled now (before a report reads sled, and on shutdown).
+    pub fn persist(&self) -> Result<(), ApiError> {
+        self.inner.persist()
     }
 
     /// Meter one call now. `Ok(Some(info))` when the plan limits this purpose, `Ok(None)` when unlimited,
@@ -259,17 +367,14 @@ impl Quota {
         now: DateTime<Utc>,
     ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
         let limits = plan.for_purpose(purpose);
-        let _guard = match self.lock.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let mut batch = sled::Batch::default();
+        let mut state = self.inner.state();
+        let mut increments = Vec::with_capacity(WINDOWS.len());
         let mut tightest: Option<RateInfo> = None;
         let mut exceeded: Option<(Window, u64)> = None;
         for window in WINDOWS {
             let (label, end) = window.bounds(now);
             let key = use_key(agency, purpose, window, &label);
-            let used = self.get(&key).map_err(|e| (e, None))?;
+            let used = state.value(&self.inner.tree, &key).map_err(|e| (e, None))?;
             let reset = (end - now).num_seconds().max(1) as u64;
             if let Some(limit) = window.limit(&limits) {
                 if used >= limit {
@@ -292,7 +397,7 @@ impl Quota {
                     });
                 }
             }
-            self.add(&mut batch, &key, used + 1);
+            increments.push((key, used + 1));
         }
         if let Some((window, reset)) = exceeded {
             let mut e = ApiError::new(
@@ -313,7 +418,9 @@ impl Quota {
                 }),
             ));
         }
-        self.tree.apply_batch(batch).map_err(|e| (store_error(e), None))?;
+        for (key, value) in increments {
+            state.set(key, value);
+        }
         Ok(tightest)
     }
 
@@ -325,38 +432,33 @@ impl Quota {
         kind: &str,
         at: DateTime<Utc>,
     ) -> Result<(), ApiError> {
-        let _guard = match self.lock.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut state = self.inner.state();
         let key = total_key(kind, &month_of(at), agency, purpose);
-        let n = self.get(&key)?;
-        self.tree
-            .insert(key.as_bytes(), &(n + 1).to_be_bytes())
-            .map_err(store_error)?;
+        let n = state.value(&self.inner.tree, &key)?;
+        state.set(key, n + 1);
         Ok(())
     }
 
     /// Calls counted in the current windows for one agency and purpose (for the console and the API).
     pub fn usage(&self, agency: &str, purpose: &str) -> Result<BTreeMap<&'static str, u64>, ApiError> {
         let now = Utc::now();
+        let mut state = self.inner.state();
         WINDOWS
             .into_iter()
             .map(|w| {
-                Ok((
-                    w.name(),
-                    self.get(&use_key(agency, purpose, w, &w.bounds(now).0))?,
-                ))
+                let key = use_key(agency, purpose, w, &w.bounds(now).0);
+                Ok((w.name(), state.value(&self.inner.tree, &key)?))
             })
             .collect()
     }
 
     /// Served and refused totals of a month, per (agency, purpose).
     pub fn month_totals(&self, month: &str) -> Result<BTreeMap<(String, String), MonthTotals>, ApiError> {
+        self.persist()?;
         let mut out: BTreeMap<(String, String), MonthTotals> = BTreeMap::new();
         for kind in ["served", "refused"] {
             let prefix = format!("{kind}\u{0}{month}\u{0}");
-            for item in self.tree.scan_prefix(prefix.as_bytes()) {
+            for item in self.inner.tree.scan_prefix(prefix.as_bytes()) {
                 let (key, value) = item.map_err(store_error)?;
                 let key = String::from_utf8_lossy(&key).into_owned();
                 let mut parts = key.split('\u{0}').skip(2);
@@ -386,13 +488,10 @@ impl Quota {
         purpose: &str,
         value: u64,
     ) -> Result<(), ApiError> {
-        self.tree
-            .insert(
-                total_key(kind, month, agency, purpose).as_bytes(),
-                &value.to_be_bytes(),
-            )
-            .map_err(store_error)?;
-        Ok(())
+        self.inner
+            .state()
+            .set(total_key(kind, month, agency, purpose), value);
+        self.persist()
     }
 }
 
@@ -480,7 +579,40 @@ mod tests {
         for _ in 0..10 {
             assert!(q.meter_at("a", &p, "p", t).is_err());
         }
-        assert_eq!(q.get(&use_key("a", "p", Window::Day, "2026-11-23")).ok(), Some(1));
+        let key = use_key("a", "p", Window::Day, "2026-11-23");
+        assert_eq!(q.inner.state().value(&q.inner.tree, &key).ok(), Some(1));
+    }
+
+    #[test]
+    fn counters_reach_sled_behind_the_requests_and_when_dropped() {
+        let (_d, q) = quota();
+        let p = plan(None, Some(100), None);
+        let t = at("2026-11-23T10:15:00Z");
+        let key = use_key("a", "p", Window::Day, "2026-11-23");
+        let in_sled = |tree: &sled::Tree| {
+            tree.get(key.as_bytes())
+                .ok()
+                .flatten()
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map(u64::from_be_bytes)
+        };
+        let tree = q.inner.tree.clone();
+        assert!(q.meter_at("a", &p, "p", t).is_ok());
+        // Written by the persister thread within an interval or two.
+        let deadline = std::time::Instant::now() + PERSIST_EVERY * 50;
+        while in_sled(&tree) != Some(1) && std::time::Instant::now() < deadline {
+            std::thread::sleep(PERSIST_EVERY / 4);
+        }
+        assert_eq!(in_sled(&tree), Some(1));
+        for _ in 0..4 {
+            assert!(q.meter_at("a", &p, "p", t).is_ok());
+        }
+        drop(q);
+        assert_eq!(
+            in_sled(&tree),
+            Some(5),
+            "closing writes what the thread had not yet"
+        );
     }
 
     #[test]
