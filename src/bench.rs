@@ -876,6 +876,9 @@ pub struct RunResult {
     pub vm_rss_kib: Option<u64>,
     /// Audit entries written during the run (broker only).
     pub audit_entries: Option<u64>,
+    /// Mean milliseconds per request in each pipeline stage during the run, from the broker's own
+    /// `/metrics` (broker only; `tls` is per handshake).
+    pub stage_ms: BTreeMap<String, f64>,
 }
 
 impl RunResult {
@@ -963,6 +966,30 @@ impl Report {
                 r.errors,
             ));
         }
+        let stages: std::collections::BTreeSet<&String> =
+            self.runs.iter().flat_map(|r| r.stage_ms.keys()).collect();
+        if !stages.is_empty() {
+            s.push_str(
+                "\nWhere the broker's time went: mean ms per request in each stage (its own `/metrics`):\n\n",
+            );
+            s.push_str("| scenario | conc |");
+            for stage in &stages {
+                s.push_str(&format!(" {stage} |"));
+            }
+            s.push_str("\n|---|---:|");
+            s.push_str(&"---:|".repeat(stages.len()));
+            s.push('\n');
+            for r in self.runs.iter().filter(|r| !r.stage_ms.is_empty()) {
+                s.push_str(&format!("| {} | {} |", r.scenario, r.concurrency));
+                for stage in &stages {
+                    match r.stage_ms.get(*stage) {
+                        Some(ms) => s.push_str(&format!(" {ms:.3} |")),
+                        None => s.push_str(" - |"),
+                    }
+                }
+                s.push('\n');
+            }
+        }
         for n in &self.notes {
             s.push_str(&format!("\n- {n}"));
         }
@@ -986,6 +1013,49 @@ impl Drop for WorkDir {
             let _ = std::fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// The broker's stage histograms (`lienthong_stage_duration_seconds`): per stage, `(sum s, count)`.
+async fn stage_totals(admin: &MtlsClient, addr: SocketAddr) -> Result<BTreeMap<String, (f64, u64)>, String> {
+    let r = admin
+        .get(addr, "/metrics")
+        .await
+        .map_err(|e| format!("metrics: {e}"))?;
+    let mut totals: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for line in r.text().lines() {
+        let Some(rest) = line.strip_prefix("lienthong_stage_duration_seconds_") else {
+            continue;
+        };
+        let Some((kind, rest)) = rest.split_once("{stage=\"") else {
+            continue;
+        };
+        let Some((stage, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let value = value.split_whitespace().next().unwrap_or("");
+        let slot = totals.entry(stage.to_string()).or_default();
+        match kind {
+            "sum" => slot.0 = value.parse().unwrap_or(0.0),
+            "count" => slot.1 = value.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok(totals)
+}
+
+/// Mean milliseconds per observation of each stage between two [`stage_totals`] readings.
+fn stage_means(
+    before: &BTreeMap<String, (f64, u64)>,
+    after: &BTreeMap<String, (f64, u64)>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(stage, (sum, count))| {
+            let (sum0, count0) = before.get(stage).copied().unwrap_or_default();
+            let n = count.saturating_sub(count0);
+            (n > 0).then(|| (stage.clone(), (sum - sum0) / n as f64 * 1000.0))
+        })
+        .collect()
 }
 
 async fn audit_count(admin: &MtlsClient, addr: SocketAddr) -> Result<u64, String> {
@@ -1273,7 +1343,10 @@ async fn measured(
         .await;
     }
     let before = if is_broker {
-        Some(audit_count(admin, admin_addr).await?)
+        Some((
+            stage_totals(admin, admin_addr).await?,
+            audit_count(admin, admin_addr).await?,
+        ))
     } else {
         None
     };
@@ -1288,9 +1361,12 @@ async fn measured(
     )
     .await;
     // The `before` read is itself audited (admin requests are), after its count was taken.
-    let audit_entries = match before {
-        Some(b) => Some(audit_count(admin, admin_addr).await?.saturating_sub(b + 1)),
-        None => None,
+    let (audit_entries, stage_ms) = match before {
+        Some((stages, b)) => (
+            Some(audit_count(admin, admin_addr).await?.saturating_sub(b + 1)),
+            stage_means(&stages, &stage_totals(admin, admin_addr).await?),
+        ),
+        None => (None, BTreeMap::new()),
     };
     res.latencies_us.sort_unstable();
     let answered = res.latencies_us.len() as u64;
@@ -1321,6 +1397,7 @@ async fn measured(
         vm_hwm_kib: mem.map(|m| m.0),
         vm_rss_kib: mem.map(|m| m.1),
         audit_entries,
+        stage_ms,
     })
 }
 
