@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+// The pipeline allocates per request (JSON values, header maps, TLS records, sled nodes) from several
+// threads at once; glibc's malloc and free were ~15 % of the broker's CPU under load (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let cli = lienthong::cli::Cli::parse();
