@@ -100,6 +100,7 @@ impl Broker {
         let db = sled::Config::new()
             .path(data_dir.join("db"))
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(config.storage.cache_mb.saturating_mul(1 << 20))
             .open()
             .map_err(|e| store_err(describe_sled_error(e)))?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;

@@ -111,12 +111,16 @@ impl Default for TlsConfig {
 pub struct StorageConfig {
     /// Directory holding the sled database and the audit segments.
     pub data_dir: PathBuf,
+    /// sled's page cache, MiB: most of the broker's memory once the store is large (sled's own default is
+    /// 1024). Records beyond it are read back from the file system's cache.
+    pub cache_mb: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: "data/demo".into(),
+            cache_mb: 256,
         }
     }
 }
@@ -285,6 +289,9 @@ impl Config {
                     format!("not a directory: {}", p.display()),
                 ));
             }
+        }
+        if self.storage.cache_mb == 0 {
+            return Err(err("storage.cache_mb", "must be greater than 0".into()));
         }
         if self.limits.max_body_bytes == 0 {
             return Err(err("limits.max_body_bytes", "must be greater than 0".into()));
