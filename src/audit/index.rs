@@ -110,6 +110,9 @@ impl SegmentFiles {
     }
 }
 
+/// How long the indexer lets entries gather before a round of `apply_batch`es.
+const INDEX_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Most items the indexer applies in one round of `apply_batch`es.
 const INDEX_BATCH: usize = 8192;
 
@@ -122,6 +125,8 @@ pub(crate) fn run_indexer(
     indexed: tokio::sync::watch::Sender<u64>,
 ) {
     while let Ok(mut items) = rx.recv() {
+        // Let a few group commits gather: sled's cost is per batch as much as per key.
+        std::thread::sleep(INDEX_GATHER);
         while items.len() < INDEX_BATCH {
             match rx.try_recv() {
                 Ok(more) => items.extend(more),
