@@ -274,23 +274,29 @@ pub enum AgencyCommand {
     },
 }
 
-/// Set up logging: `RUST_LOG` filter (default `info`), text or JSON.
-pub fn init_logging(json: bool) {
+/// Set up logging: `RUST_LOG` filter (default `info`), text or JSON, to stderr through a writer thread, so
+/// that no request waits on a `write` to the terminal or log file (one line per request was a quarter
+/// of the broker's throughput when written inline; BENCHMARKS.md). Keep the guard until exit: dropping
+/// it writes what is queued. Lines beyond the queue (128k) are dropped and counted rather than
+/// slowing requests down; the audit trail, not the log, is the record of every request.
+pub fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+    guard
 }
 
 /// Run a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
-    init_logging(cli.log_json);
+    let _log_writer = init_logging(cli.log_json);
     let result = match cli.command {
         Command::Demo {
             citizens,
