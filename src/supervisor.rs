@@ -109,6 +109,7 @@ pub async fn supervise(
             accepting.stop(grace).await;
             crate::api::on_shutdown(&broker).await;
             broker.close().await;
+            close_for_good(broker, grace).await;
             tracing::info!("stopped");
             return Ok(());
         }
@@ -225,6 +226,36 @@ where
             tracing::error!(error = %e, "releasing the old database failed");
             None
         }
+    }
+}
+
+/// At shutdown: wait (up to `grace`) for the last other holder of the broker to let go, then drop the
+/// database and join the audit threads, so that a restart — or whatever reads the data dir next — finds
+/// every file closed and flushed.
+async fn close_for_good(mut broker: Arc<Broker>, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    let broker = loop {
+        match Arc::try_unwrap(broker) {
+            Ok(broker) => break broker,
+            Err(shared) if Instant::now() < deadline => {
+                broker = shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => {
+                tracing::warn!("requests still hold the broker; its files close when they finish");
+                return;
+            }
+        }
+    };
+    let closed = tokio::task::spawn_blocking(move || {
+        let (_carried, audit) = take_apart(broker);
+        if audit.close().is_err() {
+            tracing::warn!("the audit trail is still shared; its writer stops when the last handle goes");
+        }
+    })
+    .await;
+    if let Err(e) = closed {
+        tracing::error!(error = %e, "closing the database failed");
     }
 }
 
