@@ -262,12 +262,17 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-#[tokio::test]
-async fn a_read_only_data_dir_is_refused_at_start_up_and_nothing_is_written() {
+/// A broker that acknowledged one vaccination (`source`) for citizen AN, then stopped: its folder.
+async fn stopped_after_one_write(source: &str) -> Arc<tempfile::TempDir> {
     let b = TestBroker::start().await;
     let path = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
-    assert_eq!(b.post("moh", &path, vaccination("before-ro")).await.status, 201);
-    let dir = b.stop().await;
+    assert_eq!(b.post("moh", &path, vaccination(source)).await.status, 201);
+    b.stop().await
+}
+
+#[tokio::test]
+async fn a_read_only_data_dir_is_refused_at_start_up_and_nothing_is_written() {
+    let dir = stopped_after_one_write("before-ro").await;
     let data = dir.path().join("data");
     let before = snapshot(&data);
     let Some(ro) = ReadOnly::mount(&data) else {
@@ -417,13 +422,7 @@ async fn sigkill_under_mixed_load_loses_no_acknowledged_write() {
 
 #[tokio::test]
 async fn a_corrupted_database_is_refused_at_start_up_never_emptied() {
-    let b = TestBroker::start().await;
-    let path = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
-    assert_eq!(
-        b.post("moh", &path, vaccination("pre-corruption")).await.status,
-        201
-    );
-    let dir = b.stop().await;
+    let dir = stopped_after_one_write("pre-corruption").await;
     let db_dir = dir.path().join("data/db");
     // Garbage over the middle of every file sled keeps (log, snapshot, config).
     let mut damaged = 0;
@@ -481,10 +480,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn an_emptied_database_is_refused_not_reseeded() {
-    let b = TestBroker::start().await;
-    let path = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
-    assert_eq!(b.post("moh", &path, vaccination("before-loss")).await.status, 201);
-    let dir = b.stop().await;
+    let dir = stopped_after_one_write("before-loss").await;
     std::fs::remove_dir_all(dir.path().join("data/db")).unwrap();
     let e = TestBroker::try_start_in_with(dir.clone(), |_| {})
         .await
