@@ -66,6 +66,8 @@ pub struct Broker {
     pub db: sled::Db,
     /// Prometheus metrics, rendered at `GET /metrics` on the admin listener.
     pub metrics: crate::metrics::Metrics,
+    /// Client certificates already read, by their hash.
+    pub identities: crate::identity::IdentityCache,
 }
 
 impl Broker {
@@ -125,6 +127,7 @@ impl Broker {
             sms_limiter: Default::default(),
             db,
             metrics: crate::metrics::Metrics::new(),
+            identities: Default::default(),
         })
     }
 

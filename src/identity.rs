@@ -3,6 +3,9 @@
 //! fingerprint of the whole certificate, never by subject or SAN text, so a certificate that merely
 //! *names* an agency gains nothing.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -61,6 +64,39 @@ impl PeerIdentity {
     }
 }
 
+/// Identities of the certificates seen lately, by the SHA-256 of their DER: an agency reconnects with the
+/// same certificate all day, and reading it (x509-parser, name formatting) is most of a connection's own
+/// work. Only the reading is remembered: rustls verifies the chain and the CRL on every handshake, before
+/// this is asked.
+#[derive(Default)]
+pub struct IdentityCache {
+    seen: Mutex<HashMap<[u8; 32], Arc<PeerIdentity>>>,
+}
+
+/// Identities remembered at most; past that the cache starts again (certificates are few).
+const REMEMBERED: usize = 4096;
+
+impl IdentityCache {
+    /// The identity of a verified leaf certificate.
+    pub fn identify(&self, der: &CertificateDer<'_>) -> Result<Arc<PeerIdentity>, IdentityError> {
+        let digest: [u8; 32] = Sha256::digest(der.as_ref()).into();
+        if let Some(peer) = self.lock().get(&digest) {
+            return Ok(peer.clone());
+        }
+        let peer = Arc::new(PeerIdentity::from_der(der)?);
+        let mut seen = self.lock();
+        if seen.len() >= REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(digest, peer.clone());
+        Ok(peer)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<PeerIdentity>>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 fn general_name_text(name: &GeneralName<'_>) -> Option<String> {
     match name {
         GeneralName::DNSName(s) => Some(format!("DNS:{s}")),
@@ -92,4 +128,25 @@ pub fn fingerprint_of_pem(pem: &str) -> Option<String> {
     CertificateDer::from_pem_slice(pem.as_bytes())
         .ok()
         .map(|c| fingerprint(c.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_cache_reads_each_certificate_once_and_never_mixes_two() {
+        let a = rcgen::generate_simple_self_signed(vec!["moh.example".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["moh.example".into()]).unwrap();
+        let cache = IdentityCache::default();
+        let first = cache.identify(a.cert.der()).unwrap();
+        let again = cache.identify(a.cert.der()).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.fingerprint_sha256, fingerprint(a.cert.der()));
+        // Same names, another key: another certificate, another identity.
+        let other = cache.identify(b.cert.der()).unwrap();
+        assert_ne!(other.fingerprint_sha256, first.fingerprint_sha256);
+        assert_eq!(other.san, ["DNS:moh.example"]);
+    }
 }

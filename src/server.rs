@@ -347,8 +347,8 @@ async fn accept_loop(
                 broker.metrics.observe_since(crate::metrics::Stage::Tls, started);
                 let _open = broker.metrics.connection_opened(side);
                 let peer = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                    Some(der) => match PeerIdentity::from_der(der) {
-                        Ok(peer) => Arc::new(peer),
+                    Some(der) => match broker.identities.identify(der) {
+                        Ok(peer) => peer,
                         Err(e) => {
                             tracing::warn!(error = %e, "unreadable client certificate");
                             return;
