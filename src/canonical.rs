@@ -109,16 +109,45 @@ pub async fn read(
             format!("purpose {} releases no fields", purpose.id),
         ));
     }
-    let record = fetch(broker, exchange, id).await?;
+    let record = fetch_for_release(broker, exchange, id, &fields, &[]).await?;
     Ok(release(exchange, &record, &fields))
 }
 
 /// The stored record with its derived fields, for the broker's own use (matching a QR or a phone number);
 /// nothing of it leaves except through [`release`]. 404 `citizen_not_found`.
 pub async fn fetch(broker: &Broker, exchange: &mut Exchange, id: &CitizenId) -> Result<Value, ApiError> {
+    fetch_fields(broker, exchange, id, None).await
+}
+
+/// [`fetch`], reading only what releasing `fields` needs (and the top-level fields `also`, e.g. to match
+/// a QR): a read of a name and an address does not decode a citizen's whole health history.
+pub async fn fetch_for_release(
+    broker: &Broker,
+    exchange: &mut Exchange,
+    id: &CitizenId,
+    fields: &[crate::policy::FieldPath],
+    also: &[&str],
+) -> Result<Value, ApiError> {
+    let mut keep: Vec<&str> = fields.iter().filter_map(|f| f.top_level()).collect();
+    keep.extend_from_slice(also);
+    if keep.contains(&"covid_status") {
+        keep.extend_from_slice(&crate::record::COVID_STATUS_INPUTS);
+    }
+    fetch_fields(broker, exchange, id, Some(&keep)).await
+}
+
+async fn fetch_fields(
+    broker: &Broker,
+    exchange: &mut Exchange,
+    id: &CitizenId,
+    keep: Option<&[&str]>,
+) -> Result<Value, ApiError> {
     meter(broker, exchange)?;
     let started = std::time::Instant::now();
-    let stored = broker.store.get(id.as_str()).await;
+    let stored = match keep {
+        Some(keep) => broker.store.get_fields(id.as_str(), keep).await,
+        None => broker.store.get(id.as_str()).await,
+    };
     broker
         .metrics
         .observe_since(crate::metrics::Stage::Store, started);
@@ -164,6 +193,9 @@ pub fn release(exchange: &mut Exchange, record: &Value, fields: &[crate::policy:
     exchange.fields = released;
     projected
 }
+
+/// The stored fields [`check_qr_matches`] reads.
+pub const QR_MATCH_FIELDS: [&str; 2] = ["full_name", "birth_date"];
 
 /// Does a scanned CCCD QR belong to this record? Name (NFC, case- and space-insensitive, see
 /// [`crate::qr::names_match`]) and birth date must both agree; 409 `qr_mismatch` otherwise.

@@ -68,6 +68,14 @@ impl FromStr for FieldPath {
 }
 
 impl FieldPath {
+    /// The top-level record field the path starts at, e.g. `vaccinations` for `vaccinations[].date`.
+    pub fn top_level(&self) -> Option<&str> {
+        match self.steps.first() {
+            Some(Step::Key(name)) => Some(name),
+            _ => None,
+        }
+    }
+
     /// The text form, e.g. `vaccinations[].date`.
     pub fn as_str(&self) -> &str {
         &self.text

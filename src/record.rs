@@ -61,6 +61,9 @@ pub fn today_in_vietnam(now: DateTime<Utc>) -> NaiveDate {
     }
 }
 
+/// The stored fields `covid_status` is derived from.
+pub const COVID_STATUS_INPUTS: [&str; 3] = ["vaccinations", "recoveries", "test_results"];
+
 /// The citizen's status at `now`, by the rules above.
 pub fn covid_status(record: &Value, now: DateTime<Utc>) -> CovidStatus {
     let today = today_in_vietnam(now);

@@ -24,6 +24,18 @@ pub trait CitizenStore: Send + Sync {
     /// The stored record (without derived fields), or `None`.
     fn get<'a>(&'a self, citizen_id: &'a str) -> StoreFuture<'a, Option<Value>>;
 
+    /// The stored record with only the top-level fields named in `keep`, or `None`. A read needs only
+    /// what it releases; a store may skip decoding the rest (the default reads the whole record).
+    fn get_fields<'a>(&'a self, citizen_id: &'a str, keep: &'a [&'a str]) -> StoreFuture<'a, Option<Value>> {
+        Box::pin(async move {
+            let mut record = self.get(citizen_id).await?;
+            if let Some(Value::Object(map)) = &mut record {
+                map.retain(|name, _| keep.contains(&name.as_str()));
+            }
+            Ok(record)
+        })
+    }
+
     /// Apply `change` atomically to an existing record and make it durable; 404 `citizen_not_found` if
     /// there is none. `change` may run more than once under contention: it must be a pure function of
     /// the record it is given.
@@ -62,6 +74,29 @@ pub const UNAVAILABLE: &str = "the citizen store is unavailable; retry later";
 
 fn store_error(e: impl std::fmt::Display) -> ApiError {
     unavailable("citizens", e)
+}
+
+/// A stored record's top-level fields in stored order, each value left undecoded.
+struct TopLevel<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = map.next_entry()? {
+                    fields.push(field);
+                }
+                Ok(TopLevel(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 /// The embedded store: one sled tree, JSON values.
@@ -104,6 +139,22 @@ impl CitizenStore for SledStore {
                 Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(store_error)?)),
                 None => Ok(None),
             }
+        })
+    }
+
+    fn get_fields<'a>(&'a self, citizen_id: &'a str, keep: &'a [&'a str]) -> StoreFuture<'a, Option<Value>> {
+        Box::pin(async move {
+            let Some(bytes) = self.tree.get(citizen_id.as_bytes()).map_err(store_error)? else {
+                return Ok(None);
+            };
+            let fields: TopLevel<'_> = serde_json::from_slice(&bytes).map_err(store_error)?;
+            let mut record = serde_json::Map::new();
+            for (name, raw) in fields.0 {
+                if keep.contains(&name.as_str()) {
+                    record.insert(name, serde_json::from_str(raw.get()).map_err(store_error)?);
+                }
+            }
+            Ok(Some(Value::Object(record)))
         })
     }
 
@@ -156,5 +207,32 @@ impl CitizenStore for SledStore {
 
     fn count(&self) -> usize {
         self.tree.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_partial_read_keeps_only_the_named_fields_in_stored_order() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = SledStore::open(&db).unwrap();
+        let record = json!({ "citizen_id": "001090000001", "full_name": "Nguyễn Văn An",
+            "vaccinations": [{ "date": "2021-09-01", "note": "\"quoted\" \\ {braces}" }],
+            "permanent_address": { "province": "Hà Nội" } });
+        store
+            .put_many(vec![("001090000001".into(), record.clone())])
+            .await
+            .unwrap();
+        let keep = ["permanent_address", "citizen_id", "vaccinations", "not_there"];
+        let part = store.get_fields("001090000001", &keep).await.unwrap().unwrap();
+        let names: Vec<&String> = part.as_object().unwrap().keys().collect();
+        assert_eq!(names, ["citizen_id", "vaccinations", "permanent_address"]);
+        assert_eq!(part["vaccinations"], record["vaccinations"]);
+        assert_eq!(part["permanent_address"], record["permanent_address"]);
+        assert!(store.get_fields("079195000002", &keep).await.unwrap().is_none());
     }
 }

@@ -194,11 +194,13 @@ async fn run(
             let inputs = extract(connector, &doc)?;
             *echo = inputs.echo.clone();
             let (id, qr) = subject(exchange, &inputs)?;
-            let record = canonical::fetch(broker, exchange, &id).await?;
+            let fields = purpose.release_set(Some(&connector.read_fields), &broker.schema)?;
+            let record =
+                canonical::fetch_for_release(broker, exchange, &id, &fields, &canonical::QR_MATCH_FIELDS)
+                    .await?;
             if let Some(qr) = &qr {
                 canonical::check_qr_matches(qr, &record)?;
             }
-            let fields = purpose.release_set(Some(&connector.read_fields), &broker.schema)?;
             let released = canonical::release(exchange, &record, &fields);
             let body = render(connector, &released, &inputs.echo)?;
             Ok(reply(connector, StatusCode::OK, body))
