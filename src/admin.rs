@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::broker::Broker;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::registry::{AgencyStatus, NewAgency};
 use crate::server::{Exchange, ReadRequest, Reply};
 
@@ -25,14 +25,13 @@ pub fn json_body<T: for<'de> Deserialize<'de>>(req: &ReadRequest) -> Result<T, A
         Some("application/json") | None => {}
         Some(other) => {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 format!("expected application/json, got {other}"),
             ))
         }
     }
     let value = crate::json::parse(&req.body)?;
-    serde_json::from_value(value).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+    serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -54,8 +53,8 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         .admin_fingerprints
         .contains(&exchange.peer.fingerprint_sha256)
     {
-        return Err(ApiError::forbidden(
-            "admin_only",
+        return Err(ApiError::new(
+            ErrorCode::AdminOnly,
             "this certificate is not an admin certificate",
         ));
     }
@@ -72,6 +71,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 body: text.into(),
                 headers: Vec::new(),
                 error_code: None,
+                internal_cause: None,
             })
         }
         (_, ["admin", "console", ..]) => crate::console::route(broker, exchange, req).await,
@@ -90,7 +90,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             let agency = broker
                 .registry
                 .get(code)
-                .ok_or_else(|| ApiError::not_found("unknown_agency", format!("no agency {code}")))?;
+                .ok_or_else(|| ApiError::new(ErrorCode::UnknownAgency, format!("no agency {code}")))?;
             ok(json!({ "agency": agency }))
         }
         (&Method::POST, ["admin", "v1", "agencies", code, action @ ("suspend" | "resume")]) => {
@@ -108,11 +108,14 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             let fingerprint = match (bind.fingerprint, bind.certificate_pem) {
                 (Some(fp), None) => fp,
                 (None, Some(pem)) => crate::identity::fingerprint_of_pem(&pem).ok_or_else(|| {
-                    ApiError::bad_request("invalid_certificate", "certificate_pem is not a PEM certificate")
+                    ApiError::new(
+                        ErrorCode::InvalidCertificate,
+                        "certificate_pem is not a PEM certificate",
+                    )
                 })?,
                 _ => {
-                    return Err(ApiError::bad_request(
-                        "invalid_request",
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
                         "give exactly one of fingerprint or certificate_pem",
                     ))
                 }
@@ -128,7 +131,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             broker
                 .tls
                 .reload()
-                .map_err(|e| ApiError::unprocessable("tls_reload_failed", e.to_string()))?;
+                .map_err(|e| ApiError::new(ErrorCode::TlsReloadFailed, e.to_string()))?;
             ok(json!({ "reloaded": true }))
         }
         (&Method::PUT, ["admin", "v1", "agencies", code, "plan"]) => {
@@ -137,8 +140,8 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             let plan = crate::quota::Plan::from_json(&value)?;
             for purpose in plan.limits.keys().filter(|p| p.as_str() != "*") {
                 if broker.catalogue.get(purpose).is_none() {
-                    return Err(ApiError::bad_request(
-                        "unknown_purpose",
+                    return Err(ApiError::new(
+                        ErrorCode::UnknownPurpose,
                         format!("no purpose {purpose}"),
                     ));
                 }
@@ -163,7 +166,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             let agency = broker
                 .registry
                 .get(code)
-                .ok_or_else(|| ApiError::not_found("unknown_agency", format!("no agency {code}")))?;
+                .ok_or_else(|| ApiError::new(ErrorCode::UnknownAgency, format!("no agency {code}")))?;
             let mut usage = serde_json::Map::new();
             let plan = crate::quota::Plan::from_json(&agency.plan)?;
             for purpose in broker.catalogue.for_agency(code) {

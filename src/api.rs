@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::canonical::{self, History};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Stage;
 use crate::registry::{Agency, AgencyStatus};
 use crate::server::{Exchange, ReadRequest, Reply, Side};
@@ -23,8 +23,8 @@ pub async fn handle(broker: &Broker, exchange: &mut Exchange, req: ReadRequest) 
 /// The active agency bound to the peer's certificate: 403 `unknown_agency` or `agency_suspended`.
 pub fn authenticate(broker: &Broker, exchange: &mut Exchange) -> Result<Agency, ApiError> {
     let Some(agency) = broker.registry.by_fingerprint(&exchange.peer.fingerprint_sha256) else {
-        return Err(ApiError::forbidden(
-            "unknown_agency",
+        return Err(ApiError::new(
+            ErrorCode::UnknownAgency,
             format!(
                 "the client certificate (SHA-256 {}) is not bound to any registered agency",
                 exchange.peer.fingerprint_sha256
@@ -33,8 +33,8 @@ pub fn authenticate(broker: &Broker, exchange: &mut Exchange) -> Result<Agency, 
     };
     exchange.agency = Some(agency.code.clone());
     if agency.status == AgencyStatus::Suspended {
-        return Err(ApiError::forbidden(
-            "agency_suspended",
+        return Err(ApiError::new(
+            ErrorCode::AgencySuspended,
             format!("agency {} is suspended", agency.code),
         ));
     }
@@ -135,8 +135,8 @@ async fn route_resources(
             exchange.operation = "access_log".into();
             let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             if purpose.id != "citizen-self-service" {
-                return Err(ApiError::forbidden(
-                    "purpose_not_allowed",
+                return Err(ApiError::new(
+                    ErrorCode::PurposeNotAllowed,
                     "the access log is released only under purpose citizen-self-service",
                 ));
             }
@@ -154,8 +154,8 @@ async fn route_resources(
             let id = canonical::citizen_id(exchange, id)?;
             let entry: serde_json::Value = crate::admin::json_body(req)?;
             if !entry.is_object() {
-                return Err(ApiError::unprocessable(
-                    "schema_violation",
+                return Err(ApiError::new(
+                    ErrorCode::SchemaViolation,
                     "/: the body must be a JSON object",
                 ));
             }
@@ -211,7 +211,7 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
             Vec::new()
         },
         status: reply.status.as_u16(),
-        error_code: reply.error_code.map(str::to_string),
+        error_code: reply.error_code.map(|c| c.as_str().to_string()),
         request_id: exchange.request_id.clone(),
         request_sha256: exchange.body_sha256.clone(),
         bulk: exchange.bulk,
@@ -229,8 +229,8 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
             if let Err(e) = broker.audit.append(per_citizen).await {
                 tracing::error!(error = %e, "audit append failed; withholding the answer");
                 return Reply::error(
-                    &ApiError::unavailable(
-                        "audit_unavailable",
+                    &ApiError::new(
+                        ErrorCode::AuditUnavailable,
                         "the audit trail cannot be written; nothing was released",
                     ),
                     &exchange.request_id,
@@ -246,7 +246,7 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
             // Billing totals follow the audit trail: counted only once the entry is durable.
             let outcome = if served {
                 Some("served")
-            } else if reply.error_code == Some("quota_exceeded") {
+            } else if reply.error_code == Some(ErrorCode::QuotaExceeded) {
                 Some("refused")
             } else {
                 None
@@ -265,8 +265,8 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
         Err(e) => {
             tracing::error!(error = %e, "audit append failed; withholding the answer");
             Reply::error(
-                &ApiError::unavailable(
-                    "audit_unavailable",
+                &ApiError::new(
+                    ErrorCode::AuditUnavailable,
                     "the audit trail cannot be written; nothing was released",
                 ),
                 &exchange.request_id,

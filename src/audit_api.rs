@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::broker::Broker;
 use crate::citizen_id::CitizenId;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::server::{ReadRequest, Reply};
 
 /// Largest page a search answers.
@@ -19,14 +19,14 @@ fn page_params(req: &ReadRequest) -> Result<(Option<u64>, usize), ApiError> {
     let before = match req.query("before") {
         Some(s) => Some(
             s.parse::<u64>()
-                .map_err(|_| ApiError::bad_request("invalid_query", "before: not a sequence number"))?,
+                .map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "before: not a sequence number"))?,
         ),
         None => None,
     };
     let limit = match req.query("limit") {
         Some(s) => s
             .parse::<usize>()
-            .map_err(|_| ApiError::bad_request("invalid_query", "limit: not a number"))?,
+            .map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "limit: not a number"))?,
         None => 100,
     };
     Ok((before, limit.clamp(1, MAX_PAGE)))
@@ -37,7 +37,7 @@ fn time_param(req: &ReadRequest, name: &str) -> Result<Option<DateTime<Utc>>, Ap
         .map(|s| {
             DateTime::parse_from_rfc3339(&s)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| ApiError::bad_request("invalid_query", format!("{name}: not an RFC 3339 time")))
+                .map_err(|_| ApiError::new(ErrorCode::InvalidQuery, format!("{name}: not an RFC 3339 time")))
         })
         .transpose()
 }
@@ -80,7 +80,7 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
             let status = match req.query("status") {
                 Some(s) => Some(
                     s.parse::<u16>()
-                        .map_err(|_| ApiError::bad_request("invalid_query", "status: not a number"))?,
+                        .map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "status: not a number"))?,
                 ),
                 None => None,
             };

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::audit::AuditFilter;
 use crate::broker::Broker;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::quota::{month_range, MonthTotals};
 use crate::registry::BillingClass;
 use crate::server::{ReadRequest, Reply};
@@ -132,7 +132,7 @@ pub async fn reconcile(broker: &Broker, month: &str) -> Result<(Report, Vec<Diff
                 continue;
             };
             let served = e.record.metered && (200..300).contains(&e.record.status);
-            let refused = e.record.error_code.as_deref() == Some("quota_exceeded");
+            let refused = e.record.error_code.as_deref() == Some(ErrorCode::QuotaExceeded.as_str());
             if served || refused {
                 let t = audited.entry((agency.clone(), purpose.clone())).or_default();
                 t.served += u64::from(served);
@@ -180,8 +180,8 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
                     Ok(r)
                 }
                 None | Some("json") => Ok(Reply::json(StatusCode::OK, &json!(report))),
-                Some(other) => Err(ApiError::bad_request(
-                    "invalid_query",
+                Some(other) => Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
                     format!("format {other:?}: use csv or json"),
                 )),
             }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::broker::Broker;
 use crate::citizen_id::{check_consistency, CitizenId, Gender};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::policy::{Purpose, Purpose as P};
 use crate::registry::Agency;
 use crate::server::Exchange;
@@ -71,8 +71,8 @@ pub fn authorize<'b>(
     purpose: Option<&str>,
 ) -> Result<&'b Purpose, ApiError> {
     let purpose = purpose.map(str::trim).filter(|p| !p.is_empty()).ok_or_else(|| {
-        ApiError::bad_request(
-            "purpose_required",
+        ApiError::new(
+            ErrorCode::PurposeRequired,
             "declare the purpose of the request (?purpose=…)",
         )
     })?;
@@ -104,8 +104,8 @@ pub async fn read(
     exchange.operation = "read".into();
     let fields = purpose.release_set(requested, &broker.schema)?;
     if fields.is_empty() {
-        return Err(ApiError::forbidden(
-            "forbidden_field",
+        return Err(ApiError::new(
+            ErrorCode::ForbiddenField,
             format!("purpose {} releases no fields", purpose.id),
         ));
     }
@@ -152,8 +152,8 @@ async fn fetch_fields(
         .metrics
         .observe_since(crate::metrics::Stage::Store, started);
     let Some(mut record) = stored? else {
-        return Err(ApiError::not_found(
-            "citizen_not_found",
+        return Err(ApiError::new(
+            ErrorCode::CitizenNotFound,
             format!("no citizen {id}"),
         ));
     };
@@ -208,8 +208,8 @@ pub fn check_qr_matches(qr: &crate::qr::CccdQr, record: &Value) -> Result<(), Ap
     if name_ok && birth_ok {
         Ok(())
     } else {
-        Err(ApiError::conflict(
-            "qr_mismatch",
+        Err(ApiError::new(
+            ErrorCode::QrMismatch,
             "the QR's name or birth date does not match the citizen's record",
         ))
     }
@@ -229,8 +229,8 @@ pub async fn append(
     exchange.operation = "write".into();
     let field = history.field();
     if !purpose.may_write(field) {
-        return Err(ApiError::forbidden(
-            "forbidden_field",
+        return Err(ApiError::new(
+            ErrorCode::ForbiddenField,
             format!("purpose {} may not write {field}", purpose.id),
         ));
     }
@@ -239,8 +239,8 @@ pub async fn append(
         .and_then(Value::as_str)
         .map(str::to_string)
     else {
-        return Err(ApiError::unprocessable(
-            "schema_violation",
+        return Err(ApiError::new(
+            ErrorCode::SchemaViolation,
             format!(
                 "/{field}/-/source_record_id: every entry needs a source_record_id (the idempotency key)"
             ),
@@ -261,8 +261,8 @@ pub async fn append(
             return if *existing == entry {
                 Ok(UpdateOutcome::Unchanged(existing.clone()))
             } else {
-                Err(ApiError::conflict(
-                    "idempotency_conflict",
+                Err(ApiError::new(
+                    ErrorCode::IdempotencyConflict,
                     format!("source_record_id {source_id} was already recorded with different content"),
                 ))
             };
@@ -292,12 +292,12 @@ pub fn validate_record(broker: &Broker, record: &Value) -> Result<(), ApiError> 
     let birth = record["birth_date"]
         .as_str()
         .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-        .ok_or_else(|| ApiError::unprocessable("schema_violation", "/birth_date: not a date"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::SchemaViolation, "/birth_date: not a date"))?;
     let gender: Gender = record["gender"]
         .as_str()
         .unwrap_or_default()
         .parse()
-        .map_err(|_| ApiError::unprocessable("schema_violation", "/gender: not male or female"))?;
+        .map_err(|_| ApiError::new(ErrorCode::SchemaViolation, "/gender: not male or female"))?;
     check_consistency(&id, birth, gender)?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::broker::Broker;
 use crate::canonical::{self, History};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::registry::Agency;
 use crate::server::{Exchange, ReadRequest, Reply};
 
@@ -127,14 +127,14 @@ impl Checkpoints {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !new.id.starts_with('-');
         if !id_ok {
-            return Err(ApiError::bad_request(
-                "invalid_checkpoint",
+            return Err(ApiError::new(
+                ErrorCode::InvalidCheckpoint,
                 "a checkpoint id is 2-64 of a-z, 0-9 and '-'",
             ));
         }
         if new.name.trim().is_empty() || new.address.trim().is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_checkpoint",
+            return Err(ApiError::new(
+                ErrorCode::InvalidCheckpoint,
                 "name and address must not be empty",
             ));
         }
@@ -159,8 +159,8 @@ impl Checkpoints {
                     .map_err(store_error)?;
                 Ok(cp)
             }
-            Err(_) => Err(ApiError::conflict(
-                "checkpoint_exists",
+            Err(_) => Err(ApiError::new(
+                ErrorCode::CheckpointExists,
                 format!("checkpoint {} is already registered", cp.id),
             )),
         }
@@ -202,7 +202,7 @@ impl Checkpoints {
 fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| ApiError::bad_request("invalid_query", format!("{name}: not an RFC 3339 time")))
+        .map_err(|_| ApiError::new(ErrorCode::InvalidQuery, format!("{name}: not an RFC 3339 time")))
 }
 
 /// The checkpoint, which must exist and (for scans and listing) belong to `agency`.
@@ -210,10 +210,10 @@ fn owned_checkpoint(broker: &Broker, agency: &Agency, id: &str) -> Result<Checkp
     let cp = broker
         .checkpoints
         .get(id)?
-        .ok_or_else(|| ApiError::not_found("unknown_checkpoint", format!("no checkpoint {id}")))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownCheckpoint, format!("no checkpoint {id}")))?;
     if cp.agency != agency.code {
-        return Err(ApiError::forbidden(
-            "checkpoint_not_owned",
+        return Err(ApiError::new(
+            ErrorCode::CheckpointNotOwned,
             format!("checkpoint {id} belongs to another agency"),
         ));
     }
@@ -261,8 +261,8 @@ fn require<'p>(
     if purpose.id == id {
         Ok(purpose)
     } else {
-        Err(ApiError::forbidden(
-            "purpose_not_allowed",
+        Err(ApiError::new(
+            ErrorCode::PurposeNotAllowed,
             format!("this route serves purpose {id} only"),
         ))
     }
@@ -287,8 +287,8 @@ async fn scan(
         }
         (None, Some(raw)) => (crate::citizen_id::CitizenId::parse(&raw)?, None),
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 "give exactly one of qr or citizen_id",
             ))
         }
@@ -300,8 +300,8 @@ async fn scan(
         None => now,
     };
     if time > now + Duration::minutes(5) || time < now - Duration::days(MAX_TRACE_WINDOW_DAYS) {
-        return Err(ApiError::unprocessable(
-            "invalid_time",
+        return Err(ApiError::new(
+            ErrorCode::InvalidTime,
             "the scan time must be within the last 21 days",
         ));
     }
@@ -339,19 +339,19 @@ fn trace(
     let cp = broker
         .checkpoints
         .get(cp_id)?
-        .ok_or_else(|| ApiError::not_found("unknown_checkpoint", format!("no checkpoint {cp_id}")))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownCheckpoint, format!("no checkpoint {cp_id}")))?;
     let (from, to) = match (req.query("from"), req.query("to")) {
         (Some(f), Some(t)) => (parse_time("from", &f)?, parse_time("to", &t)?),
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
                 "give the window as from=…&to=… (RFC 3339)",
             ))
         }
     };
     if to <= from || to - from > Duration::days(MAX_TRACE_WINDOW_DAYS) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
             "the window must be positive and at most 21 days",
         ));
     }

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// A citizen's gender as the ID and the canonical record encode it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,15 +93,10 @@ pub enum IdError {
 }
 
 impl From<IdError> for ApiError {
-    /// `invalid_citizen_id`: 400 for a malformed ID, 422 when a well-formed ID disagrees with the record.
-    /// The message says which part is wrong.
+    /// 400 `invalid_citizen_id`, whether the ID is malformed or disagrees with the record; the message
+    /// says which part is wrong.
     fn from(e: IdError) -> Self {
-        match e {
-            IdError::BirthYearMismatch { .. } | IdError::GenderMismatch { .. } => {
-                ApiError::unprocessable("invalid_citizen_id", e.to_string())
-            }
-            _ => ApiError::bad_request("invalid_citizen_id", e.to_string()),
-        }
+        ApiError::new(ErrorCode::InvalidCitizenId, e.to_string())
     }
 }
 
@@ -479,6 +474,6 @@ mod tests {
             id: 2095,
         }
         .into();
-        assert_eq!((e.code, e.status.as_u16()), ("invalid_citizen_id", 422));
+        assert_eq!((e.code.as_str(), e.status.as_u16()), ("invalid_citizen_id", 400));
     }
 }

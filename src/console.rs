@@ -12,7 +12,7 @@ use hyper::{Method, StatusCode};
 
 use crate::audit::AuditFilter;
 use crate::broker::Broker;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::registry::AgencyStatus;
 use crate::server::{mask_citizen_ids, Exchange, ReadRequest, Reply};
 
@@ -101,6 +101,7 @@ fn page_reply(status: StatusCode, content_type: &'static str, body: bytes::Bytes
             ),
         ],
         error_code: None,
+        internal_cause: None,
     }
 }
 
@@ -109,7 +110,12 @@ fn page_reply(status: StatusCode, content_type: &'static str, body: bytes::Bytes
 /// neither header and are authenticated by their certificate alone.
 fn same_origin(req: &ReadRequest) -> Result<(), ApiError> {
     let headers = &req.parts.headers;
-    let refuse = || ApiError::forbidden("cross_origin", "form posts must come from the console itself");
+    let refuse = || {
+        ApiError::new(
+            ErrorCode::CrossOrigin,
+            "form posts must come from the console itself",
+        )
+    };
     if let Some(site) = headers.get("sec-fetch-site") {
         if !matches!(site.to_str(), Ok("same-origin") | Ok("none")) {
             return Err(refuse());
@@ -188,7 +194,7 @@ impl Filters {
             "" => None,
             s => Some(
                 s.parse::<u16>()
-                    .map_err(|_| ApiError::bad_request("invalid_query", "status: not a number"))?,
+                    .map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "status: not a number"))?,
             ),
         };
         Ok(AuditFilter {
@@ -473,7 +479,7 @@ mod tests {
             &[("sec-fetch-site", "cross-site")][..],
             &[("sec-fetch-site", "same-site")][..],
         ] {
-            let err = same_origin(&post(headers)).err().map(|e| e.code);
+            let err = same_origin(&post(headers)).err().map(|e| e.code.as_str());
             assert_eq!(err, Some("cross_origin"), "{headers:?}");
         }
     }

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Deepest nesting of arrays and objects accepted.
 pub const MAX_DEPTH: usize = 64;
@@ -25,9 +25,12 @@ pub fn parse(body: &[u8]) -> Result<Value, ApiError> {
 
 fn classify(message: String) -> ApiError {
     if message.contains("nesting deeper than") || message.contains("recursion limit") {
-        ApiError::bad_request("too_deep", format!("JSON nested deeper than {MAX_DEPTH} levels"))
+        ApiError::new(
+            ErrorCode::TooDeep,
+            format!("JSON nested deeper than {MAX_DEPTH} levels"),
+        )
     } else {
-        ApiError::bad_request("invalid_json", message)
+        ApiError::new(ErrorCode::InvalidJson, message)
     }
 }
 
@@ -128,14 +131,17 @@ mod tests {
     fn refuses_duplicate_keys_at_any_depth() {
         let e = parse(br#"{"a":{"id":"1","id":"2"}}"#)
             .err()
-            .map(|e| (e.code, e.message));
+            .map(|e| (e.code.as_str(), e.message));
         assert!(matches!(e, Some(("invalid_json", m)) if m.contains("duplicate key \"id\"")));
     }
 
     #[test]
     fn refuses_deep_nesting_without_overflowing_the_stack() {
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
-        assert_eq!(parse(deep.as_bytes()).err().map(|e| e.code), Some("too_deep"));
+        assert_eq!(
+            parse(deep.as_bytes()).err().map(|e| e.code.as_str()),
+            Some("too_deep")
+        );
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert!(parse(ok.as_bytes()).is_ok());
     }
@@ -143,9 +149,12 @@ mod tests {
     #[test]
     fn refuses_invalid_utf8_and_trailing_garbage() {
         assert_eq!(
-            parse(b"{\"a\":\"\xff\"}").err().map(|e| e.code),
+            parse(b"{\"a\":\"\xff\"}").err().map(|e| e.code.as_str()),
             Some("invalid_json")
         );
-        assert_eq!(parse(b"{} {}").err().map(|e| e.code), Some("invalid_json"));
+        assert_eq!(
+            parse(b"{} {}").err().map(|e| e.code.as_str()),
+            Some("invalid_json")
+        );
     }
 }

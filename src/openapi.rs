@@ -10,67 +10,68 @@ use serde_json::{json, Map, Value};
 
 use crate::broker::Broker;
 use crate::canonical::History;
+use crate::error::ErrorCode;
 use crate::policy::Purpose;
 
 /// Errors every authenticated agency route can answer, whatever it does.
-const COMMON_ERRORS: &[(u16, &str)] = &[
-    (400, "bad_body"),
-    (403, "unknown_agency"),
-    (403, "agency_suspended"),
-    (408, "request_timeout"),
-    (413, "body_too_large"),
-    (500, "internal_error"),
-    (503, "audit_unavailable"),
+const COMMON_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadBody,
+    ErrorCode::UnknownAgency,
+    ErrorCode::AgencySuspended,
+    ErrorCode::RequestTimeout,
+    ErrorCode::BodyTooLarge,
+    ErrorCode::InternalError,
+    ErrorCode::AuditUnavailable,
 ];
 
 /// Errors of routes that take a declared purpose.
-const PURPOSE_ERRORS: &[(u16, &str)] = &[
-    (400, "purpose_required"),
-    (400, "unknown_purpose"),
-    (403, "purpose_not_allowed"),
-    (429, "quota_exceeded"),
+const PURPOSE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::PurposeRequired,
+    ErrorCode::UnknownPurpose,
+    ErrorCode::PurposeNotAllowed,
+    ErrorCode::QuotaExceeded,
 ];
 
 /// Errors of routes that name a citizen and touch the store.
-const CITIZEN_ERRORS: &[(u16, &str)] = &[
-    (400, "invalid_citizen_id"),
-    (404, "citizen_not_found"),
-    (503, "store_unavailable"),
+const CITIZEN_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidCitizenId,
+    ErrorCode::CitizenNotFound,
+    ErrorCode::StoreUnavailable,
 ];
 
-const FIELD_ERRORS: &[(u16, &str)] = &[(400, "unknown_field"), (403, "forbidden_field")];
+const FIELD_ERRORS: &[ErrorCode] = &[ErrorCode::UnknownField, ErrorCode::ForbiddenField];
 
-const WRITE_ERRORS: &[(u16, &str)] = &[
-    (400, "invalid_json"),
-    (403, "forbidden_field"),
-    (409, "idempotency_conflict"),
-    (415, "unsupported_media_type"),
-    (422, "schema_violation"),
-    (422, "invalid_citizen_id"),
+const WRITE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidJson,
+    ErrorCode::ForbiddenField,
+    ErrorCode::IdempotencyConflict,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::SchemaViolation,
+    ErrorCode::InvalidCitizenId,
 ];
 
-const ACCESS_LOG_ERRORS: &[(u16, &str)] = &[(400, "invalid_query")];
+const ACCESS_LOG_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidQuery];
 
-const CHECKPOINT_ERRORS: &[(u16, &str)] = &[
-    (400, "invalid_json"),
-    (400, "invalid_request"),
-    (400, "invalid_query"),
-    (404, "unknown_checkpoint"),
-    (403, "checkpoint_not_owned"),
-    (400, "invalid_checkpoint"),
-    (409, "checkpoint_exists"),
-    (415, "unsupported_media_type"),
-    (503, "store_unavailable"),
+const CHECKPOINT_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidJson,
+    ErrorCode::InvalidRequest,
+    ErrorCode::InvalidQuery,
+    ErrorCode::UnknownCheckpoint,
+    ErrorCode::CheckpointNotOwned,
+    ErrorCode::InvalidCheckpoint,
+    ErrorCode::CheckpointExists,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::StoreUnavailable,
 ];
 
-const SCAN_ERRORS: &[(u16, &str)] = &[
-    (400, "invalid_qr_payload"),
-    (400, "invalid_citizen_id"),
-    (404, "citizen_not_found"),
-    (409, "idempotency_conflict"),
-    (422, "invalid_time"),
-    (409, "qr_mismatch"),
-    (422, "schema_violation"),
+const SCAN_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidQrPayload,
+    ErrorCode::InvalidCitizenId,
+    ErrorCode::CitizenNotFound,
+    ErrorCode::IdempotencyConflict,
+    ErrorCode::InvalidTime,
+    ErrorCode::QrMismatch,
+    ErrorCode::SchemaViolation,
 ];
 
 /// The whole document.
@@ -369,14 +370,12 @@ fn error_ref() -> Value {
 }
 
 /// The error responses for `lists`, grouped by status, each naming its codes.
-fn error_responses(lists: &[&[(u16, &str)]]) -> Map<String, Value> {
+fn error_responses(lists: &[&[ErrorCode]]) -> Map<String, Value> {
     let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
-    for list in lists {
-        for (status, code) in list.iter() {
-            let codes = by_status.entry(*status).or_default();
-            if !codes.contains(code) {
-                codes.push(code);
-            }
+    for code in lists.iter().flat_map(|list| list.iter()) {
+        let codes = by_status.entry(code.status().as_u16()).or_default();
+        if !codes.contains(&code.as_str()) {
+            codes.push(code.as_str());
         }
     }
     let mut out = Map::new();
@@ -419,7 +418,7 @@ fn operation(
     description: String,
     parameters: Vec<Value>,
     ok: &[(u16, Value)],
-    errors: &[&[(u16, &str)]],
+    errors: &[&[ErrorCode]],
 ) -> Value {
     let mut responses = Map::new();
     for (status, response) in ok {
@@ -491,9 +490,9 @@ fn healthz() -> Value {
             ),
         )],
         &[&[
-            (408, "request_timeout"),
-            (413, "body_too_large"),
-            (400, "bad_body"),
+            ErrorCode::RequestTimeout,
+            ErrorCode::BodyTooLarge,
+            ErrorCode::BadBody,
         ]],
     );
     json!({ "get": op })
@@ -925,9 +924,9 @@ fn sms_inbound(purposes: &[Purpose]) -> Value {
             COMMON_ERRORS,
             PURPOSE_ERRORS,
             &[
-                (400, "invalid_json"),
-                (415, "unsupported_media_type"),
-                (429, "sms_rate_limited"),
+                ErrorCode::InvalidJson,
+                ErrorCode::UnsupportedMediaType,
+                ErrorCode::SmsRateLimited,
             ],
         ],
     );
@@ -949,21 +948,21 @@ fn sms_inbound(purposes: &[Purpose]) -> Value {
     json!({ "post": op })
 }
 
-const CONNECTOR_ERRORS: &[(u16, &str)] = &[
-    (400, "invalid_json"),
-    (400, "invalid_xml"),
-    (400, "too_deep"),
-    (400, "invalid_qr_payload"),
-    (403, "forbidden_field"),
-    (409, "idempotency_conflict"),
-    (409, "qr_mismatch"),
-    (413, "batch_too_large"),
-    (415, "unsupported_media_type"),
-    (422, "missing_field"),
-    (422, "invalid_value"),
-    (422, "unexpected_document"),
-    (422, "schema_violation"),
-    (422, "invalid_citizen_id"),
+const CONNECTOR_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidJson,
+    ErrorCode::InvalidXml,
+    ErrorCode::TooDeep,
+    ErrorCode::InvalidQrPayload,
+    ErrorCode::ForbiddenField,
+    ErrorCode::IdempotencyConflict,
+    ErrorCode::QrMismatch,
+    ErrorCode::BatchTooLarge,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::MissingField,
+    ErrorCode::InvalidValue,
+    ErrorCode::UnexpectedDocument,
+    ErrorCode::SchemaViolation,
+    ErrorCode::InvalidCitizenId,
 ];
 
 /// A JSON document shape from the JSON Pointers a connector reads or writes: objects along the way,

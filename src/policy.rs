@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use toml::Spanned;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::schema::CitizenSchema;
 
 /// The catalogue shipped with the broker, used when the configuration names no other file.
@@ -146,10 +146,10 @@ impl Purpose {
                 .parse::<FieldPath>()
                 .ok()
                 .filter(|f| schema.field_paths().contains(f.as_str()))
-                .ok_or_else(|| ApiError::bad_request("unknown_field", format!("unknown field {name:?}")))?;
+                .ok_or_else(|| ApiError::new(ErrorCode::UnknownField, format!("unknown field {name:?}")))?;
             if !self.read.iter().any(|r| r.covers(&field)) {
-                return Err(ApiError::forbidden(
-                    "forbidden_field",
+                return Err(ApiError::new(
+                    ErrorCode::ForbiddenField,
                     format!("purpose `{}` may not read field `{field}`", self.id),
                 ));
             }
@@ -416,11 +416,11 @@ impl Catalogue {
     /// The purpose, checked for this agency: 400 `unknown_purpose`, 403 `purpose_not_allowed`.
     pub fn authorize(&self, purpose: &str, agency: &str) -> Result<&Purpose, ApiError> {
         let p = self.get(purpose).ok_or_else(|| {
-            ApiError::bad_request("unknown_purpose", format!("unknown purpose {purpose:?}"))
+            ApiError::new(ErrorCode::UnknownPurpose, format!("unknown purpose {purpose:?}"))
         })?;
         if !p.agencies.iter().any(|a| a == agency) {
-            return Err(ApiError::forbidden(
-                "purpose_not_allowed",
+            return Err(ApiError::new(
+                ErrorCode::PurposeNotAllowed,
                 format!("agency {agency:?} may not use purpose `{}`", p.id),
             ));
         }
@@ -636,9 +636,9 @@ mod tests {
             "covid-qr-status"
         );
         let e = c.authorize("covid-qr-status", "moh").unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (403, "purpose_not_allowed"));
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (403, "purpose_not_allowed"));
         let e = c.authorize("marketing", "pccovid").unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (400, "unknown_purpose"));
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "unknown_purpose"));
         assert!(e.message.contains("marketing"));
     }
 
@@ -659,10 +659,10 @@ mod tests {
         assert!(prefill.release_set(Some(&[]), &s).unwrap().is_empty());
 
         let e = prefill.release_set(Some(&["phone".into()]), &s).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (403, "forbidden_field"));
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (403, "forbidden_field"));
         assert!(e.message.contains("phone"));
         let e = prefill.release_set(Some(&["shoe_size".into()]), &s).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (400, "unknown_field"));
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "unknown_field"));
         assert!(e.message.contains("shoe_size"));
         let e = prefill.release_set(Some(&["full_name[".into()]), &s).unwrap_err();
         assert_eq!(e.code, "unknown_field");

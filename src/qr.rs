@@ -25,7 +25,7 @@ use chrono::{Datelike, NaiveDate};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::citizen_id::{check_consistency, CitizenId, Gender, IdError};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Longest payload [`parse`] looks at, in bytes (before any stripping).
 pub const MAX_PAYLOAD_BYTES: usize = 1024;
@@ -109,7 +109,7 @@ pub enum QrError {
 impl From<QrError> for ApiError {
     /// 400 `invalid_qr_payload`; the message names the bad field.
     fn from(e: QrError) -> Self {
-        ApiError::bad_request("invalid_qr_payload", e.to_string())
+        ApiError::new(ErrorCode::InvalidQrPayload, e.to_string())
     }
 }
 
@@ -526,7 +526,7 @@ mod tests {
     #[test]
     fn api_error_mapping() {
         let e: ApiError = QrError::BadGender.into();
-        assert_eq!((e.code, e.status.as_u16()), ("invalid_qr_payload", 400));
+        assert_eq!((e.code.as_str(), e.status.as_u16()), ("invalid_qr_payload", 400));
     }
 
     /// The Vietnamese alphabet with every tone mark, lower-case.

@@ -23,7 +23,7 @@ use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Tim
 use hyper::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Limits for one purpose (or `*`, any purpose). A missing limit is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +56,7 @@ impl Plan {
             return Ok(Self::default());
         }
         serde_json::from_value(value.clone())
-            .map_err(|e| ApiError::bad_request("invalid_plan", e.to_string()))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidPlan, e.to_string()))
     }
 
     /// The limits that apply to `purpose`.
@@ -156,7 +156,10 @@ pub fn month_range(month: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiErr
         .ok()
         .filter(|_| month.len() == 7)
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_month", format!("{month:?} is not a month (YYYY-MM)"))
+            ApiError::new(
+                ErrorCode::InvalidMonth,
+                format!("{month:?} is not a month (YYYY-MM)"),
+            )
         })?;
     let start = midnight_vn(first);
     let (_, end) = Window::Month.bounds(start);
@@ -401,8 +404,7 @@ impl Quota {
         }
         if let Some((window, reset)) = exceeded {
             let mut e = ApiError::new(
-                hyper::StatusCode::TOO_MANY_REQUESTS,
-                "quota_exceeded",
+                ErrorCode::QuotaExceeded,
                 format!(
                     "the {} quota of purpose {purpose} is used up; retry in {reset} s",
                     window.name()
@@ -543,7 +545,7 @@ mod tests {
         );
         let err = q.meter_at("a", &p, "p", t).err();
         assert_eq!(
-            err.as_ref().map(|(e, _)| (e.code, e.retry_after)),
+            err.as_ref().map(|(e, _)| (e.code.as_str(), e.retry_after)),
             Some(("quota_exceeded", Some(40)))
         );
         // Next minute: fresh.

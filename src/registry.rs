@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Whether an agency may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,8 +115,8 @@ pub fn normalize_fingerprint(fp: &str) -> RegistryResult<String> {
     if fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(fp)
     } else {
-        Err(ApiError::bad_request(
-            "invalid_fingerprint",
+        Err(ApiError::new(
+            ErrorCode::InvalidFingerprint,
             "a fingerprint is 64 hex digits (SHA-256 of the DER certificate)",
         ))
     }
@@ -131,8 +131,8 @@ fn check_code(code: &str) -> RegistryResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
-            "invalid_agency_code",
+        Err(ApiError::new(
+            ErrorCode::InvalidAgencyCode,
             "an agency code is 2-32 of a-z, 0-9 and '-'",
         ))
     }
@@ -205,8 +205,8 @@ impl Registry {
     pub async fn register(&self, new: NewAgency) -> RegistryResult<Agency> {
         check_code(&new.code)?;
         if new.name.trim().is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_agency_name",
+            return Err(ApiError::new(
+                ErrorCode::InvalidAgencyName,
                 "the agency name must not be empty",
             ));
         }
@@ -217,8 +217,8 @@ impl Registry {
             .collect::<Result<Vec<_>, _>>()?;
         let _guard = self.writer.lock().await;
         if self.get(&new.code).is_some() {
-            return Err(ApiError::conflict(
-                "agency_exists",
+            return Err(ApiError::new(
+                ErrorCode::AgencyExists,
                 format!("agency {} is already registered", new.code),
             ));
         }
@@ -242,8 +242,8 @@ impl Registry {
 
     fn check_unbound(&self, fingerprint: &str, code: &str) -> RegistryResult<()> {
         match self.snapshot().by_fingerprint.get(fingerprint) {
-            Some(owner) if owner != code => Err(ApiError::conflict(
-                "fingerprint_bound",
+            Some(owner) if owner != code => Err(ApiError::new(
+                ErrorCode::FingerprintBound,
                 format!("that certificate is already bound to agency {owner}"),
             )),
             _ => Ok(()),
@@ -259,7 +259,7 @@ impl Registry {
         let _guard = self.writer.lock().await;
         let mut agency = self
             .get(code)
-            .ok_or_else(|| ApiError::not_found("unknown_agency", format!("no agency {code}")))?;
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownAgency, format!("no agency {code}")))?;
         change(&mut agency)?;
         agency.updated_at = now();
         self.persist(&agency).await?;
@@ -286,8 +286,8 @@ impl Registry {
             let before = a.fingerprints.len();
             a.fingerprints.retain(|f| f != &fp);
             if a.fingerprints.len() == before {
-                return Err(ApiError::not_found(
-                    "unknown_fingerprint",
+                return Err(ApiError::new(
+                    ErrorCode::UnknownFingerprint,
                     "that certificate is not bound to this agency",
                 ));
             }

@@ -13,7 +13,7 @@ use jsonschema::error::ValidationErrorKind;
 use serde_json::Value;
 use unicode_normalization::is_nfc;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The schema shipped with the broker, used when the configuration names no other file.
 pub const EMBEDDED_SCHEMA: &str = include_str!("../schemas/citizen.schema.json");
@@ -79,7 +79,7 @@ impl std::error::Error for SchemaViolation {}
 
 impl From<SchemaViolation> for ApiError {
     fn from(v: SchemaViolation) -> Self {
-        ApiError::unprocessable("schema_violation", v.to_string())
+        ApiError::new(ErrorCode::SchemaViolation, v.to_string())
     }
 }
 

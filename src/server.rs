@@ -26,7 +26,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 use crate::broker::Broker;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::identity::PeerIdentity;
 
 /// Which listener a connection arrived on.
@@ -83,7 +83,9 @@ pub struct Reply {
     /// Extra headers (rate-limit headers, `Retry-After`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The stable error code when this is an error answer.
-    pub error_code: Option<&'static str>,
+    pub error_code: Option<ErrorCode>,
+    /// What went wrong inside (a 500's cause), for the log step only; never answered.
+    pub internal_cause: Option<String>,
 }
 
 impl Reply {
@@ -95,6 +97,7 @@ impl Reply {
             body: Bytes::from(value.to_string()),
             headers: Vec::new(),
             error_code: None,
+            internal_cause: None,
         }
     }
 
@@ -102,6 +105,7 @@ impl Reply {
     pub fn error(err: &ApiError, request_id: &str) -> Self {
         let mut reply = Self::json(err.status, &err.to_json(request_id));
         reply.error_code = Some(err.code);
+        reply.internal_cause = err.cause.clone();
         if let Some(secs) = err.retry_after {
             reply
                 .headers
@@ -156,7 +160,7 @@ pub fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Re
             None => Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             // The supervisor has logged the cause; a health probe every few seconds need not repeat it.
             Some(_) => Reply::error(
-                &ApiError::unavailable("store_unavailable", crate::store::UNAVAILABLE),
+                &ApiError::new(ErrorCode::StoreUnavailable, crate::store::UNAVAILABLE),
                 &exchange.request_id,
             ),
         }
@@ -386,8 +390,8 @@ async fn accept_loop(
                 if let Err(e) = watcher.watch(conn).await {
                     let partial = pending.load(Ordering::Relaxed) > 0;
                     match connection_event(&*e, partial) {
-                        Some((status, code, message)) => {
-                            record_connection_event(&broker, side, peer, status, code, message).await
+                        Some((code, message)) => {
+                            record_connection_event(&broker, side, peer, code, message).await
                         }
                         None => tracing::debug!(error = %e, "connection ended with an error"),
                     }
@@ -454,8 +458,7 @@ async fn handle(
                     exchange.operation = "concurrency_limit".into();
                     exchange.body_sha256 = hex::encode(Sha256::digest(b""));
                     let mut err = ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "concurrency_limit",
+                        ErrorCode::ConcurrencyLimit,
                         format!(
                             "more than {} requests in flight for this agency; retry shortly",
                             in_flight.cap
@@ -472,7 +475,7 @@ async fn handle(
                     let reply = crate::api::record(&broker, side, &exchange, reply).await;
                     tracing::info!(
                         status = reply.status.as_u16(),
-                        code = "concurrency_limit",
+                        code = ErrorCode::ConcurrencyLimit.as_str(),
                         "answered"
                     );
                     return into_response(reply, &exchange.request_id);
@@ -506,10 +509,13 @@ async fn handle(
             request_span.record("agency", agency.as_str());
         }
         count_request(&broker, side, &exchange, &reply);
+        if let Some(cause) = &reply.internal_cause {
+            tracing::error!(%cause, "internal error");
+        }
         tracing::info!(
             status = reply.status.as_u16(),
             agency = exchange.agency.as_deref().unwrap_or("-"),
-            code = reply.error_code.unwrap_or("-"),
+            code = reply.error_code.map_or("-", ErrorCode::as_str),
             "answered"
         );
         let started = std::time::Instant::now();
@@ -539,7 +545,7 @@ fn count_request(broker: &Broker, side: Side, exchange: &Exchange, reply: &Reply
         connector: &exchange.channel,
         status: reply.status.as_u16(),
     });
-    if reply.error_code == Some("quota_exceeded") {
+    if reply.error_code == Some(ErrorCode::QuotaExceeded) {
         broker.metrics.count_quota_rejection(agency, purpose);
     }
 }
@@ -561,8 +567,7 @@ async fn read_request(
     if head_bytes > limits.max_header_bytes {
         exchange.body_sha256 = hex::encode(Sha256::digest(b""));
         return Err(ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
+            ErrorCode::HeadersTooLarge,
             format!(
                 "the request headers are over the limit of {} bytes",
                 limits.max_header_bytes
@@ -580,8 +585,7 @@ async fn read_request(
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             exchange.body_sha256 = hex::encode(Sha256::digest(b""));
             return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 format!(
                     "the request body is over the limit of {} bytes",
                     limits.max_body_bytes
@@ -589,15 +593,14 @@ async fn read_request(
             ));
         }
         Ok(Err(e)) => {
-            return Err(ApiError::bad_request(
-                "bad_body",
+            return Err(ApiError::new(
+                ErrorCode::BadBody,
                 format!("could not read the request body: {e}"),
             ))
         }
         Err(_) => {
             return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 "the request body arrived too slowly",
             ))
         }
@@ -769,24 +772,22 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
 fn connection_event(
     err: &(dyn std::error::Error + 'static),
     partial_request: bool,
-) -> Option<(u16, &'static str, &'static str)> {
+) -> Option<(ErrorCode, &'static str)> {
     let mut source = Some(err);
     while let Some(e) = source {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_parse_too_large() {
-                return Some((431, "headers_too_large", "request headers over the size limit"));
+                return Some((ErrorCode::HeadersTooLarge, "request headers over the size limit"));
             }
             if h.is_parse() {
                 return Some((
-                    400,
-                    "malformed_request",
+                    ErrorCode::MalformedRequest,
                     "malformed or ambiguous HTTP request (e.g. conflicting Content-Length/Transfer-Encoding)",
                 ));
             }
             if h.is_timeout() && partial_request {
                 return Some((
-                    408,
-                    "header_timeout",
+                    ErrorCode::HeaderTimeout,
                     "request headers arrived too slowly; connection closed",
                 ));
             }
@@ -802,15 +803,14 @@ async fn record_connection_event(
     broker: &Broker,
     side: Side,
     peer: Arc<PeerIdentity>,
-    status: u16,
-    code: &'static str,
+    code: ErrorCode,
     message: &'static str,
 ) {
     let agency = broker
         .registry
         .by_fingerprint(&peer.fingerprint_sha256)
         .map(|a| a.code);
-    tracing::warn!(status, code, agency = agency.as_deref().unwrap_or("-"), fingerprint = %peer.fingerprint_sha256, "connection refused by the HTTP layer");
+    tracing::warn!(status = code.status().as_u16(), %code, agency = agency.as_deref().unwrap_or("-"), fingerprint = %peer.fingerprint_sha256, "connection refused by the HTTP layer");
     let exchange = Exchange {
         request_id: uuid::Uuid::new_v4().to_string(),
         peer,
@@ -827,9 +827,7 @@ async fn record_connection_event(
         rate: None,
         also_concerns: Vec::new(),
     };
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    let mut reply = Reply::error(&ApiError::new(status, code, message), &exchange.request_id);
-    reply.error_code = Some(code);
+    let reply = Reply::error(&ApiError::new(code, message), &exchange.request_id);
     let _ = crate::api::record(broker, side, &exchange, reply).await;
 }
 

@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::broker::Broker;
 use crate::canonical;
 use crate::citizen_id::CitizenId;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::registry::Agency;
 use crate::server::{Exchange, ReadRequest, Reply};
 
@@ -141,7 +141,7 @@ struct Inbound {
     text: String,
 }
 
-fn reply(status: StatusCode, to: &str, text: &str, code: Option<&'static str>) -> Reply {
+fn reply(status: StatusCode, to: &str, text: &str, code: Option<ErrorCode>) -> Reply {
     let seg = segments(text);
     let mut reply = Reply::json(
         status,
@@ -163,8 +163,8 @@ pub async fn inbound(
     exchange.operation = "sms:lookup".into();
     let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
     if purpose.id != "citizen-self-sms" {
-        return Err(ApiError::forbidden(
-            "purpose_not_allowed",
+        return Err(ApiError::new(
+            ErrorCode::PurposeNotAllowed,
             "this route serves purpose citizen-self-sms only",
         ));
     }
@@ -176,16 +176,12 @@ pub async fn inbound(
             StatusCode::TOO_MANY_REQUESTS,
             &to,
             RATE_LIMIT_REPLY,
-            Some("sms_rate_limited"),
+            Some(ErrorCode::SmsRateLimited),
         );
         // A refusal carries the usual error object too, beside the text the gateway should still send.
         let mut body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-        body["error"] = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "sms_rate_limited",
-            "too many look-ups from this number",
-        )
-        .to_json(&exchange.request_id)["error"]
+        body["error"] = ApiError::new(ErrorCode::SmsRateLimited, "too many look-ups from this number")
+            .to_json(&exchange.request_id)["error"]
             .clone();
         r.body = body.to_string().into();
         r.headers.push((
@@ -195,10 +191,15 @@ pub async fn inbound(
         return Ok(r);
     }
     let Some(asked) = parse_command(&sms.text) else {
-        return Ok(reply(StatusCode::OK, &to, SYNTAX_REPLY, Some("sms_syntax")));
+        return Ok(reply(
+            StatusCode::OK,
+            &to,
+            SYNTAX_REPLY,
+            Some(ErrorCode::SmsSyntax),
+        ));
     };
     // From here on every failure gives the same reply, so the channel reveals nothing about who exists.
-    let no_match = || reply(StatusCode::OK, &to, NO_MATCH_REPLY, Some("sms_no_match"));
+    let no_match = || reply(StatusCode::OK, &to, NO_MATCH_REPLY, Some(ErrorCode::SmsNoMatch));
     let Ok(id) = CitizenId::parse(&asked) else {
         return Ok(no_match());
     };

@@ -10,7 +10,7 @@ use std::pin::Pin;
 
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn CitizenStore>`).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
@@ -66,7 +66,7 @@ pub enum UpdateOutcome {
 /// client, as [`ApiError::internal`] does.
 pub fn unavailable(store: &'static str, cause: impl std::fmt::Display) -> ApiError {
     tracing::error!(store, %cause, "store failed");
-    ApiError::unavailable("store_unavailable", UNAVAILABLE)
+    ApiError::new(ErrorCode::StoreUnavailable, UNAVAILABLE)
 }
 
 /// The one message a client gets for `store_unavailable`.
@@ -166,8 +166,8 @@ impl CitizenStore for SledStore {
         Box::pin(async move {
             loop {
                 let Some(old) = self.tree.get(citizen_id.as_bytes()).map_err(store_error)? else {
-                    return Err(ApiError::not_found(
-                        "citizen_not_found",
+                    return Err(ApiError::new(
+                        ErrorCode::CitizenNotFound,
                         "no citizen with that ID",
                     ));
                 };

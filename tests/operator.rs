@@ -358,7 +358,7 @@ async fn console_routes_are_admin_only_and_masked() {
         )
         .await
         .unwrap();
-    assert_eq!(r.status, 404);
+    assert_eq!(r.status, 403);
     assert!(b.admin_get("/admin/console/console.css").await.status == 200);
     assert!(b.admin_get("/admin/console/console.js").await.status == 200);
 }

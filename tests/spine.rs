@@ -245,7 +245,7 @@ async fn admin_errors_are_json_with_stable_codes() {
     let r = b.admin_post("/admin/v1/agencies/nosuch/suspend", json!({})).await;
     assert_eq!(
         (r.status, r.error_code().as_deref()),
-        (404, Some("unknown_agency"))
+        (403, Some("unknown_agency"))
     );
     let r = b
         .admin_post("/admin/v1/agencies", json!({ "code": "Bad Code!", "name": "x" }))

@@ -69,8 +69,8 @@ impl From<AuditError> for crate::error::ApiError {
         match e {
             AuditError::Unavailable(cause) => {
                 tracing::error!(%cause, "audit trail unavailable");
-                crate::error::ApiError::unavailable(
-                    "audit_unavailable",
+                crate::error::ApiError::new(
+                    crate::error::ErrorCode::AuditUnavailable,
                     "the audit trail cannot record this request; retry later",
                 )
             }

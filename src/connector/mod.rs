@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use crate::broker::Broker;
 use crate::canonical;
 use crate::citizen_id::CitizenId;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::policy::{Catalogue, FieldPath};
 use crate::registry::Agency;
 use crate::schema::CitizenSchema;
@@ -164,8 +164,8 @@ async fn run(
 ) -> Result<Reply, ApiError> {
     if !connector.agencies.contains(&agency.code) {
         exchange.purpose = Some(connector.purpose.clone());
-        return Err(ApiError::forbidden(
-            "purpose_not_allowed",
+        return Err(ApiError::new(
+            ErrorCode::PurposeNotAllowed,
             format!(
                 "connector {} is not open to agency {}",
                 connector.name, agency.code
@@ -176,8 +176,7 @@ async fn run(
     let media = req.media_type().unwrap_or_default();
     if !connector.content_types.contains(&media) {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!(
                 "expected {}, got {}",
                 connector.content_types.join(" or "),
@@ -246,8 +245,8 @@ fn subject(
     }
     match &inputs.citizen_id {
         Some(raw) => Ok((canonical::citizen_id(exchange, raw.trim())?, None)),
-        None => Err(ApiError::unprocessable(
-            "missing_field",
+        None => Err(ApiError::new(
+            ErrorCode::MissingField,
             "the request names no citizen",
         )),
     }
@@ -280,8 +279,8 @@ fn lookup(doc: &Doc, at: &Locator) -> Option<Value> {
 fn extract(connector: &Connector, doc: &Doc) -> Result<Inputs, ApiError> {
     for (at, equals) in &connector.require {
         if lookup(doc, at).as_ref().and_then(Value::as_str) != Some(equals.as_str()) {
-            return Err(ApiError::unprocessable(
-                "unexpected_document",
+            return Err(ApiError::new(
+                ErrorCode::UnexpectedDocument,
                 format!("expected {equals} at {}", describe(at)),
             ));
         }
@@ -295,8 +294,8 @@ fn extract(connector: &Connector, doc: &Doc) -> Result<Inputs, ApiError> {
             .filter(|v| v.as_str().is_none_or(|s| !s.trim().is_empty()));
         let Some(mut value) = found else {
             if m.required {
-                return Err(ApiError::unprocessable(
-                    "missing_field",
+                return Err(ApiError::new(
+                    ErrorCode::MissingField,
                     format!("{} is missing", m.label),
                 ));
             }
@@ -305,7 +304,7 @@ fn extract(connector: &Connector, doc: &Doc) -> Result<Inputs, ApiError> {
         for t in &m.transforms {
             value = t
                 .apply(value)
-                .map_err(|msg| ApiError::unprocessable("invalid_value", format!("{}: {msg}", m.label)))?;
+                .map_err(|msg| ApiError::new(ErrorCode::InvalidValue, format!("{}: {msg}", m.label)))?;
         }
         let text = || {
             value
@@ -343,8 +342,7 @@ async fn write_batch(
         .unwrap_or_default();
     if entries.len() > batch.max_entries {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!(
                 "{} entries; at most {} per call",
                 entries.len(),
@@ -649,6 +647,7 @@ pub fn error_reply(connector: &Connector, e: &ApiError, request_id: &str) -> Rep
         }
     };
     r.error_code = Some(e.code);
+    r.internal_cause = e.cause.clone();
     if let Some(secs) = e.retry_after {
         r.headers
             .push((hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from(secs)));

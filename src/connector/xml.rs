@@ -7,7 +7,7 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Deepest element nesting accepted.
 pub const MAX_DEPTH: usize = 64;
@@ -51,8 +51,8 @@ pub struct Step {
     pub local: String,
 }
 
-fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request(code, message)
+fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message)
 }
 
 fn owned_ns(r: ResolveResult<'_>) -> Result<Option<String>, ApiError> {
@@ -60,7 +60,7 @@ fn owned_ns(r: ResolveResult<'_>) -> Result<Option<String>, ApiError> {
         ResolveResult::Bound(ns) => Ok(Some(ns.as_ref().to_string())),
         ResolveResult::Unbound => Ok(None),
         ResolveResult::Unknown(prefix) => Err(bad(
-            "invalid_xml",
+            ErrorCode::InvalidXml,
             format!("undeclared namespace prefix {prefix:?}"),
         )),
     }
@@ -69,8 +69,8 @@ fn owned_ns(r: ResolveResult<'_>) -> Result<Option<String>, ApiError> {
 /// Parse a request body into its root element.
 pub fn parse(body: &[u8]) -> Result<Element, ApiError> {
     let body = body.strip_prefix("\u{FEFF}".as_bytes()).unwrap_or(body);
-    let text =
-        std::str::from_utf8(body).map_err(|_| bad("invalid_encoding", "the XML document is not UTF-8"))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| bad(ErrorCode::InvalidEncoding, "the XML document is not UTF-8"))?;
     let mut reader = NsReader::from_str(text);
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Element> = None;
@@ -78,7 +78,7 @@ pub fn parse(body: &[u8]) -> Result<Element, ApiError> {
     loop {
         let (resolved, event) = reader
             .read_resolved_event()
-            .map_err(|e| bad("invalid_xml", e.to_string()))?;
+            .map_err(|e| bad(ErrorCode::InvalidXml, e.to_string()))?;
         let (ns, start_or_empty) = match &event {
             Event::Start(_) => (owned_ns(resolved)?, StartKind::Start),
             Event::Empty(_) => (owned_ns(resolved)?, StartKind::Empty),
@@ -87,7 +87,7 @@ pub fn parse(body: &[u8]) -> Result<Element, ApiError> {
         match event {
             Event::DocType(_) => {
                 return Err(bad(
-                    "xml_doctype_refused",
+                    ErrorCode::XmlDoctypeRefused,
                     "DOCTYPE and entity declarations are refused",
                 ));
             }
@@ -95,7 +95,7 @@ pub fn parse(body: &[u8]) -> Result<Element, ApiError> {
                 if let Some(Ok(enc)) = decl.encoding() {
                     if !enc.eq_ignore_ascii_case("utf-8") {
                         return Err(bad(
-                            "invalid_encoding",
+                            ErrorCode::InvalidEncoding,
                             format!("encoding {enc} is not supported; send UTF-8"),
                         ));
                     }
@@ -105,35 +105,38 @@ pub fn parse(body: &[u8]) -> Result<Element, ApiError> {
                 let empty = matches!(start_or_empty, StartKind::Empty);
                 count += 1;
                 if count > MAX_ELEMENTS {
-                    return Err(bad("xml_too_large", format!("more than {MAX_ELEMENTS} elements")));
+                    return Err(bad(
+                        ErrorCode::XmlTooLarge,
+                        format!("more than {MAX_ELEMENTS} elements"),
+                    ));
                 }
                 if root.is_some() {
-                    return Err(bad("invalid_xml", "content after the root element"));
+                    return Err(bad(ErrorCode::InvalidXml, "content after the root element"));
                 }
                 if stack.len() >= MAX_DEPTH {
                     return Err(bad(
-                        "too_deep",
+                        ErrorCode::TooDeep,
                         format!("XML nested deeper than {MAX_DEPTH} levels"),
                     ));
                 }
                 let local = start.local_name().as_ref().to_string();
                 let mut attrs = Vec::new();
                 for attr in start.attributes() {
-                    let attr = attr.map_err(|e| bad("invalid_xml", e.to_string()))?;
+                    let attr = attr.map_err(|e| bad(ErrorCode::InvalidXml, e.to_string()))?;
                     let key = attr.key;
                     if key.as_ref() == "xmlns" || key.as_ref().starts_with("xmlns:") {
                         continue;
                     }
                     if attr.value.len() > MAX_ATTRIBUTE_BYTES {
                         return Err(bad(
-                            "xml_too_large",
+                            ErrorCode::XmlTooLarge,
                             format!("an attribute is over {MAX_ATTRIBUTE_BYTES} bytes"),
                         ));
                     }
                     let (attr_ns, attr_local) = reader.resolver().resolve_attribute(key);
                     let value = attr
                         .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                        .map_err(|e| bad("xml_entity_refused", e.to_string()))?
+                        .map_err(|e| bad(ErrorCode::XmlEntityRefused, e.to_string()))?
                         .into_owned();
                     attrs.push(Attribute {
                         ns: owned_ns(attr_ns)?,
@@ -158,7 +161,7 @@ pub fn parse(body: &[u8]) -> Result<Element, ApiError> {
             Event::GeneralRef(r) => {
                 let resolved = if r.is_char_ref() {
                     r.resolve_char_ref()
-                        .map_err(|e| bad("invalid_xml", e.to_string()))?
+                        .map_err(|e| bad(ErrorCode::InvalidXml, e.to_string()))?
                 } else {
                     match r.xml10_content().as_ref() {
                         "amp" => Some('&'),
@@ -168,7 +171,7 @@ pub fn parse(body: &[u8]) -> Result<Element, ApiError> {
                         "apos" => Some('\''),
                         other => {
                             return Err(bad(
-                                "xml_entity_refused",
+                                ErrorCode::XmlEntityRefused,
                                 format!("entity reference &{other}; is refused"),
                             ))
                         }
@@ -183,9 +186,12 @@ pub fn parse(body: &[u8]) -> Result<Element, ApiError> {
         }
     }
     if !stack.is_empty() {
-        return Err(bad("invalid_xml", "unclosed element at the end of the document"));
+        return Err(bad(
+            ErrorCode::InvalidXml,
+            "unclosed element at the end of the document",
+        ));
     }
-    root.ok_or_else(|| bad("invalid_xml", "no root element"))
+    root.ok_or_else(|| bad(ErrorCode::InvalidXml, "no root element"))
 }
 
 enum StartKind {
@@ -197,7 +203,7 @@ enum StartKind {
 fn close(stack: &mut Vec<Element>, root: &mut Option<Element>) -> Result<(), ApiError> {
     let element = stack
         .pop()
-        .ok_or_else(|| bad("invalid_xml", "unbalanced end tag"))?;
+        .ok_or_else(|| bad(ErrorCode::InvalidXml, "unbalanced end tag"))?;
     match stack.last_mut() {
         Some(parent) => parent.children.push(element),
         None => *root = Some(element),
@@ -212,7 +218,7 @@ fn push_text(stack: &mut [Element], text: &str) -> Result<(), ApiError> {
             Ok(())
         }
         None if text.trim().is_empty() => Ok(()),
-        None => Err(bad("invalid_xml", "text outside the root element")),
+        None => Err(bad(ErrorCode::InvalidXml, "text outside the root element")),
     }
 }
 
@@ -291,26 +297,41 @@ mod tests {
     #[test]
     fn refuses_doctype_entities_and_oversize() {
         let xxe = br#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>"#;
-        assert_eq!(parse(xxe).err().map(|e| e.code), Some("xml_doctype_refused"));
         assert_eq!(
-            parse(b"<r>&x;</r>").err().map(|e| e.code),
+            parse(xxe).err().map(|e| e.code.as_str()),
+            Some("xml_doctype_refused")
+        );
+        assert_eq!(
+            parse(b"<r>&x;</r>").err().map(|e| e.code.as_str()),
             Some("xml_entity_refused")
         );
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);
-        assert_eq!(parse(deep.as_bytes()).err().map(|e| e.code), Some("too_deep"));
-        let big = format!("<r a=\"{}\"/>", "x".repeat(MAX_ATTRIBUTE_BYTES + 1));
-        assert_eq!(parse(big.as_bytes()).err().map(|e| e.code), Some("xml_too_large"));
         assert_eq!(
-            parse(b"<r>\xff</r>").err().map(|e| e.code),
+            parse(deep.as_bytes()).err().map(|e| e.code.as_str()),
+            Some("too_deep")
+        );
+        let big = format!("<r a=\"{}\"/>", "x".repeat(MAX_ATTRIBUTE_BYTES + 1));
+        assert_eq!(
+            parse(big.as_bytes()).err().map(|e| e.code.as_str()),
+            Some("xml_too_large")
+        );
+        assert_eq!(
+            parse(b"<r>\xff</r>").err().map(|e| e.code.as_str()),
             Some("invalid_encoding")
         );
-        assert_eq!(parse(b"<r><x></r>").err().map(|e| e.code), Some("invalid_xml"));
-        assert_eq!(parse(b"<r/><r/>").err().map(|e| e.code), Some("invalid_xml"));
-        assert_eq!(parse(b"").err().map(|e| e.code), Some("invalid_xml"));
+        assert_eq!(
+            parse(b"<r><x></r>").err().map(|e| e.code.as_str()),
+            Some("invalid_xml")
+        );
+        assert_eq!(
+            parse(b"<r/><r/>").err().map(|e| e.code.as_str()),
+            Some("invalid_xml")
+        );
+        assert_eq!(parse(b"").err().map(|e| e.code.as_str()), Some("invalid_xml"));
         assert_eq!(
             parse(br#"<?xml version="1.0" encoding="ISO-8859-1"?><r/>"#)
                 .err()
-                .map(|e| e.code),
+                .map(|e| e.code.as_str()),
             Some("invalid_encoding")
         );
     }
