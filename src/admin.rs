@@ -8,8 +8,8 @@ use serde_json::json;
 
 use crate::broker::Broker;
 use crate::error::{ApiError, ErrorCode};
+use crate::exchange::{AdminOperation, Exchange, Operation, ReadRequest, Reply};
 use crate::registry::{AgencyStatus, NewAgency};
-use crate::server::{Exchange, ReadRequest, Reply};
 
 /// Answer one admin request.
 pub async fn handle(broker: &Broker, exchange: &mut Exchange, req: ReadRequest) -> Reply {
@@ -63,7 +63,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
     let ok = |value: serde_json::Value| Ok(Reply::json(StatusCode::OK, &value));
     match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
-            exchange.operation = "admin:metrics".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::Metrics));
             let text = broker.metrics.render(broker.audit.head().0);
             Ok(Reply {
                 status: StatusCode::OK,
@@ -76,17 +76,17 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         }
         (_, ["admin", "console", ..]) => crate::console::route(broker, exchange, req).await,
         (&Method::GET, ["admin", "v1", "agencies"]) => {
-            exchange.operation = "admin:list_agencies".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::ListAgencies));
             ok(json!({ "agencies": broker.registry.list() }))
         }
         (&Method::POST, ["admin", "v1", "agencies"]) => {
-            exchange.operation = "admin:register_agency".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::RegisterAgency));
             let new: NewAgency = json_body(req)?;
             let agency = broker.registry.register(new).await?;
             Ok(Reply::json(StatusCode::CREATED, &json!({ "agency": agency })))
         }
         (&Method::GET, ["admin", "v1", "agencies", code]) => {
-            exchange.operation = "admin:get_agency".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::GetAgency));
             let agency = broker
                 .registry
                 .get(code)
@@ -94,7 +94,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             ok(json!({ "agency": agency }))
         }
         (&Method::POST, ["admin", "v1", "agencies", code, action @ ("suspend" | "resume")]) => {
-            exchange.operation = format!("admin:{action}");
+            exchange.operation = Some(Operation::Admin(suspend_or_resume(action)));
             let status = if *action == "suspend" {
                 AgencyStatus::Suspended
             } else {
@@ -103,7 +103,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             ok(json!({ "agency": broker.registry.set_status(code, status).await? }))
         }
         (&Method::POST, ["admin", "v1", "agencies", code, "certificates"]) => {
-            exchange.operation = "admin:bind_certificate".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::BindCertificate));
             let bind: BindRequest = json_body(req)?;
             let fingerprint = match (bind.fingerprint, bind.certificate_pem) {
                 (Some(fp), None) => fp,
@@ -123,11 +123,11 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             ok(json!({ "agency": broker.registry.bind(code, &fingerprint).await? }))
         }
         (&Method::DELETE, ["admin", "v1", "agencies", code, "certificates", fingerprint]) => {
-            exchange.operation = "admin:unbind_certificate".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::UnbindCertificate));
             ok(json!({ "agency": broker.registry.unbind(code, fingerprint).await? }))
         }
         (&Method::POST, ["admin", "v1", "tls", "reload"]) => {
-            exchange.operation = "admin:tls_reload".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::TlsReload));
             broker
                 .tls
                 .reload()
@@ -135,7 +135,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             ok(json!({ "reloaded": true }))
         }
         (&Method::PUT, ["admin", "v1", "agencies", code, "plan"]) => {
-            exchange.operation = "admin:set_plan".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::SetPlan));
             let value = crate::json::parse(&req.body)?;
             let plan = crate::quota::Plan::from_json(&value)?;
             for purpose in plan.limits.keys().filter(|p| p.as_str() != "*") {
@@ -150,7 +150,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             ok(json!({ "agency": broker.registry.update(code, |a| { a.plan = plan; Ok(()) }).await? }))
         }
         (&Method::PUT, ["admin", "v1", "agencies", code, "billing-class"]) => {
-            exchange.operation = "admin:set_billing_class".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::SetBillingClass));
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
             struct Class {
@@ -162,7 +162,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             )
         }
         (&Method::GET, ["admin", "v1", "agencies", code, "usage"]) => {
-            exchange.operation = "admin:usage".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::Usage));
             let agency = broker
                 .registry
                 .get(code)
@@ -177,14 +177,30 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             }
             ok(json!({ "agency": code, "usage": usage }))
         }
-        (&Method::GET, ["admin", "v1", "billing", action]) => {
-            exchange.operation = format!("admin:billing_{action}");
+        (&Method::GET, ["admin", "v1", "billing", action @ ("report" | "reconcile")]) => {
+            exchange.operation = Some(Operation::Admin(match *action {
+                "report" => AdminOperation::BillingReport,
+                _ => AdminOperation::BillingReconcile,
+            }));
             crate::billing::admin_route(broker, req, action).await
         }
-        (&Method::GET, ["admin", "v1", "audit", action]) => {
-            exchange.operation = format!("admin:audit_{action}");
+        (&Method::GET, ["admin", "v1", "audit", action @ ("head" | "verify" | "entries")]) => {
+            exchange.operation = Some(Operation::Admin(match *action {
+                "head" => AdminOperation::AuditHead,
+                "verify" => AdminOperation::AuditVerify,
+                _ => AdminOperation::AuditEntries,
+            }));
             crate::audit_api::admin_route(broker, req, action).await
         }
         _ => Err(ApiError::no_route(&method, &path)),
+    }
+}
+
+/// The audit name of `suspend` or `resume` (the only actions the routes let through).
+pub(crate) fn suspend_or_resume(action: &str) -> AdminOperation {
+    if action == "suspend" {
+        AdminOperation::Suspend
+    } else {
+        AdminOperation::Resume
     }
 }

@@ -8,9 +8,9 @@ use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::canonical::{self, History};
 use crate::error::{ApiError, ErrorCode};
+use crate::exchange::{Exchange, Operation, ReadRequest, Reply, Side};
 use crate::metrics::Stage;
 use crate::registry::{Agency, AgencyStatus};
-use crate::server::{Exchange, ReadRequest, Reply, Side};
 
 /// Answer one agency request.
 pub async fn handle(broker: &Broker, exchange: &mut Exchange, req: ReadRequest) -> Reply {
@@ -50,7 +50,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
     let agency = authenticate(broker, exchange)?;
     match (&method, path.as_str()) {
         (&Method::GET, "/v1/whoami") => {
-            exchange.operation = "whoami".into();
+            exchange.operation = Some(Operation::Whoami);
             Ok(Reply::json(
                 StatusCode::OK,
                 &json!({
@@ -61,11 +61,11 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             ))
         }
         (&Method::GET, "/v1/catalogue") => {
-            exchange.operation = "catalogue".into();
+            exchange.operation = Some(Operation::Catalogue);
             Ok(Reply::json(StatusCode::OK, &crate::openapi::document(broker)))
         }
         (&Method::GET, "/v1/purposes") => {
-            exchange.operation = "list_purposes".into();
+            exchange.operation = Some(Operation::ListPurposes);
             let purposes: Vec<_> = broker
                 .catalogue
                 .for_agency(&agency.code)
@@ -107,7 +107,7 @@ async fn route_resources(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         (&Method::GET, ["v1", "purposes", purpose, "release"]) => {
-            exchange.operation = "release_dry_run".into();
+            exchange.operation = Some(Operation::ReleaseDryRun);
             let purpose = canonical::authorize(broker, exchange, agency, Some(purpose))?;
             let requested = requested_fields(req);
             let fields = purpose.release_set(requested.as_deref(), &broker.schema)?;
@@ -132,7 +132,7 @@ async fn route_resources(
         }
         (&Method::POST, ["v1", "sms", "inbound"]) => crate::sms::inbound(broker, exchange, agency, req).await,
         (&Method::GET, ["v1", "citizens", id, "access-log"]) => {
-            exchange.operation = "access_log".into();
+            exchange.operation = Some(Operation::AccessLog);
             let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             if purpose.id != "citizen-self-service" {
                 return Err(ApiError::new(
@@ -181,42 +181,14 @@ async fn route_resources(
 /// Health checks on the admin listener are not recorded (they touch no data and no registry).
 pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Reply) -> Reply {
     // Metrics scrapes and the console's CSS/JS touch no data and come often: no trail entry each.
-    if side == Side::Admin
-        && matches!(
-            exchange.operation.as_str(),
-            "health" | "admin:metrics" | crate::console::ASSET_OPERATION
-        )
-    {
+    if side == Side::Admin && exchange.operation.is_some_and(Operation::unaudited_on_admin) {
         return reply;
     }
     if let Some(rate) = &exchange.rate {
         reply.headers.extend(rate.headers());
     }
     let served = exchange.metered && reply.status.is_success();
-    let entry = AuditRecord {
-        agency: exchange.agency.clone(),
-        cert_fingerprint: Some(exchange.peer.fingerprint_sha256.clone()),
-        purpose: exchange.purpose.clone(),
-        channel: exchange.channel.clone(),
-        operation: if exchange.operation.is_empty() {
-            exchange.route.clone()
-        } else {
-            exchange.operation.clone()
-        },
-        citizen_id: exchange.citizen_id.clone(),
-        // A refused or failed request released nothing, whatever the stages had noted.
-        fields: if reply.status.is_success() {
-            exchange.fields.clone()
-        } else {
-            Vec::new()
-        },
-        status: reply.status.as_u16(),
-        error_code: reply.error_code.map(|c| c.as_str().to_string()),
-        request_id: exchange.request_id.clone(),
-        request_sha256: exchange.body_sha256.clone(),
-        bulk: exchange.bulk,
-        metered: exchange.metered,
-    };
+    let entry = AuditRecord::of(exchange, &reply);
     // A bulk answer is recorded once per citizen it concerns (same request id, not metered again), then as a
     // whole; any failure withholds the answer.
     if reply.status.is_success() {

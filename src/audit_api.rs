@@ -10,7 +10,7 @@ use crate::audit::{AuditEntry, AuditFilter};
 use crate::broker::Broker;
 use crate::citizen_id::CitizenId;
 use crate::error::{ApiError, ErrorCode};
-use crate::server::{ReadRequest, Reply};
+use crate::exchange::{ReadRequest, Reply};
 
 /// Largest page a search answers.
 pub const MAX_PAGE: usize = 500;

@@ -12,9 +12,9 @@ use serde_json::json;
 use crate::audit::AuditFilter;
 use crate::broker::Broker;
 use crate::error::{ApiError, ErrorCode};
+use crate::exchange::{ReadRequest, Reply};
 use crate::quota::{month_range, MonthTotals};
 use crate::registry::BillingClass;
-use crate::server::{ReadRequest, Reply};
 
 /// One line of the monthly report.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -9,9 +9,9 @@ use serde_json::Value;
 use crate::broker::Broker;
 use crate::citizen_id::{check_consistency, CitizenId, Gender};
 use crate::error::{ApiError, ErrorCode};
+use crate::exchange::{Exchange, Operation};
 use crate::policy::{Purpose, Purpose as P};
 use crate::registry::Agency;
-use crate::server::Exchange;
 use crate::store::UpdateOutcome;
 
 /// A history list on the record that agencies append to.
@@ -101,7 +101,7 @@ pub async fn read(
     id: &CitizenId,
     requested: Option<&[String]>,
 ) -> Result<Value, ApiError> {
-    exchange.operation = "read".into();
+    exchange.operation = Some(Operation::Read);
     let fields = purpose.release_set(requested, &broker.schema)?;
     if fields.is_empty() {
         return Err(ApiError::new(
@@ -226,7 +226,7 @@ pub async fn append(
     history: History,
     entry: Value,
 ) -> Result<(StatusCode, Value), ApiError> {
-    exchange.operation = "write".into();
+    exchange.operation = Some(Operation::Write);
     let field = history.field();
     if !purpose.may_write(field) {
         return Err(ApiError::new(

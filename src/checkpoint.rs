@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use crate::broker::Broker;
 use crate::canonical::{self, History};
 use crate::error::{ApiError, ErrorCode};
+use crate::exchange::{Exchange, Operation, ReadRequest, Reply};
 use crate::registry::Agency;
-use crate::server::{Exchange, ReadRequest, Reply};
 
 /// What kind of place runs the checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,7 +232,7 @@ pub async fn route(
     let method = &req.parts.method;
     match (method, rest) {
         (&Method::POST, []) => {
-            exchange.operation = "checkpoint:register".into();
+            exchange.operation = Some(Operation::CheckpointRegister);
             canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())
                 .and_then(|p| require(p, "checkpoint-checkin"))?;
             let new: NewCheckpoint = crate::admin::json_body(req)?;
@@ -240,7 +240,7 @@ pub async fn route(
             Ok(Reply::json(StatusCode::CREATED, &json!({ "checkpoint": cp })))
         }
         (&Method::GET, []) => {
-            exchange.operation = "checkpoint:list".into();
+            exchange.operation = Some(Operation::CheckpointList);
             canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())
                 .and_then(|p| require(p, "checkpoint-checkin"))?;
             Ok(Reply::json(
@@ -275,7 +275,7 @@ async fn scan(
     req: &ReadRequest,
     cp: &str,
 ) -> Result<Reply, ApiError> {
-    exchange.operation = "checkpoint:checkin".into();
+    exchange.operation = Some(Operation::CheckpointCheckin);
     let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())
         .and_then(|p| require(p, "checkpoint-checkin"))?;
     let cp = owned_checkpoint(broker, agency, cp)?;
@@ -319,7 +319,7 @@ async fn scan(
     let fields = purpose.release_set(None, &broker.schema)?;
     let answer = canonical::release(exchange, &record, &fields);
     exchange.fields.push("checkins".into());
-    exchange.operation = "checkpoint:checkin".into();
+    exchange.operation = Some(Operation::CheckpointCheckin);
     Ok(Reply::json(
         status,
         &json!({ "checkpoint": cp.id, "time": key_time(time), "citizen": answer }),
@@ -333,7 +333,7 @@ fn trace(
     req: &ReadRequest,
     cp_id: &str,
 ) -> Result<Reply, ApiError> {
-    exchange.operation = "contact_tracing".into();
+    exchange.operation = Some(Operation::ContactTracing);
     canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())
         .and_then(|p| require(p, "contact-tracing"))?;
     let cp = broker

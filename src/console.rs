@@ -10,11 +10,12 @@
 use hyper::header::{HeaderName, HeaderValue, LOCATION};
 use hyper::{Method, StatusCode};
 
+use crate::admin::suspend_or_resume;
 use crate::audit::AuditFilter;
 use crate::broker::Broker;
 use crate::error::{ApiError, ErrorCode};
+use crate::exchange::{mask_citizen_ids, AdminOperation, Exchange, Operation, ReadRequest, Reply};
 use crate::registry::AgencyStatus;
-use crate::server::{mask_citizen_ids, Exchange, ReadRequest, Reply};
 
 const PAGE: &str = include_str!("console/page.html");
 const CSS: &str = include_str!("console/console.css");
@@ -25,26 +26,22 @@ pub const ENTRIES_SHOWN: usize = 50;
 
 const HTML: &str = "text/html; charset=utf-8";
 
-/// The operation of the page's static files; like health checks they touch no data and are not
-/// recorded in the audit trail (the page itself is).
-pub const ASSET_OPERATION: &str = "admin:console_asset";
-
 /// Answer `/admin/console…` (the caller has already checked the admin certificate).
 pub async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> Result<Reply, ApiError> {
     let path = req.path().trim_end_matches('/');
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&req.parts.method, segments.as_slice()) {
         (&Method::GET, ["admin", "console"]) => {
-            exchange.operation = "admin:console".into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::Console));
             let html = render(broker, req).await?;
             Ok(page_reply(StatusCode::OK, HTML, html.into()))
         }
         (&Method::GET, ["admin", "console", "console.css"]) => {
-            exchange.operation = ASSET_OPERATION.into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::ConsoleAsset));
             Ok(page_reply(StatusCode::OK, "text/css; charset=utf-8", CSS.into()))
         }
         (&Method::GET, ["admin", "console", "console.js"]) => {
-            exchange.operation = ASSET_OPERATION.into();
+            exchange.operation = Some(Operation::Admin(AdminOperation::ConsoleAsset));
             Ok(page_reply(
                 StatusCode::OK,
                 "text/javascript; charset=utf-8",
@@ -52,7 +49,7 @@ pub async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) 
             ))
         }
         (&Method::POST, ["admin", "console", "agencies", code, action @ ("suspend" | "resume")]) => {
-            exchange.operation = format!("admin:{action}");
+            exchange.operation = Some(Operation::Admin(suspend_or_resume(action)));
             same_origin(req)?;
             let status = if *action == "suspend" {
                 AgencyStatus::Suspended

@@ -64,6 +64,7 @@ pub mod connector;
 pub mod console;
 pub mod demo;
 pub mod error;
+pub mod exchange;
 pub mod identity;
 pub mod json;
 pub mod metrics;

@@ -27,135 +27,14 @@ use tracing::Instrument;
 
 use crate::broker::Broker;
 use crate::error::{ApiError, ErrorCode};
+use crate::exchange::{mask_citizen_ids, Exchange, Operation, ReadRequest, Reply, Side};
 use crate::identity::PeerIdentity;
-
-/// Which listener a connection arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// Agencies.
-    Agency,
-    /// Operators.
-    Admin,
-}
-
-/// What one request accumulates on its way through the stages; it becomes the audit entry.
-#[derive(Debug, Clone)]
-pub struct Exchange {
-    /// Request id, also in the `x-request-id` header, the error body and the log span.
-    pub request_id: String,
-    /// The verified peer.
-    pub peer: Arc<PeerIdentity>,
-    /// Agency code, once the registry knows it.
-    pub agency: Option<String>,
-    /// Declared purpose.
-    pub purpose: Option<String>,
-    /// `canonical`, a connector name, or `admin`.
-    pub channel: String,
-    /// What was attempted: `read`, `write`, `admin:suspend`, …
-    pub operation: String,
-    /// The citizen concerned, if any.
-    pub citizen_id: Option<String>,
-    /// Field paths released (reads) or written (writes).
-    pub fields: Vec<String>,
-    /// Hex SHA-256 of the request body.
-    pub body_sha256: String,
-    /// Bulk processing (many citizens at once).
-    pub bulk: bool,
-    /// HTTP method and path, for the log.
-    pub route: String,
-    /// The request reached the store and was counted against the quota.
-    pub metered: bool,
-    /// Rate-limit figures for the response headers, when the plan limits this purpose.
-    pub rate: Option<crate::quota::RateInfo>,
-    /// Other citizens a bulk answer released data about; each gets an audit entry of their own.
-    pub also_concerns: Vec<String>,
-}
-
-/// An answer before it becomes an HTTP response.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    /// Status.
-    pub status: StatusCode,
-    /// Content type of `body`.
-    pub content_type: &'static str,
-    /// The body.
-    pub body: Bytes,
-    /// Extra headers (rate-limit headers, `Retry-After`).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// The stable error code when this is an error answer.
-    pub error_code: Option<ErrorCode>,
-    /// What went wrong inside (a 500's cause), for the log step only; never answered.
-    pub internal_cause: Option<String>,
-}
-
-impl Reply {
-    /// A JSON answer.
-    pub fn json(status: StatusCode, value: &serde_json::Value) -> Self {
-        Self {
-            status,
-            content_type: "application/json",
-            body: Bytes::from(value.to_string()),
-            headers: Vec::new(),
-            error_code: None,
-            internal_cause: None,
-        }
-    }
-
-    /// A JSON error answer `{ "error": { code, message, request_id } }`.
-    pub fn error(err: &ApiError, request_id: &str) -> Self {
-        let mut reply = Self::json(err.status, &err.to_json(request_id));
-        reply.error_code = Some(err.code);
-        reply.internal_cause = err.cause.clone();
-        if let Some(secs) = err.retry_after {
-            reply
-                .headers
-                .push((hyper::header::RETRY_AFTER, HeaderValue::from(secs)));
-        }
-        reply
-    }
-
-    /// Add a header.
-    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
-        self
-    }
-}
-
-/// A request after its body has been read within the limits.
-pub struct ReadRequest {
-    /// Method, URI, headers.
-    pub parts: hyper::http::request::Parts,
-    /// The whole body.
-    pub body: Bytes,
-}
-
-impl ReadRequest {
-    /// The path, without the query.
-    pub fn path(&self) -> &str {
-        self.parts.uri.path()
-    }
-
-    /// The value of query parameter `name`, percent-decoded (the first one if repeated).
-    pub fn query(&self, name: &str) -> Option<String> {
-        let query = self.parts.uri.query()?;
-        query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k) == name).then(|| decode(v))
-        })
-    }
-
-    /// The media type of the body (`Content-Type` without parameters), lower-cased.
-    pub fn media_type(&self) -> Option<String> {
-        let ct = self.parts.headers.get(CONTENT_TYPE)?.to_str().ok()?;
-        Some(ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-    }
-}
 
 /// `GET /healthz`, the same on both listeners: the answer, or `None` for any other path. 503
 /// `store_unavailable` while the database has failed (until the supervisor has reopened it).
 pub fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Reply> {
     (path == "/healthz").then(|| {
-        exchange.operation = "health".into();
+        exchange.operation = Some(Operation::Health);
         match broker.store_failure() {
             None => Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             // The supervisor has logged the cause; a health probe every few seconds need not repeat it.
@@ -165,41 +44,6 @@ pub fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Re
             ),
         }
     })
-}
-
-/// A path fit for logs and audit `operation` text: any run of 9 or more digits (a citizen ID or an old
-/// ID number) keeps its first three and last two digits, the rest masked. Citizen data never reaches a
-/// log line in the clear.
-pub fn mask_citizen_ids(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut digits = String::new();
-    let flush = |digits: &mut String, out: &mut String| {
-        if digits.len() >= 9 {
-            out.push_str(&digits[..3]);
-            out.extend(std::iter::repeat_n('*', digits.len() - 5));
-            out.push_str(&digits[digits.len() - 2..]);
-        } else {
-            out.push_str(digits);
-        }
-        digits.clear();
-    };
-    for c in path.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-        } else {
-            flush(&mut digits, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut digits, &mut out);
-    out
-}
-
-fn decode(s: &str) -> String {
-    let plus_as_space = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus_as_space)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 /// Run both listeners until `shutdown` resolves, then stop accepting, let in-flight requests finish
@@ -410,26 +254,8 @@ async fn handle(
     pending: Arc<AtomicU64>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let mut exchange = Exchange {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        peer,
-        agency: None,
-        purpose: None,
-        channel: if side == Side::Admin {
-            "admin".into()
-        } else {
-            "canonical".into()
-        },
-        operation: String::new(),
-        citizen_id: None,
-        fields: Vec::new(),
-        body_sha256: String::new(),
-        bulk: false,
-        route: format!("{} {}", req.method(), mask_citizen_ids(req.uri().path())),
-        metered: false,
-        rate: None,
-        also_concerns: Vec::new(),
-    };
+    let route = format!("{} {}", req.method(), mask_citizen_ids(req.uri().path()));
+    let mut exchange = Exchange::new(side, peer, route);
     let span = tracing::info_span!(
         "request",
         request_id = %exchange.request_id,
@@ -455,7 +281,7 @@ async fn handle(
             match in_flight.try_acquire(&key) {
                 Some(slot) => Some(slot),
                 None => {
-                    exchange.operation = "concurrency_limit".into();
+                    exchange.operation = Some(Operation::ConcurrencyLimit);
                     exchange.body_sha256 = hex::encode(Sha256::digest(b""));
                     let mut err = ApiError::new(
                         ErrorCode::ConcurrencyLimit,
@@ -811,22 +637,11 @@ async fn record_connection_event(
         .by_fingerprint(&peer.fingerprint_sha256)
         .map(|a| a.code);
     tracing::warn!(status = code.status().as_u16(), %code, agency = agency.as_deref().unwrap_or("-"), fingerprint = %peer.fingerprint_sha256, "connection refused by the HTTP layer");
-    let exchange = Exchange {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        peer,
-        agency: if side == Side::Admin { None } else { agency },
-        purpose: None,
-        channel: "connection".into(),
-        operation: format!("connection:{code}"),
-        citizen_id: None,
-        fields: Vec::new(),
-        body_sha256: hex::encode(Sha256::digest(b"")),
-        bulk: false,
-        route: "-".into(),
-        metered: false,
-        rate: None,
-        also_concerns: Vec::new(),
-    };
+    let mut exchange = Exchange::new(side, peer, "-".into());
+    exchange.agency = if side == Side::Admin { None } else { agency };
+    exchange.channel = "connection".into();
+    exchange.operation = Some(Operation::Connection(code));
+    exchange.body_sha256 = hex::encode(Sha256::digest(b""));
     let reply = Reply::error(&ApiError::new(code, message), &exchange.request_id);
     let _ = crate::api::record(broker, side, &exchange, reply).await;
 }
@@ -845,22 +660,4 @@ fn into_response(reply: Reply, request_id: &str) -> Response<Full<Bytes>> {
         headers.append(name, value);
     }
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_citizen_ids;
-
-    #[test]
-    fn citizen_ids_are_masked_in_routes() {
-        assert_eq!(
-            mask_citizen_ids("/v1/citizens/001090000001"),
-            "/v1/citizens/001*******01"
-        );
-        assert_eq!(
-            mask_citizen_ids("/v1/purposes/covid-qr-status/release"),
-            "/v1/purposes/covid-qr-status/release"
-        );
-        assert_eq!(mask_citizen_ids("/x/12345678/y"), "/x/12345678/y");
-    }
 }

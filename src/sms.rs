@@ -21,8 +21,8 @@ use crate::broker::Broker;
 use crate::canonical;
 use crate::citizen_id::CitizenId;
 use crate::error::{ApiError, ErrorCode};
+use crate::exchange::{Exchange, Operation, ReadRequest, Reply};
 use crate::registry::Agency;
-use crate::server::{Exchange, ReadRequest, Reply};
 
 /// The one reply for a wrong number or an unknown citizen.
 pub const NO_MATCH_REPLY: &str = "Số điện thoại hoặc công dân không tồn tại";
@@ -160,7 +160,7 @@ pub async fn inbound(
     req: &ReadRequest,
 ) -> Result<Reply, ApiError> {
     exchange.channel = "sms".into();
-    exchange.operation = "sms:lookup".into();
+    exchange.operation = Some(Operation::SmsLookup);
     let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
     if purpose.id != "citizen-self-sms" {
         return Err(ApiError::new(

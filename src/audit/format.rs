@@ -1,6 +1,7 @@
 //! Stage: audit — the on-disk format: entries and their hash, segment files, the base left by pruning,
 //! signed checkpoints and the signing key.
 
+use crate::exchange::{Exchange, Reply};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -66,6 +67,33 @@ pub struct AuditRecord {
     /// counts served calls from this).
     #[serde(default)]
     pub metered: bool,
+}
+
+impl AuditRecord {
+    /// The entry for one request: what its [`Exchange`] learned on the way, and how it was answered. A
+    /// refused or failed request released nothing, whatever the stages had noted.
+    pub fn of(exchange: &Exchange, reply: &Reply) -> Self {
+        let answered = reply.status.is_success();
+        Self {
+            agency: exchange.agency.clone(),
+            cert_fingerprint: Some(exchange.peer.fingerprint_sha256.clone()),
+            purpose: exchange.purpose.clone(),
+            channel: exchange.channel.clone(),
+            operation: exchange.operation_name(),
+            citizen_id: exchange.citizen_id.clone(),
+            fields: if answered {
+                exchange.fields.clone()
+            } else {
+                Vec::new()
+            },
+            status: reply.status.as_u16(),
+            error_code: reply.error_code.map(|c| c.as_str().to_string()),
+            request_id: exchange.request_id.clone(),
+            request_sha256: exchange.body_sha256.clone(),
+            bulk: exchange.bulk,
+            metered: exchange.metered,
+        }
+    }
 }
 
 /// One line of the trail.

@@ -16,10 +16,10 @@ use crate::broker::Broker;
 use crate::canonical;
 use crate::citizen_id::CitizenId;
 use crate::error::{ApiError, ErrorCode};
+use crate::exchange::{Exchange, ReadRequest, Reply};
 use crate::policy::{Catalogue, FieldPath};
 use crate::registry::Agency;
 use crate::schema::CitizenSchema;
-use crate::server::{Exchange, ReadRequest, Reply};
 
 pub use spec::{Connector, ConnectorError, ErrorStyle, Format, Operation};
 use spec::{Locator, Source, Target};
@@ -143,10 +143,10 @@ pub async fn handle(
     req: &ReadRequest,
 ) -> Reply {
     exchange.channel = connector.name.clone();
-    exchange.operation = match connector.operation {
-        Operation::Read => "read".into(),
-        Operation::Write => "write".into(),
-    };
+    exchange.operation = Some(match connector.operation {
+        Operation::Read => crate::exchange::Operation::Read,
+        Operation::Write => crate::exchange::Operation::Write,
+    });
     let mut echo = Map::new();
     match run(broker, exchange, agency, connector, req, &mut echo).await {
         Ok(reply) => reply,
