@@ -19,21 +19,6 @@ pub async fn handle(broker: &Broker, exchange: &mut Exchange, req: ReadRequest) 
     }
 }
 
-/// Parse a JSON body into `T`: 415 if it is not JSON, 400 `invalid_json` naming the problem.
-pub fn json_body<T: for<'de> Deserialize<'de>>(req: &ReadRequest) -> Result<T, ApiError> {
-    match req.media_type().as_deref() {
-        Some("application/json") | None => {}
-        Some(other) => {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!("expected application/json, got {other}"),
-            ))
-        }
-    }
-    let value = crate::json::parse(&req.body)?;
-    serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BindRequest {
@@ -46,9 +31,6 @@ struct BindRequest {
 async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> Result<Reply, ApiError> {
     let method = req.parts.method.clone();
     let path = req.path().to_string();
-    if let Some(health) = crate::server::health(broker, exchange, &path) {
-        return Ok(health);
-    }
     if !broker
         .admin_fingerprints
         .contains(&exchange.peer.fingerprint_sha256)
@@ -81,7 +63,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         }
         (&Method::POST, ["admin", "v1", "agencies"]) => {
             exchange.operation = Some(Operation::Admin(AdminOperation::RegisterAgency));
-            let new: NewAgency = json_body(req)?;
+            let new: NewAgency = crate::json::body(req)?;
             let agency = broker.registry.register(new).await?;
             Ok(Reply::json(StatusCode::CREATED, &json!({ "agency": agency })))
         }
@@ -94,7 +76,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             ok(json!({ "agency": agency }))
         }
         (&Method::POST, ["admin", "v1", "agencies", code, action @ ("suspend" | "resume")]) => {
-            exchange.operation = Some(Operation::Admin(suspend_or_resume(action)));
+            exchange.operation = Some(Operation::Admin(AdminOperation::suspend_or_resume(action)));
             let status = if *action == "suspend" {
                 AgencyStatus::Suspended
             } else {
@@ -104,7 +86,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         }
         (&Method::POST, ["admin", "v1", "agencies", code, "certificates"]) => {
             exchange.operation = Some(Operation::Admin(AdminOperation::BindCertificate));
-            let bind: BindRequest = json_body(req)?;
+            let bind: BindRequest = crate::json::body(req)?;
             let fingerprint = match (bind.fingerprint, bind.certificate_pem) {
                 (Some(fp), None) => fp,
                 (None, Some(pem)) => crate::identity::fingerprint_of_pem(&pem).ok_or_else(|| {
@@ -156,7 +138,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             struct Class {
                 billing_class: crate::registry::BillingClass,
             }
-            let class: Class = json_body(req)?;
+            let class: Class = crate::json::body(req)?;
             ok(
                 json!({ "agency": broker.registry.update(code, |a| { a.billing_class = class.billing_class; Ok(()) }).await? }),
             )
@@ -193,14 +175,5 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             crate::audit_api::admin_route(broker, req, action).await
         }
         _ => Err(ApiError::no_route(&method, &path)),
-    }
-}
-
-/// The audit name of `suspend` or `resume` (the only actions the routes let through).
-pub(crate) fn suspend_or_resume(action: &str) -> AdminOperation {
-    if action == "suspend" {
-        AdminOperation::Suspend
-    } else {
-        AdminOperation::Resume
     }
 }

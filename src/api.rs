@@ -4,51 +4,29 @@
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
-use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::canonical::{self, History};
 use crate::error::{ApiError, ErrorCode};
-use crate::exchange::{Exchange, Operation, ReadRequest, Reply, Side};
-use crate::metrics::Stage;
-use crate::registry::{Agency, AgencyStatus};
+use crate::exchange::{Exchange, Operation, ReadRequest, Reply};
+use crate::registry::Agency;
 
-/// Answer one agency request.
-pub async fn handle(broker: &Broker, exchange: &mut Exchange, req: ReadRequest) -> Reply {
-    match route(broker, exchange, &req).await {
-        Ok(reply) => reply,
-        Err(e) => Reply::error(&e, &exchange.request_id),
-    }
+/// Whether the canonical API answers `method` on `path` (split into `segments`): everything under
+/// `/v1/citizens` and `/v1/purposes`, and `GET /v1/whoami` and `/v1/catalogue`.
+pub fn serves(method: &Method, path: &str, segments: &[&str]) -> bool {
+    matches!(segments, ["v1", "citizens" | "purposes", ..])
+        || (method == Method::GET && matches!(path, "/v1/whoami" | "/v1/catalogue"))
 }
 
-/// The active agency bound to the peer's certificate: 403 `unknown_agency` or `agency_suspended`.
-pub fn authenticate(broker: &Broker, exchange: &mut Exchange) -> Result<Agency, ApiError> {
-    let Some(agency) = broker.registry.by_fingerprint(&exchange.peer.fingerprint_sha256) else {
-        return Err(ApiError::new(
-            ErrorCode::UnknownAgency,
-            format!(
-                "the client certificate (SHA-256 {}) is not bound to any registered agency",
-                exchange.peer.fingerprint_sha256
-            ),
-        ));
-    };
-    exchange.agency = Some(agency.code.clone());
-    if agency.status == AgencyStatus::Suspended {
-        return Err(ApiError::new(
-            ErrorCode::AgencySuspended,
-            format!("agency {} is suspended", agency.code),
-        ));
-    }
-    Ok(agency)
-}
-
-async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> Result<Reply, ApiError> {
-    let method = req.parts.method.clone();
-    let path = req.path().to_string();
-    if let Some(health) = crate::server::health(broker, exchange, &path) {
-        return Ok(health);
-    }
-    let agency = authenticate(broker, exchange)?;
-    match (&method, path.as_str()) {
+/// Answer a canonical API request from an authenticated agency (see [`serves`]).
+pub async fn route(
+    broker: &Broker,
+    exchange: &mut Exchange,
+    agency: &Agency,
+    req: &ReadRequest,
+    segments: &[&str],
+) -> Result<Reply, ApiError> {
+    let method = &req.parts.method;
+    match (method, req.path()) {
         (&Method::GET, "/v1/whoami") => {
             exchange.operation = Some(Operation::Whoami);
             Ok(Reply::json(
@@ -74,7 +52,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 .collect();
             Ok(Reply::json(StatusCode::OK, &json!({ "purposes": purposes })))
         }
-        _ => route_resources(broker, exchange, &agency, req, &method, &path).await,
+        _ => route_resources(broker, exchange, agency, req, method, segments).await,
     }
 }
 
@@ -102,10 +80,10 @@ async fn route_resources(
     agency: &Agency,
     req: &ReadRequest,
     method: &Method,
-    path: &str,
+    segments: &[&str],
 ) -> Result<Reply, ApiError> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method, segments.as_slice()) {
+    let path = req.path();
+    match (method, segments) {
         (&Method::GET, ["v1", "purposes", purpose, "release"]) => {
             exchange.operation = Some(Operation::ReleaseDryRun);
             let purpose = canonical::authorize(broker, exchange, agency, Some(purpose))?;
@@ -127,10 +105,6 @@ async fn route_resources(
                 &json!({ "purpose": purpose.id, "citizen": record }),
             ))
         }
-        (_, ["v1", "checkpoints", rest @ ..]) => {
-            crate::checkpoint::route(broker, exchange, agency, req, rest).await
-        }
-        (&Method::POST, ["v1", "sms", "inbound"]) => crate::sms::inbound(broker, exchange, agency, req).await,
         (&Method::GET, ["v1", "citizens", id, "access-log"]) => {
             exchange.operation = Some(Operation::AccessLog);
             let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
@@ -152,7 +126,7 @@ async fn route_resources(
             let history = History::from_segment(history).ok_or_else(|| ApiError::no_route(method, path))?;
             let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             let id = canonical::citizen_id(exchange, id)?;
-            let entry: serde_json::Value = crate::admin::json_body(req)?;
+            let entry: serde_json::Value = crate::json::body(req)?;
             if !entry.is_object() {
                 return Err(ApiError::new(
                     ErrorCode::SchemaViolation,
@@ -165,149 +139,6 @@ async fn route_resources(
                 &json!({ "citizen_id": id.as_str(), history.field(): stored }),
             ))
         }
-        (_, ["v1", "citizens", ..]) | (_, ["v1", "purposes", ..]) => {
-            Err(ApiError::method_not_allowed(method, path))
-        }
-        _ => match broker.connectors.find(method, path) {
-            Some(connector) => Ok(crate::connector::handle(broker, exchange, agency, connector, req).await),
-            None if broker.connectors.has_path(path) => Err(ApiError::method_not_allowed(method, path)),
-            None => Err(ApiError::no_route(method, path)),
-        },
+        _ => Err(ApiError::method_not_allowed(method, path)),
     }
-}
-
-/// Record the exchange in the audit trail, then hand back the reply to send. If the trail cannot be
-/// written the reply is replaced by 503 `audit_unavailable`: nothing leaves unaccounted.
-/// Health checks on the admin listener are not recorded (they touch no data and no registry).
-pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Reply) -> Reply {
-    // Metrics scrapes and the console's CSS/JS touch no data and come often: no trail entry each.
-    if side == Side::Admin && exchange.operation.is_some_and(Operation::unaudited_on_admin) {
-        return reply;
-    }
-    if let Some(rate) = &exchange.rate {
-        reply.headers.extend(rate.headers());
-    }
-    let served = exchange.metered && reply.status.is_success();
-    let entry = AuditRecord::of(exchange, &reply);
-    // A bulk answer is recorded once per citizen it concerns (same request id, not metered again), then as a
-    // whole; any failure withholds the answer.
-    if reply.status.is_success() {
-        for citizen in &exchange.also_concerns {
-            let per_citizen = AuditRecord {
-                citizen_id: Some(citizen.clone()),
-                metered: false,
-                ..entry.clone()
-            };
-            if let Err(e) = broker.audit.append(per_citizen).await {
-                tracing::error!(error = %e, "audit append failed; withholding the answer");
-                return Reply::error(
-                    &ApiError::new(
-                        ErrorCode::AuditUnavailable,
-                        "the audit trail cannot be written; nothing was released",
-                    ),
-                    &exchange.request_id,
-                );
-            }
-        }
-    }
-    let started = std::time::Instant::now();
-    let appended = broker.audit.append(entry).await;
-    broker.metrics.observe_since(Stage::AuditFlush, started);
-    match appended {
-        Ok(entry) => {
-            // Billing totals follow the audit trail: counted only once the entry is durable.
-            let outcome = if served {
-                Some("served")
-            } else if reply.error_code == Some(ErrorCode::QuotaExceeded) {
-                Some("refused")
-            } else {
-                None
-            };
-            if let (Some(kind), Some(agency), Some(purpose)) = (outcome, &exchange.agency, &exchange.purpose)
-            {
-                let at = chrono::DateTime::parse_from_rfc3339(&entry.time)
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .unwrap_or_else(|_| chrono::Utc::now());
-                if let Err(e) = broker.quota.record_outcome(agency, purpose, kind, at) {
-                    tracing::error!(error = %e.message, "billing counter not updated; `billing reconcile` will show it");
-                }
-            }
-            reply
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "audit append failed; withholding the answer");
-            Reply::error(
-                &ApiError::new(
-                    ErrorCode::AuditUnavailable,
-                    "the audit trail cannot be written; nothing was released",
-                ),
-                &exchange.request_id,
-            )
-        }
-    }
-}
-
-/// Work to do once the last request has been answered: a final signed audit checkpoint.
-pub async fn on_shutdown(broker: &Broker) {
-    if let Err(e) = broker.audit.checkpoint().await {
-        tracing::error!(error = %e, "final audit checkpoint failed");
-    }
-}
-
-/// Seed a synthetic population into an empty store, validating every record like any other write.
-pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::broker::StartError> {
-    if broker.store.count() > 0 || citizens == 0 {
-        return Ok(());
-    }
-    let started = std::time::Instant::now();
-    let mut batch = Vec::with_capacity(10_000);
-    for record in crate::population::generate(citizens, 2021) {
-        canonical::validate_record(broker, &record).map_err(|e| {
-            crate::broker::StartError::Other(format!("synthetic record invalid: {}", e.message))
-        })?;
-        let id = record["citizen_id"].as_str().unwrap_or_default().to_string();
-        batch.push((id, record));
-        if batch.len() == 10_000 {
-            broker
-                .store
-                .put_many(std::mem::take(&mut batch))
-                .await
-                .map_err(|e| crate::broker::StartError::Other(e.message))?;
-        }
-    }
-    broker
-        .store
-        .put_many(batch)
-        .await
-        .map_err(|e| crate::broker::StartError::Other(e.message))?;
-    tracing::info!(
-        citizens,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "seeded synthetic population"
-    );
-    Ok(())
-}
-
-/// Example `curl` lines for the canonical API and connectors, given a `curl` prefix for an agency.
-pub fn demo_curl_examples(curl: &dyn Fn(&str) -> String, agency_addr: &str) -> String {
-    let a = agency_addr;
-    [
-        format!("{} 'https://{a}/v1/citizens/001090000001?purpose=public-service-prefill'", curl("dvc")),
-        format!("{} 'https://{a}/v1/citizens/001090000001?purpose=covid-qr-status'", curl("pccovid")),
-        format!(
-            "{} -H 'content-type: application/json' --data-binary @connectors/examples/pccovid-qr-status.json https://{a}/connectors/pccovid/v1/qr-status",
-            curl("pccovid")
-        ),
-        format!(
-            "{} -H 'content-type: text/xml' --data-binary @connectors/examples/dvc-tra-cuu.xml https://{a}/connectors/dvc/v1/TraCuuThongTinCongDan",
-            curl("dvc")
-        ),
-        format!(
-            "{} -H 'content-type: application/fhir+json' --data-binary @connectors/examples/moh-bundle.json https://{a}/connectors/moh/v1/Immunization",
-            curl("moh")
-        ),
-    ]
-    .iter()
-    .map(|line| format!("  {line}\n"))
-    .collect()
 }

@@ -97,8 +97,8 @@ impl Broker {
         };
         std::fs::create_dir_all(data_dir).map_err(|e| store_err(e.to_string()))?;
         // Before sled or the trail touch anything: a read-only data dir is refused up front, clearly.
-        crate::supervisor::probe_data_dir(data_dir, crate::supervisor::START_PROBE_BYTES)
-            .map_err(|e| store_err(crate::supervisor::describe_probe_error(&e)))?;
+        crate::store::probe_data_dir(data_dir, crate::store::START_PROBE_BYTES)
+            .map_err(|e| store_err(crate::store::describe_probe_error(&e)))?;
         let db = sled::Config::new()
             .path(data_dir.join("db"))
             .mode(sled::Mode::HighThroughput)

@@ -235,7 +235,7 @@ pub async fn route(
             exchange.operation = Some(Operation::CheckpointRegister);
             canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())
                 .and_then(|p| require(p, "checkpoint-checkin"))?;
-            let new: NewCheckpoint = crate::admin::json_body(req)?;
+            let new: NewCheckpoint = crate::json::body(req)?;
             let cp = broker.checkpoints.register(&agency.code, new).await?;
             Ok(Reply::json(StatusCode::CREATED, &json!({ "checkpoint": cp })))
         }
@@ -279,7 +279,7 @@ async fn scan(
     let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())
         .and_then(|p| require(p, "checkpoint-checkin"))?;
     let cp = owned_checkpoint(broker, agency, cp)?;
-    let scan: Scan = crate::admin::json_body(req)?;
+    let scan: Scan = crate::json::body(req)?;
     let (id, qr) = match (scan.qr, scan.citizen_id) {
         (Some(payload), None) => {
             let qr = crate::qr::parse(&payload)?;

@@ -384,7 +384,7 @@ pub async fn run_broker(broker: Arc<Broker>, banner: Option<String>) -> Result<(
     if let Some(banner) = banner {
         println!("{banner}");
     }
-    crate::server::serve(broker, agency, admin, shutdown_signal())
+    crate::supervisor::serve(broker, agency, admin, shutdown_signal())
         .await
         .map_err(|e| StartError::Other(e.to_string()))
 }

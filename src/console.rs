@@ -10,7 +10,6 @@
 use hyper::header::{HeaderName, HeaderValue, LOCATION};
 use hyper::{Method, StatusCode};
 
-use crate::admin::suspend_or_resume;
 use crate::audit::AuditFilter;
 use crate::broker::Broker;
 use crate::error::{ApiError, ErrorCode};
@@ -49,7 +48,7 @@ pub async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) 
             ))
         }
         (&Method::POST, ["admin", "console", "agencies", code, action @ ("suspend" | "resume")]) => {
-            exchange.operation = Some(Operation::Admin(suspend_or_resume(action)));
+            exchange.operation = Some(Operation::Admin(AdminOperation::suspend_or_resume(action)));
             same_origin(req)?;
             let status = if *action == "suspend" {
                 AgencyStatus::Suspended

@@ -94,7 +94,7 @@ pub async fn prepare_with(
     config.validate("<demo defaults>")?;
     let broker = Arc::new(Broker::open(config)?);
     // Before anything is registered or seeded: an emptied store must not be quietly re-filled.
-    crate::server::check_store_against_audit(&broker)
+    crate::supervisor::check_store_against_audit(&broker)
         .await
         .map_err(StartError::Other)?;
     for (code, name, billing_class) in DEMO_AGENCIES {
@@ -114,7 +114,7 @@ pub async fn prepare_with(
             .await
             .map_err(|e| StartError::Other(format!("registering {code}: {}", e.message)))?;
     }
-    crate::api::seed_demo(&broker, opts.citizens).await?;
+    seed_demo(&broker, opts.citizens).await?;
     Ok(broker)
 }
 
@@ -125,7 +125,7 @@ pub fn curl_lines(certs: &Path, agency_addr: &str, admin_addr: &str) -> String {
     let mut out = String::new();
     out.push_str("\nlienthong demo is running. Try:\n\n");
     out.push_str(&format!("  {} https://{agency_addr}/v1/whoami\n", curl("dvc")));
-    out.push_str(&crate::api::demo_curl_examples(&curl, agency_addr));
+    out.push_str(&demo_curl_examples(&curl, agency_addr));
     out.push_str(&format!(
         "  {} https://{admin_addr}/admin/v1/agencies\n",
         curl("admin")
@@ -140,4 +140,62 @@ pub fn curl_lines(certs: &Path, agency_addr: &str, admin_addr: &str) -> String {
     ));
     out.push_str("\nStop with Ctrl-C (in-flight requests finish, the store is flushed).\n");
     out
+}
+
+/// Seed a synthetic population into an empty store, validating every record like any other write.
+pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::broker::StartError> {
+    if broker.store.count() > 0 || citizens == 0 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut batch = Vec::with_capacity(10_000);
+    for record in crate::population::generate(citizens, 2021) {
+        crate::canonical::validate_record(broker, &record).map_err(|e| {
+            crate::broker::StartError::Other(format!("synthetic record invalid: {}", e.message))
+        })?;
+        let id = record["citizen_id"].as_str().unwrap_or_default().to_string();
+        batch.push((id, record));
+        if batch.len() == 10_000 {
+            broker
+                .store
+                .put_many(std::mem::take(&mut batch))
+                .await
+                .map_err(|e| crate::broker::StartError::Other(e.message))?;
+        }
+    }
+    broker
+        .store
+        .put_many(batch)
+        .await
+        .map_err(|e| crate::broker::StartError::Other(e.message))?;
+    tracing::info!(
+        citizens,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "seeded synthetic population"
+    );
+    Ok(())
+}
+
+/// Example `curl` lines for the canonical API and connectors, given a `curl` prefix for an agency.
+pub fn demo_curl_examples(curl: &dyn Fn(&str) -> String, agency_addr: &str) -> String {
+    let a = agency_addr;
+    [
+        format!("{} 'https://{a}/v1/citizens/001090000001?purpose=public-service-prefill'", curl("dvc")),
+        format!("{} 'https://{a}/v1/citizens/001090000001?purpose=covid-qr-status'", curl("pccovid")),
+        format!(
+            "{} -H 'content-type: application/json' --data-binary @connectors/examples/pccovid-qr-status.json https://{a}/connectors/pccovid/v1/qr-status",
+            curl("pccovid")
+        ),
+        format!(
+            "{} -H 'content-type: text/xml' --data-binary @connectors/examples/dvc-tra-cuu.xml https://{a}/connectors/dvc/v1/TraCuuThongTinCongDan",
+            curl("dvc")
+        ),
+        format!(
+            "{} -H 'content-type: application/fhir+json' --data-binary @connectors/examples/moh-bundle.json https://{a}/connectors/moh/v1/Immunization",
+            curl("moh")
+        ),
+    ]
+    .iter()
+    .map(|line| format!("  {line}\n"))
+    .collect()
 }

@@ -11,7 +11,6 @@ use hyper::StatusCode;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::identity::PeerIdentity;
-use crate::quota::RateInfo;
 
 /// What a request attempted, as the audit trail names it (`operation`). The names are part of the audit
 /// format: never rename one.
@@ -92,6 +91,17 @@ pub enum AdminOperation {
     AuditVerify,
     /// Search the audit trail.
     AuditEntries,
+}
+
+impl AdminOperation {
+    /// `suspend` or `resume` (the only actions the routes let through).
+    pub fn suspend_or_resume(action: &str) -> Self {
+        if action == "suspend" {
+            AdminOperation::Suspend
+        } else {
+            AdminOperation::Resume
+        }
+    }
 }
 
 impl Operation {
@@ -275,6 +285,37 @@ impl Exchange {
             Some(op) => op.as_str().to_string(),
             None => self.route.clone(),
         }
+    }
+}
+
+/// What the rate-limit headers say about the tightest window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateInfo {
+    /// The limit of the tightest window.
+    pub limit: u64,
+    /// Calls left in it.
+    pub remaining: u64,
+    /// Seconds until it resets.
+    pub reset: u64,
+}
+
+impl RateInfo {
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        vec![
+            (
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderValue::from(self.limit),
+            ),
+            (
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderValue::from(self.remaining),
+            ),
+            (
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderValue::from(self.reset),
+            ),
+        ]
     }
 }
 

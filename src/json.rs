@@ -8,9 +8,25 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::exchange::ReadRequest;
 
 /// Deepest nesting of arrays and objects accepted.
 pub const MAX_DEPTH: usize = 64;
+
+/// Parse a JSON body into `T`: 415 if it is not JSON, 400 `invalid_json` naming the problem.
+pub fn body<T: de::DeserializeOwned>(req: &ReadRequest) -> Result<T, ApiError> {
+    match req.media_type().as_deref() {
+        Some("application/json") | None => {}
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("expected application/json, got {other}"),
+            ))
+        }
+    }
+    let value = parse(&req.body)?;
+    serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))
+}
 
 /// Parse a request body as JSON: 400 `invalid_json` (malformed, invalid UTF-8, duplicate key) or
 /// 400 `too_deep`.

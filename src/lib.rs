@@ -69,6 +69,7 @@ pub mod identity;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
+pub mod pipeline;
 pub mod policy;
 pub mod population;
 pub mod qr;

@@ -19,8 +19,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 
+use crate::exchange::RateInfo;
 use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Timelike, Utc};
-use hyper::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorCode};
@@ -164,37 +164,6 @@ pub fn month_range(month: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiErr
     let start = midnight_vn(first);
     let (_, end) = Window::Month.bounds(start);
     Ok((start, end))
-}
-
-/// What the rate-limit headers say about the tightest window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateInfo {
-    /// The limit of the tightest window.
-    pub limit: u64,
-    /// Calls left in it.
-    pub remaining: u64,
-    /// Seconds until it resets.
-    pub reset: u64,
-}
-
-impl RateInfo {
-    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
-    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
-        vec![
-            (
-                HeaderName::from_static("ratelimit-limit"),
-                HeaderValue::from(self.limit),
-            ),
-            (
-                HeaderName::from_static("ratelimit-remaining"),
-                HeaderValue::from(self.remaining),
-            ),
-            (
-                HeaderName::from_static("ratelimit-reset"),
-                HeaderValue::from(self.reset),
-            ),
-        ]
-    }
 }
 
 /// Per-month totals for one agency and purpose.

@@ -1,21 +1,15 @@
-//! Stage: server. The two listeners, per-connection TLS handshake and peer identity, the per-request
-//! pipeline (body → registry → route → audit → response), and graceful shutdown.
+//! Stage: listener. The two listeners, per-connection TLS handshake and peer identity, HTTP/1.1 and
+//! HTTP/2 connections (each request handed to [`crate::pipeline::run`]), requests hyper refuses before
+//! the pipeline sees them, and graceful shutdown.
 //!
 //! `serve` takes already-bound listeners, so tests bind `127.0.0.1:0` and read the port back.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -27,36 +21,8 @@ use tracing::Instrument;
 
 use crate::broker::Broker;
 use crate::error::{ApiError, ErrorCode};
-use crate::exchange::{mask_citizen_ids, Exchange, Operation, ReadRequest, Reply, Side};
+use crate::exchange::{Exchange, Operation, Reply, Side};
 use crate::identity::PeerIdentity;
-
-/// `GET /healthz`, the same on both listeners: the answer, or `None` for any other path. 503
-/// `store_unavailable` while the database has failed (until the supervisor has reopened it).
-pub fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Reply> {
-    (path == "/healthz").then(|| {
-        exchange.operation = Some(Operation::Health);
-        match broker.store_failure() {
-            None => Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
-            // The supervisor has logged the cause; a health probe every few seconds need not repeat it.
-            Some(_) => Reply::error(
-                &ApiError::new(ErrorCode::StoreUnavailable, crate::store::UNAVAILABLE),
-                &exchange.request_id,
-            ),
-        }
-    })
-}
-
-/// Run both listeners until `shutdown` resolves, then stop accepting, let in-flight requests finish
-/// (up to `limits.shutdown_grace_ms`), and flush the stores. A database that fails on the way (a full
-/// disk) is reopened live by the supervisor once the data dir is writable again ([`crate::supervisor`]).
-pub async fn serve(
-    broker: Arc<Broker>,
-    agency: TcpListener,
-    admin: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    crate::supervisor::supervise(broker, agency, admin, shutdown, None).await
-}
 
 /// Both accept loops of one broker, on listeners that outlive it (the supervisor swaps brokers).
 pub(crate) struct Accepting {
@@ -70,7 +36,9 @@ impl Accepting {
     pub(crate) fn start(broker: &Arc<Broker>, agency: &Arc<TcpListener>, admin: &Arc<TcpListener>) -> Self {
         let graceful = Arc::new(GracefulShutdown::new());
         let (stop, stop_rx) = watch::channel(false);
-        let in_flight = Arc::new(InFlight::new(broker.config.limits.max_concurrent_per_agency));
+        let in_flight = Arc::new(crate::pipeline::InFlight::new(
+            broker.config.limits.max_concurrent_per_agency,
+        ));
         let loops = [
             tokio::spawn(accept_loop(
                 Side::Agency,
@@ -138,7 +106,7 @@ async fn accept_loop(
     broker: Arc<Broker>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
-    in_flight: Arc<InFlight>,
+    in_flight: Arc<crate::pipeline::InFlight>,
 ) {
     let permits = Arc::new(Semaphore::new(broker.config.limits.max_connections));
     let builder = http_builder(&broker.config.limits);
@@ -216,7 +184,7 @@ async fn accept_loop(
                         let pending = pending.clone();
                         async move {
                             Ok::<_, std::convert::Infallible>(
-                                handle(side, broker, peer, in_flight, pending, req).await,
+                                crate::pipeline::run(side, broker, peer, in_flight, pending, req).await,
                             )
                         }
                     }
@@ -246,303 +214,11 @@ async fn accept_loop(
     }
 }
 
-async fn handle(
-    side: Side,
-    broker: Arc<Broker>,
-    peer: Arc<PeerIdentity>,
-    in_flight: Arc<InFlight>,
-    pending: Arc<AtomicU64>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    let route = format!("{} {}", req.method(), mask_citizen_ids(req.uri().path()));
-    let mut exchange = Exchange::new(side, peer, route);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %exchange.request_id,
-        route = %exchange.route,
-        agency = tracing::field::Empty
-    );
-    let request_span = span.clone();
-    async move {
-        // Known before the body is read, so that even a refused body is answered in the dialect's format.
-        let connector = match side {
-            Side::Agency => broker.connectors.find(req.method(), req.uri().path()),
-            Side::Admin => None,
-        };
-        // Agencies share the broker: one of them may not hold every worker. Operators are never capped.
-        let _slot = if side == Side::Agency {
-            let agency = broker.registry.by_fingerprint(&exchange.peer.fingerprint_sha256);
-            let key = match &agency {
-                Some(a) => a.code.clone(),
-                None => format!("cert:{}", exchange.peer.fingerprint_sha256),
-            };
-            // Known before the body is read, so that a refusal on the way (slow body) names the agency.
-            exchange.agency = agency.map(|a| a.code);
-            match in_flight.try_acquire(&key) {
-                Some(slot) => Some(slot),
-                None => {
-                    exchange.operation = Some(Operation::ConcurrencyLimit);
-                    exchange.body_sha256 = hex::encode(Sha256::digest(b""));
-                    let mut err = ApiError::new(
-                        ErrorCode::ConcurrencyLimit,
-                        format!(
-                            "more than {} requests in flight for this agency; retry shortly",
-                            in_flight.cap
-                        ),
-                    );
-                    err.retry_after = Some(1);
-                    let reply = match connector {
-                        Some(c) => {
-                            exchange.channel = c.name.clone();
-                            crate::connector::error_reply(c, &err, &exchange.request_id)
-                        }
-                        None => Reply::error(&err, &exchange.request_id),
-                    };
-                    let reply = crate::api::record(&broker, side, &exchange, reply).await;
-                    tracing::info!(
-                        status = reply.status.as_u16(),
-                        code = ErrorCode::ConcurrencyLimit.as_str(),
-                        "answered"
-                    );
-                    return into_response(reply, &exchange.request_id);
-                }
-            }
-        } else {
-            None
-        };
-        let started = std::time::Instant::now();
-        let read = read_request(&broker, &mut exchange, req).await;
-        broker
-            .metrics
-            .observe_since(crate::metrics::Stage::Decode, started);
-        // The request is consumed: any byte read from here on belongs to the next request's head.
-        pending.store(0, Ordering::Relaxed);
-        let reply = match read {
-            Ok(read) => match side {
-                Side::Agency => crate::api::handle(&broker, &mut exchange, read).await,
-                Side::Admin => crate::admin::handle(&broker, &mut exchange, read).await,
-            },
-            Err(e) => match connector {
-                Some(c) => {
-                    exchange.channel = c.name.clone();
-                    crate::connector::error_reply(c, &e, &exchange.request_id)
-                }
-                None => Reply::error(&e, &exchange.request_id),
-            },
-        };
-        let reply = crate::api::record(&broker, side, &exchange, reply).await;
-        if let Some(agency) = &exchange.agency {
-            request_span.record("agency", agency.as_str());
-        }
-        count_request(&broker, side, &exchange, &reply);
-        if let Some(cause) = &reply.internal_cause {
-            tracing::error!(%cause, "internal error");
-        }
-        tracing::info!(
-            status = reply.status.as_u16(),
-            agency = exchange.agency.as_deref().unwrap_or("-"),
-            code = reply.error_code.map_or("-", ErrorCode::as_str),
-            "answered"
-        );
-        let started = std::time::Instant::now();
-        let response = into_response(reply, &exchange.request_id);
-        broker
-            .metrics
-            .observe_since(crate::metrics::Stage::Encode, started);
-        response
-    }
-    .instrument(span)
-    .await
-}
-
-/// Count the answered request; a purpose outside the catalogue is counted as `-` so made-up
-/// purposes cannot create new series.
-fn count_request(broker: &Broker, side: Side, exchange: &Exchange, reply: &Reply) {
-    let purpose = exchange
-        .purpose
-        .as_deref()
-        .filter(|p| broker.catalogue.get(p).is_some())
-        .unwrap_or("-");
-    let agency = exchange.agency.as_deref().unwrap_or("-");
-    broker.metrics.count_request(crate::metrics::RequestOutcome {
-        side,
-        agency,
-        purpose,
-        connector: &exchange.channel,
-        status: reply.status.as_u16(),
-    });
-    if reply.error_code == Some(ErrorCode::QuotaExceeded) {
-        broker.metrics.count_quota_rejection(agency, purpose);
-    }
-}
-
-/// Read the body within the size and time limits, hashing it for the audit trail.
-async fn read_request(
-    broker: &Broker,
-    exchange: &mut Exchange,
-    req: Request<Incoming>,
-) -> Result<ReadRequest, ApiError> {
-    let limits = &broker.config.limits;
-    let (parts, body) = req.into_parts();
-    let head_bytes = parts.uri.to_string().len()
-        + parts
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>();
-    if head_bytes > limits.max_header_bytes {
-        exchange.body_sha256 = hex::encode(Sha256::digest(b""));
-        return Err(ApiError::new(
-            ErrorCode::HeadersTooLarge,
-            format!(
-                "the request headers are over the limit of {} bytes",
-                limits.max_header_bytes
-            ),
-        ));
-    }
-    let limited = Limited::new(body, limits.max_body_bytes);
-    let collected = tokio::time::timeout(
-        Duration::from_millis(limits.request_timeout_ms),
-        limited.collect(),
-    )
-    .await;
-    let body = match collected {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            exchange.body_sha256 = hex::encode(Sha256::digest(b""));
-            return Err(ApiError::new(
-                ErrorCode::BodyTooLarge,
-                format!(
-                    "the request body is over the limit of {} bytes",
-                    limits.max_body_bytes
-                ),
-            ));
-        }
-        Ok(Err(e)) => {
-            return Err(ApiError::new(
-                ErrorCode::BadBody,
-                format!("could not read the request body: {e}"),
-            ))
-        }
-        Err(_) => {
-            return Err(ApiError::new(
-                ErrorCode::RequestTimeout,
-                "the request body arrived too slowly",
-            ))
-        }
-    };
-    exchange.body_sha256 = hex::encode(Sha256::digest(&body));
-    Ok(ReadRequest { parts, body })
-}
-
-/// How far back [`check_store_against_audit`] looks, in audit entries.
-const STORE_CHECK_ENTRIES: usize = 10_000;
-
-/// The history lists a `201` write appends exactly one entry to.
-const HISTORIES: [&str; 4] = ["vaccinations", "test_results", "recoveries", "checkins"];
-
-/// Refuse to serve a citizen store that has lost acknowledged writes. sled checksums its log, but on
-/// recovery it cannot tell a corrupted record from a torn tail and silently rolls back to the last
-/// good one (or to nothing). The audit trail is written to its own fdatasync'd, hash-chained files
-/// *after* the store write succeeded, so every recent `201` entry naming a history list is a write the
-/// store must still hold: a store with fewer entries in that list is corrupt or rolled back.
-pub async fn check_store_against_audit(broker: &Broker) -> Result<(), String> {
-    let filter = crate::audit::AuditFilter {
-        status: Some(201),
-        ..Default::default()
-    };
-    let entries = broker
-        .audit
-        .search(&filter, None, STORE_CHECK_ENTRIES)
-        .await
-        .map_err(|e| format!("audit trail: {e}"))?;
-    let mut expected: HashMap<(String, &'static str), usize> = HashMap::new();
-    for entry in &entries {
-        let Some(citizen) = &entry.record.citizen_id else {
-            continue;
-        };
-        if let Some(list) = HISTORIES
-            .iter()
-            .find(|h| entry.record.fields.iter().any(|f| f == *h))
-        {
-            *expected.entry((citizen.clone(), list)).or_insert(0) += 1;
-        }
-    }
-    for ((citizen, list), written) in expected {
-        let record = broker
-            .store
-            .get(&citizen)
-            .await
-            .map_err(|e| format!("citizen store: {}", e.message))?;
-        let held = record
-            .as_ref()
-            .and_then(|r| r.get(list))
-            .and_then(serde_json::Value::as_array)
-            .map_or(0, Vec::len);
-        if held < written {
-            return Err(format!(
-                "database {}: corrupt or rolled back, refusing to start: the audit trail acknowledges {written} writes \
-                 to {list} of citizen {}, the store holds {held}. Restore the data directory from a backup; \
-                 `lienthong audit export` lists what was acknowledged.",
-                broker.config.storage.data_dir.display(),
-                mask_citizen_ids(&citizen)
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Connection builders per negotiated protocol.
 struct ProtocolBuilders {
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
     sniff: auto::Builder<TokioExecutor>,
-}
-
-/// Requests in flight per agency, with a cap.
-struct InFlight {
-    cap: usize,
-    counts: Mutex<HashMap<String, usize>>,
-}
-
-/// One request's slot; released on drop, whatever way the request ends.
-struct InFlightSlot {
-    owner: Arc<InFlight>,
-    key: String,
-}
-
-impl InFlight {
-    fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            counts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn try_acquire(self: &Arc<Self>, key: &str) -> Option<InFlightSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key.to_string()).or_insert(0);
-        if *n >= self.cap {
-            return None;
-        }
-        *n += 1;
-        Some(InFlightSlot {
-            owner: self.clone(),
-            key: key.to_string(),
-        })
-    }
-}
-
-impl Drop for InFlightSlot {
-    fn drop(&mut self) {
-        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
 }
 
 /// The decrypted stream, counting bytes read since the last request was consumed, so that a header
@@ -643,21 +319,5 @@ async fn record_connection_event(
     exchange.operation = Some(Operation::Connection(code));
     exchange.body_sha256 = hex::encode(Sha256::digest(b""));
     let reply = Reply::error(&ApiError::new(code, message), &exchange.request_id);
-    let _ = crate::api::record(broker, side, &exchange, reply).await;
-}
-
-fn into_response(reply: Reply, request_id: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(reply.body));
-    *response.status_mut() = reply.status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
-    // Citizen data must never sit in a shared cache.
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(HeaderName::from_static("x-request-id"), v);
-    }
-    for (name, value) in reply.headers {
-        headers.append(name, value);
-    }
-    response
+    let _ = crate::pipeline::audit(broker, side, &exchange, reply).await;
 }

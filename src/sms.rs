@@ -168,7 +168,7 @@ pub async fn inbound(
             "this route serves purpose citizen-self-sms only",
         ));
     }
-    let sms: Inbound = crate::admin::json_body(req)?;
+    let sms: Inbound = crate::json::body(req)?;
     let phone = normalize_phone(&sms.from);
     let to = phone.clone().unwrap_or_else(|| sms.from.trim().to_string());
     if !broker.sms_limiter.allow(&to) {

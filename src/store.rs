@@ -210,6 +210,42 @@ impl CitizenStore for SledStore {
     }
 }
 
+/// Bytes the start-up probe writes: is the data dir writable at all?
+pub const START_PROBE_BYTES: usize = 4096;
+
+/// The probe's file, in the data dir; removed after each probe.
+const PROBE_FILE: &str = ".lienthong-probe";
+
+/// Write `bytes` to a file in `dir`, fsync it, remove it: can the broker write there right now?
+pub fn probe_data_dir(dir: &std::path::Path, bytes: usize) -> std::io::Result<()> {
+    let path = dir.join(PROBE_FILE);
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, &vec![0u8; bytes])?;
+        f.sync_all()
+    });
+    // Whatever happened, leave nothing behind (a partial file on a full disk is removed too).
+    let removed = std::fs::remove_file(&path);
+    written?;
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A probe failure in words an operator acts on.
+pub fn describe_probe_error(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ReadOnlyFilesystem => format!(
+            "the data directory is on a read-only file system ({e}); the broker writes its database \
+             and audit trail there"
+        ),
+        ErrorKind::PermissionDenied => format!("the data directory is not writable by this user ({e})"),
+        ErrorKind::StorageFull => format!("no space left for the data directory ({e})"),
+        _ => format!("cannot write to the data directory ({e})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

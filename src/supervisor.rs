@@ -15,9 +15,8 @@
 //!    and serves again on the same listeners. A failed reopen is retried with back-off; a store that
 //!    lost acknowledged writes stops the broker, as it would refuse a restart.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::io::Write;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -29,15 +28,9 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::server::Accepting;
 
-/// Bytes the start-up probe writes: is the data dir writable at all?
-pub const START_PROBE_BYTES: usize = 4096;
-
 /// Bytes the recovery probe writes: room for a couple of sled log segments (512 KiB each), so that a
 /// database reopened on a disk with a few bytes free does not fail again at once.
 const RECOVERY_PROBE_BYTES: usize = 1 << 20;
-
-/// The probe's file, in the data dir; removed after each probe.
-const PROBE_FILE: &str = ".lienthong-probe";
 
 /// How often the serving broker's database is checked for its sticky error (one atomic load).
 const WATCH_EVERY: Duration = Duration::from_millis(200);
@@ -85,7 +78,7 @@ pub async fn supervise(
     shutdown: impl Future<Output = ()>,
     slot: Option<BrokerSlot>,
 ) -> std::io::Result<()> {
-    crate::server::check_store_against_audit(&broker)
+    check_store_against_audit(&broker)
         .await
         .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m))?;
     let (agency, admin) = (Arc::new(agency), Arc::new(admin));
@@ -107,7 +100,7 @@ pub async fn supervise(
         if !writable_again {
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             accepting.stop(grace).await;
-            crate::api::on_shutdown(&broker).await;
+            on_shutdown(&broker).await;
             broker.close().await;
             close_for_good(broker, grace).await;
             tracing::info!("stopped");
@@ -124,7 +117,7 @@ pub async fn supervise(
         tracing::warn!("data dir writable again: draining requests, then reopening the database");
         accepting.stop(grace).await;
         // A last signed checkpoint of the trail as it stands (the trail has its own files; it may work).
-        crate::api::on_shutdown(&broker).await;
+        on_shutdown(&broker).await;
         let Some(carried) = release(broker, &mut shutdown).await else {
             return Ok(());
         };
@@ -161,10 +154,12 @@ async fn degraded_until_writable(broker: &Broker, not_before: Instant) {
     loop {
         tokio::time::sleep(delay.max(not_before.saturating_duration_since(Instant::now()))).await;
         let dir = data_dir.clone();
-        let probed = tokio::task::spawn_blocking(move || probe_data_dir(&dir, RECOVERY_PROBE_BYTES)).await;
+        let probed =
+            tokio::task::spawn_blocking(move || crate::store::probe_data_dir(&dir, RECOVERY_PROBE_BYTES))
+                .await;
         let error = match probed {
             Ok(Ok(())) => return,
-            Ok(Err(e)) => describe_probe_error(&e),
+            Ok(Err(e)) => crate::store::describe_probe_error(&e),
             Err(e) => e.to_string(),
         };
         // Say it once per distinct cause, not every few seconds.
@@ -291,7 +286,7 @@ where
         let config = carried.config.clone();
         let error = match tokio::task::spawn_blocking(move || Broker::open(config)).await {
             Ok(Ok(mut broker)) => {
-                if let Err(message) = crate::server::check_store_against_audit(&broker).await {
+                if let Err(message) = check_store_against_audit(&broker).await {
                     tracing::error!(%message, "the reopened database is not what the audit trail acknowledges; stopping");
                     return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
                 }
@@ -326,32 +321,78 @@ where
     }
 }
 
-/// Write `bytes` to a file in `dir`, fsync it, remove it: can the broker write there right now?
-pub fn probe_data_dir(dir: &Path, bytes: usize) -> std::io::Result<()> {
-    let path = dir.join(PROBE_FILE);
-    let written = std::fs::File::create(&path).and_then(|mut f| {
-        f.write_all(&vec![0u8; bytes])?;
-        f.sync_all()
-    });
-    // Whatever happened, leave nothing behind (a partial file on a full disk is removed too).
-    let removed = std::fs::remove_file(&path);
-    written?;
-    match removed {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+/// Run both listeners until `shutdown` resolves, then stop accepting, let in-flight requests finish
+/// (up to `limits.shutdown_grace_ms`), and flush the stores. A database that fails on the way (a full
+/// disk) is reopened live by the supervisor once the data dir is writable again (this module).
+pub async fn serve(
+    broker: Arc<Broker>,
+    agency: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    supervise(broker, agency, admin, shutdown, None).await
+}
+
+/// Work to do once the last request has been answered: a final signed audit checkpoint.
+async fn on_shutdown(broker: &Broker) {
+    if let Err(e) = broker.audit.checkpoint().await {
+        tracing::error!(error = %e, "final audit checkpoint failed");
     }
 }
 
-/// A probe failure in words an operator acts on.
-pub fn describe_probe_error(e: &std::io::Error) -> String {
-    use std::io::ErrorKind;
-    match e.kind() {
-        ErrorKind::ReadOnlyFilesystem => format!(
-            "the data directory is on a read-only file system ({e}); the broker writes its database \
-             and audit trail there"
-        ),
-        ErrorKind::PermissionDenied => format!("the data directory is not writable by this user ({e})"),
-        ErrorKind::StorageFull => format!("no space left for the data directory ({e})"),
-        _ => format!("cannot write to the data directory ({e})"),
+/// How far back [`check_store_against_audit`] looks, in audit entries.
+const STORE_CHECK_ENTRIES: usize = 10_000;
+
+/// The history lists a `201` write appends exactly one entry to.
+const HISTORIES: [&str; 4] = ["vaccinations", "test_results", "recoveries", "checkins"];
+
+/// Refuse to serve a citizen store that has lost acknowledged writes. sled checksums its log, but on
+/// recovery it cannot tell a corrupted record from a torn tail and silently rolls back to the last
+/// good one (or to nothing). The audit trail is written to its own fdatasync'd, hash-chained files
+/// *after* the store write succeeded, so every recent `201` entry naming a history list is a write the
+/// store must still hold: a store with fewer entries in that list is corrupt or rolled back.
+pub async fn check_store_against_audit(broker: &Broker) -> Result<(), String> {
+    let filter = crate::audit::AuditFilter {
+        status: Some(201),
+        ..Default::default()
+    };
+    let entries = broker
+        .audit
+        .search(&filter, None, STORE_CHECK_ENTRIES)
+        .await
+        .map_err(|e| format!("audit trail: {e}"))?;
+    let mut expected: HashMap<(String, &'static str), usize> = HashMap::new();
+    for entry in &entries {
+        let Some(citizen) = &entry.record.citizen_id else {
+            continue;
+        };
+        if let Some(list) = HISTORIES
+            .iter()
+            .find(|h| entry.record.fields.iter().any(|f| f == *h))
+        {
+            *expected.entry((citizen.clone(), list)).or_insert(0) += 1;
+        }
     }
+    for ((citizen, list), written) in expected {
+        let record = broker
+            .store
+            .get(&citizen)
+            .await
+            .map_err(|e| format!("citizen store: {}", e.message))?;
+        let held = record
+            .as_ref()
+            .and_then(|r| r.get(list))
+            .and_then(serde_json::Value::as_array)
+            .map_or(0, Vec::len);
+        if held < written {
+            return Err(format!(
+                "database {}: corrupt or rolled back, refusing to start: the audit trail acknowledges {written} writes \
+                 to {list} of citizen {}, the store holds {held}. Restore the data directory from a backup; \
+                 `lienthong audit export` lists what was acknowledged.",
+                broker.config.storage.data_dir.display(),
+                crate::exchange::mask_citizen_ids(&citizen)
+            ));
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,441 @@
+//! Stage: the pipeline. One request, from the verified peer to the response, stage by stage in
+//! [`run`]: identify → admit → read body → route → audit → log → encode. Routing hands the request to
+//! its front door (the canonical API, a connector, SMS, checkpoints, or the admin side), which decodes it
+//! and runs the canonical operations (authorize → meter → store → release, [`crate::canonical`]).
+//!
+//! The listeners ([`crate::server`]) call [`run`] once per request; nothing here knows about sockets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use crate::audit::AuditRecord;
+use crate::broker::Broker;
+use crate::connector::Connector;
+use crate::error::{ApiError, ErrorCode};
+use crate::exchange::{mask_citizen_ids, Exchange, Operation, ReadRequest, Reply, Side};
+use crate::identity::PeerIdentity;
+use crate::metrics::Stage;
+use crate::registry::{Agency, AgencyStatus};
+
+/// Answer one request from `peer` on `side`. `pending` counts bytes read on the connection since the
+/// last request was consumed (the listener tells a half-sent request from an idle one by it).
+pub(crate) async fn run(
+    side: Side,
+    broker: Arc<Broker>,
+    peer: Arc<PeerIdentity>,
+    in_flight: Arc<InFlight>,
+    pending: Arc<AtomicU64>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let route = format!("{} {}", req.method(), mask_citizen_ids(req.uri().path()));
+    let mut exchange = Exchange::new(side, peer, route);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %exchange.request_id,
+        route = %exchange.route,
+        agency = tracing::field::Empty
+    );
+    let request_span = span.clone();
+    async move {
+        // identify: the connector the path belongs to, so that even a refused body is answered in its dialect.
+        let connector = match side {
+            Side::Agency => broker.connectors.find(req.method(), req.uri().path()),
+            Side::Admin => None,
+        };
+        // admit: the registry looked up once; an agency over its concurrency cap goes no further.
+        let (agency, _slot) = match admit(&broker, side, &mut exchange, &in_flight) {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                let reply = refusal(&mut exchange, connector, &e);
+                let reply = audit(&broker, side, &exchange, reply).await;
+                tracing::info!(status = reply.status.as_u16(), code = %e.code, "answered");
+                return into_response(reply, &exchange.request_id);
+            }
+        };
+        // read body
+        let started = Instant::now();
+        let read = read_body(&broker.config.limits, &mut exchange, req).await;
+        broker.metrics.observe_since(Stage::Decode, started);
+        // The request is consumed: any byte read from here on belongs to the next request's head.
+        pending.store(0, Ordering::Relaxed);
+        // route: the front door decodes, authorizes, meters, stores, releases and encodes.
+        let reply = match read {
+            Ok(read) => match side {
+                Side::Agency => agency_door(&broker, &mut exchange, agency, connector, read).await,
+                Side::Admin => match health(&broker, &mut exchange, read.path()) {
+                    Some(health) => health,
+                    None => crate::admin::handle(&broker, &mut exchange, read).await,
+                },
+            },
+            Err(e) => refusal(&mut exchange, connector, &e),
+        };
+        // audit: durable before the answer leaves.
+        let reply = audit(&broker, side, &exchange, reply).await;
+        // log
+        if let Some(agency) = &exchange.agency {
+            request_span.record("agency", agency.as_str());
+        }
+        log(&broker, side, &exchange, &reply);
+        // encode
+        let started = Instant::now();
+        let response = into_response(reply, &exchange.request_id);
+        broker.metrics.observe_since(Stage::Encode, started);
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// The agency bound to the peer (looked up once, for the whole request) and, on the agency listener, a
+/// slot under its concurrency cap: 429 `concurrency_limit` when it has none left. Operators are never
+/// capped.
+fn admit(
+    broker: &Broker,
+    side: Side,
+    exchange: &mut Exchange,
+    in_flight: &Arc<InFlight>,
+) -> Result<(Option<Agency>, Option<InFlightSlot>), ApiError> {
+    if side == Side::Admin {
+        return Ok((None, None));
+    }
+    let agency = broker.registry.by_fingerprint(&exchange.peer.fingerprint_sha256);
+    let key = match &agency {
+        Some(a) => a.code.clone(),
+        None => format!("cert:{}", exchange.peer.fingerprint_sha256),
+    };
+    // Known before the body is read, so that a refusal on the way (slow body) names the agency.
+    exchange.agency = agency.as_ref().map(|a| a.code.clone());
+    match in_flight.try_acquire(&key) {
+        Some(slot) => Ok((agency, Some(slot))),
+        None => {
+            exchange.operation = Some(Operation::ConcurrencyLimit);
+            exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+            let mut err = ApiError::new(
+                ErrorCode::ConcurrencyLimit,
+                format!(
+                    "more than {} requests in flight for this agency; retry shortly",
+                    in_flight.cap
+                ),
+            );
+            err.retry_after = Some(1);
+            Err(err)
+        }
+    }
+}
+
+/// A request refused before any front door saw it, answered in the connector's dialect if it has one.
+fn refusal(exchange: &mut Exchange, connector: Option<&Connector>, e: &ApiError) -> Reply {
+    match connector {
+        Some(c) => {
+            exchange.channel = c.name.clone();
+            crate::connector::error_reply(c, e, &exchange.request_id)
+        }
+        None => Reply::error(e, &exchange.request_id),
+    }
+}
+
+/// Route an agency request to its front door: health, then (for a registered, active agency) the
+/// checkpoints, the SMS gateway, the canonical API, or a connector.
+async fn agency_door(
+    broker: &Broker,
+    exchange: &mut Exchange,
+    agency: Option<Agency>,
+    connector: Option<&Connector>,
+    req: ReadRequest,
+) -> Reply {
+    let routed = async {
+        if let Some(health) = health(broker, exchange, req.path()) {
+            return Ok(health);
+        }
+        let agency = authenticate(exchange, agency)?;
+        let method = &req.parts.method;
+        let path = req.path();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (_, ["v1", "checkpoints", rest @ ..]) => {
+                crate::checkpoint::route(broker, exchange, &agency, &req, rest).await
+            }
+            (&Method::POST, ["v1", "sms", "inbound"]) => {
+                crate::sms::inbound(broker, exchange, &agency, &req).await
+            }
+            _ if crate::api::serves(method, path, &segments) => {
+                crate::api::route(broker, exchange, &agency, &req, &segments).await
+            }
+            _ => match connector {
+                Some(c) => Ok(crate::connector::handle(broker, exchange, &agency, c, &req).await),
+                None if broker.connectors.has_path(path) => Err(ApiError::method_not_allowed(method, path)),
+                None => Err(ApiError::no_route(method, path)),
+            },
+        }
+    };
+    match routed.await {
+        Ok(reply) => reply,
+        Err(e) => Reply::error(&e, &exchange.request_id),
+    }
+}
+
+/// The active agency bound to the peer's certificate: 403 `unknown_agency` or `agency_suspended`.
+fn authenticate(exchange: &mut Exchange, agency: Option<Agency>) -> Result<Agency, ApiError> {
+    let Some(agency) = agency else {
+        return Err(ApiError::new(
+            ErrorCode::UnknownAgency,
+            format!(
+                "the client certificate (SHA-256 {}) is not bound to any registered agency",
+                exchange.peer.fingerprint_sha256
+            ),
+        ));
+    };
+    exchange.agency = Some(agency.code.clone());
+    if agency.status == AgencyStatus::Suspended {
+        return Err(ApiError::new(
+            ErrorCode::AgencySuspended,
+            format!("agency {} is suspended", agency.code),
+        ));
+    }
+    Ok(agency)
+}
+
+/// `GET /healthz`, the same on both listeners: the answer, or `None` for any other path. 503
+/// `store_unavailable` while the database has failed (until the supervisor has reopened it).
+fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Reply> {
+    (path == "/healthz").then(|| {
+        exchange.operation = Some(Operation::Health);
+        match broker.store_failure() {
+            None => Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+            // The supervisor has logged the cause; a health probe every few seconds need not repeat it.
+            Some(_) => Reply::error(
+                &ApiError::new(ErrorCode::StoreUnavailable, crate::store::UNAVAILABLE),
+                &exchange.request_id,
+            ),
+        }
+    })
+}
+
+/// Read the body within the size and time limits, hashing it for the audit trail.
+async fn read_body(
+    limits: &crate::config::LimitsConfig,
+    exchange: &mut Exchange,
+    req: Request<Incoming>,
+) -> Result<ReadRequest, ApiError> {
+    let (parts, body) = req.into_parts();
+    let head_bytes = parts.uri.to_string().len()
+        + parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head_bytes > limits.max_header_bytes {
+        exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+        return Err(ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "the request headers are over the limit of {} bytes",
+                limits.max_header_bytes
+            ),
+        ));
+    }
+    let limited = Limited::new(body, limits.max_body_bytes);
+    let collected = tokio::time::timeout(
+        Duration::from_millis(limits.request_timeout_ms),
+        limited.collect(),
+    )
+    .await;
+    let body = match collected {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+            return Err(ApiError::new(
+                ErrorCode::BodyTooLarge,
+                format!(
+                    "the request body is over the limit of {} bytes",
+                    limits.max_body_bytes
+                ),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                ErrorCode::BadBody,
+                format!("could not read the request body: {e}"),
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorCode::RequestTimeout,
+                "the request body arrived too slowly",
+            ))
+        }
+    };
+    exchange.body_sha256 = hex::encode(Sha256::digest(&body));
+    Ok(ReadRequest { parts, body })
+}
+
+/// Record the exchange in the audit trail, then hand back the reply to send. If the trail cannot be
+/// written the reply is replaced by 503 `audit_unavailable`: nothing leaves unaccounted. Health checks,
+/// metrics scrapes and console assets on the admin listener are not recorded (they touch no data).
+pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Reply) -> Reply {
+    if side == Side::Admin && exchange.operation.is_some_and(Operation::unaudited_on_admin) {
+        return reply;
+    }
+    if let Some(rate) = &exchange.rate {
+        reply.headers.extend(rate.headers());
+    }
+    let served = exchange.metered && reply.status.is_success();
+    let entry = AuditRecord::of(exchange, &reply);
+    let unavailable = || {
+        Reply::error(
+            &ApiError::new(
+                ErrorCode::AuditUnavailable,
+                "the audit trail cannot be written; nothing was released",
+            ),
+            &exchange.request_id,
+        )
+    };
+    // A bulk answer is recorded once per citizen it concerns (same request id, not metered again), then as a
+    // whole; any failure withholds the answer.
+    if reply.status.is_success() {
+        for citizen in &exchange.also_concerns {
+            let per_citizen = AuditRecord {
+                citizen_id: Some(citizen.clone()),
+                metered: false,
+                ..entry.clone()
+            };
+            if let Err(e) = broker.audit.append(per_citizen).await {
+                tracing::error!(error = %e, "audit append failed; withholding the answer");
+                return unavailable();
+            }
+        }
+    }
+    let started = Instant::now();
+    let appended = broker.audit.append(entry).await;
+    broker.metrics.observe_since(Stage::AuditFlush, started);
+    match appended {
+        Ok(entry) => {
+            // Billing totals follow the audit trail: counted only once the entry is durable.
+            let outcome = if served {
+                Some("served")
+            } else if reply.error_code == Some(ErrorCode::QuotaExceeded) {
+                Some("refused")
+            } else {
+                None
+            };
+            if let (Some(kind), Some(agency), Some(purpose)) = (outcome, &exchange.agency, &exchange.purpose)
+            {
+                let at = chrono::DateTime::parse_from_rfc3339(&entry.time)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .unwrap_or_else(|_| chrono::Utc::now());
+                if let Err(e) = broker.quota.record_outcome(agency, purpose, kind, at) {
+                    tracing::error!(error = %e.message, "billing counter not updated; `billing reconcile` will show it");
+                }
+            }
+            reply
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "audit append failed; withholding the answer");
+            unavailable()
+        }
+    }
+}
+
+/// The log step: metrics, the cause of an internal error, and one line per answered request. A
+/// purpose outside the catalogue is counted as `-` so made-up purposes cannot create new series.
+fn log(broker: &Broker, side: Side, exchange: &Exchange, reply: &Reply) {
+    let purpose = exchange
+        .purpose
+        .as_deref()
+        .filter(|p| broker.catalogue.get(p).is_some())
+        .unwrap_or("-");
+    let agency = exchange.agency.as_deref().unwrap_or("-");
+    broker.metrics.count_request(crate::metrics::RequestOutcome {
+        side,
+        agency,
+        purpose,
+        connector: &exchange.channel,
+        status: reply.status.as_u16(),
+    });
+    if reply.error_code == Some(ErrorCode::QuotaExceeded) {
+        broker.metrics.count_quota_rejection(agency, purpose);
+    }
+    if let Some(cause) = &reply.internal_cause {
+        tracing::error!(%cause, "internal error");
+    }
+    tracing::info!(
+        status = reply.status.as_u16(),
+        agency,
+        code = reply.error_code.map_or("-", ErrorCode::as_str),
+        "answered"
+    );
+}
+
+/// The reply as an HTTP response, with the request id and `Cache-Control: no-store`.
+pub(crate) fn into_response(reply: Reply, request_id: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(reply.body));
+    *response.status_mut() = reply.status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    // Citizen data must never sit in a shared cache.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    for (name, value) in reply.headers {
+        headers.append(name, value);
+    }
+    response
+}
+
+/// Requests in flight per agency, with a cap.
+pub(crate) struct InFlight {
+    cap: usize,
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+/// One request's slot; released on drop, whatever way the request ends.
+pub(crate) struct InFlightSlot {
+    owner: Arc<InFlight>,
+    key: String,
+}
+
+impl InFlight {
+    /// At most `cap` requests in flight per agency.
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn try_acquire(self: &Arc<Self>, key: &str) -> Option<InFlightSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.to_string()).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(InFlightSlot {
+            owner: self.clone(),
+            key: key.to_string(),
+        })
+    }
+}
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
