@@ -61,7 +61,7 @@ pub struct Broker {
     /// Registered checkpoints and the check-in index.
     pub checkpoints: crate::checkpoint::Checkpoints,
     /// Per-phone-number look-up limiter of the SMS channel.
-    pub sms_limiter: crate::sms::PhoneLimiter,
+    pub sms_limiter: crate::admission::PhoneLimiter,
     /// The sled database (one process per database: admin changes go through the running broker).
     pub db: sled::Db,
     /// Prometheus metrics, rendered at `GET /metrics` on the admin listener.

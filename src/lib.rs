@@ -47,6 +47,7 @@
 //! | [`error`] | the one error type every stage answers with: status + stable `code` |
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod audit_api;

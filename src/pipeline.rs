@@ -5,9 +5,8 @@
 //!
 //! The listeners ([`crate::server`]) call [`run`] once per request; nothing here knows about sockets.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use crate::admission::{InFlight, InFlightSlot};
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::connector::Connector;
@@ -391,51 +391,4 @@ pub(crate) fn into_response(reply: Reply, request_id: &str) -> Response<Full<Byt
         headers.append(name, value);
     }
     response
-}
-
-/// Requests in flight per agency, with a cap.
-pub(crate) struct InFlight {
-    cap: usize,
-    counts: Mutex<HashMap<String, usize>>,
-}
-
-/// One request's slot; released on drop, whatever way the request ends.
-pub(crate) struct InFlightSlot {
-    owner: Arc<InFlight>,
-    key: String,
-}
-
-impl InFlight {
-    /// At most `cap` requests in flight per agency.
-    pub(crate) fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            counts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn try_acquire(self: &Arc<Self>, key: &str) -> Option<InFlightSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key.to_string()).or_insert(0);
-        if *n >= self.cap {
-            return None;
-        }
-        *n += 1;
-        Some(InFlightSlot {
-            owner: self.clone(),
-            key: key.to_string(),
-        })
-    }
-}
-
-impl Drop for InFlightSlot {
-    fn drop(&mut self) {
-        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
 }

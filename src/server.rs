@@ -36,7 +36,7 @@ impl Accepting {
     pub(crate) fn start(broker: &Arc<Broker>, agency: &Arc<TcpListener>, admin: &Arc<TcpListener>) -> Self {
         let graceful = Arc::new(GracefulShutdown::new());
         let (stop, stop_rx) = watch::channel(false);
-        let in_flight = Arc::new(crate::pipeline::InFlight::new(
+        let in_flight = Arc::new(crate::admission::InFlight::new(
             broker.config.limits.max_concurrent_per_agency,
         ));
         let loops = [
@@ -106,7 +106,7 @@ async fn accept_loop(
     broker: Arc<Broker>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
-    in_flight: Arc<crate::pipeline::InFlight>,
+    in_flight: Arc<crate::admission::InFlight>,
 ) {
     let permits = Arc::new(Semaphore::new(broker.config.limits.max_connections));
     let builder = http_builder(&broker.config.limits);

@@ -9,14 +9,12 @@
 //! accepted. Numbers: `+84…`, `84…` and `0…` forms of a Vietnamese mobile number all mean `+84…`.
 //! Vietnamese needs UCS-2: 70 characters in a single SMS, 67 per segment when concatenated.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
+/// The per-phone limit lives with the other admission limits; named here for the SMS channel's users.
+pub use crate::admission::{PER_PHONE_LIMIT, PER_PHONE_WINDOW};
 use crate::broker::Broker;
 use crate::canonical;
 use crate::citizen_id::CitizenId;
@@ -30,11 +28,6 @@ pub const NO_MATCH_REPLY: &str = "Số điện thoại hoặc công dân không 
 pub const SYNTAX_REPLY: &str = "Sai cú pháp. Soạn: TTCD <số định danh cá nhân 12 số>";
 /// The reply when a number asks too often.
 pub const RATE_LIMIT_REPLY: &str = "Bạn đã tra cứu quá số lần cho phép. Vui lòng thử lại sau.";
-/// Look-ups one phone number may make per window.
-pub const PER_PHONE_LIMIT: usize = 5;
-/// The window of the per-phone limit.
-pub const PER_PHONE_WINDOW: Duration = Duration::from_secs(3600);
-
 /// How an SMS text is encoded, and in how many segments it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segments {
@@ -102,34 +95,6 @@ pub fn parse_command(text: &str) -> Option<String> {
         return None;
     }
     Some(id.to_string())
-}
-
-/// Per-phone-number look-up counter (abuse protection), in memory: a restart forgives.
-#[derive(Default)]
-pub struct PhoneLimiter {
-    seen: Mutex<HashMap<String, Vec<Instant>>>,
-}
-
-impl PhoneLimiter {
-    /// Count one look-up from `phone`; false when it is over [`PER_PHONE_LIMIT`] in the window.
-    pub fn allow(&self, phone: &str) -> bool {
-        let now = Instant::now();
-        let mut seen = match self.seen.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        // Keep the map from growing without bound under a flood of distinct numbers.
-        if seen.len() > 100_000 {
-            seen.retain(|_, times| times.iter().any(|t| now.duration_since(*t) < PER_PHONE_WINDOW));
-        }
-        let times = seen.entry(phone.to_string()).or_default();
-        times.retain(|t| now.duration_since(*t) < PER_PHONE_WINDOW);
-        if times.len() >= PER_PHONE_LIMIT {
-            return false;
-        }
-        times.push(now);
-        true
-    }
 }
 
 #[derive(Deserialize)]
@@ -304,7 +269,7 @@ mod tests {
 
     #[test]
     fn per_phone_limit_counts_within_the_window() {
-        let limiter = PhoneLimiter::default();
+        let limiter = crate::admission::PhoneLimiter::default();
         for _ in 0..PER_PHONE_LIMIT {
             assert!(limiter.allow("+84912345678"));
         }

@@ -179,7 +179,7 @@ struct Carried {
     config: Config,
     tls: crate::tls::TlsConfigHandle,
     metrics: crate::metrics::Metrics,
-    sms_limiter: crate::sms::PhoneLimiter,
+    sms_limiter: crate::admission::PhoneLimiter,
 }
 
 /// Wait until nothing else holds the old broker (connections past the grace period finish), then drop it,
