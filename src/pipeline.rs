@@ -138,7 +138,7 @@ fn refusal(exchange: &mut Exchange, connector: Option<&Connector>, e: &ApiError)
     match connector {
         Some(c) => {
             exchange.channel = c.name.clone();
-            crate::connector::error_reply(c, e, &exchange.request_id)
+            crate::connector::door::error_reply(c, e, &exchange.request_id)
         }
         None => Reply::error(e, &exchange.request_id),
     }
@@ -172,7 +172,7 @@ async fn agency_door(
                 crate::api::route(broker, exchange, &agency, &req, &segments).await
             }
             _ => match connector {
-                Some(c) => Ok(crate::connector::handle(broker, exchange, &agency, c, &req).await),
+                Some(c) => Ok(crate::connector::door::handle(broker, exchange, &agency, c, &req).await),
                 None if broker.connectors.has_path(path) => Err(ApiError::method_not_allowed(method, path)),
                 None => Err(ApiError::no_route(method, path)),
             },
