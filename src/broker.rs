@@ -59,7 +59,7 @@ pub struct Broker {
     /// Quota counters and monthly billing totals.
     pub quota: crate::quota::Quota,
     /// Registered checkpoints and the check-in index.
-    pub checkpoints: crate::checkpoint::Checkpoints,
+    pub checkpoints: crate::checkpoint::store::Checkpoints,
     /// Per-phone-number look-up limiter of the SMS channel.
     pub sms_limiter: crate::admission::PhoneLimiter,
     /// The sled database (one process per database: admin changes go through the running broker).
@@ -108,8 +108,8 @@ impl Broker {
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
-        let checkpoints =
-            crate::checkpoint::Checkpoints::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
+        let checkpoints = crate::checkpoint::store::Checkpoints::open(&db)
+            .map_err(|e| store_err(describe_sled_error(e)))?;
         let audit = AuditLog::open(&data_dir.join("audit"), db.clone(), config.audit.checkpoint_every)
             .map_err(|e| store_err(format!("audit trail: {e}")))?;
         Ok(Self {
