@@ -384,28 +384,9 @@ pub async fn run_broker(broker: Arc<Broker>, banner: Option<String>) -> Result<(
     if let Some(banner) = banner {
         println!("{banner}");
     }
-    crate::supervisor::serve(broker, agency, admin, shutdown_signal())
+    crate::supervisor::serve(broker, agency, admin, crate::supervisor::shutdown_signal())
         .await
         .map_err(|e| StartError::Other(e.to_string()))
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 /// Call the admin API; the answer, or the exit code after printing why it failed.

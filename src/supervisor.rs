@@ -333,6 +333,25 @@ pub async fn serve(
     supervise(broker, agency, admin, shutdown, None).await
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
 /// Work to do once the last request has been answered: a final signed audit checkpoint.
 async fn on_shutdown(broker: &Broker) {
     if let Err(e) = broker.audit.checkpoint().await {
