@@ -105,7 +105,14 @@ pub async fn run_cli(args: BenchArgs) -> i32 {
                 return 1;
             }
         };
-        return match serve_baseline(&certs, listener, args.body_bytes, crate::supervisor::shutdown_signal()).await {
+        return match serve_baseline(
+            &certs,
+            listener,
+            args.body_bytes,
+            crate::supervisor::shutdown_signal(),
+        )
+        .await
+        {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("lienthong bench: baseline: {e}");

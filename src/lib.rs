@@ -1,50 +1,55 @@
 //! lienthong — the one door through which government agencies share citizen data.
 //!
-//! A request flows through the modules in this order (see `DESIGN.md` in the shared folder):
+//! A request flows through the modules in this order; `pipeline::run` is that order in one function, and
+//! a module imports only modules below it in the request (the ground floor, [`exchange`] and [`error`],
+//! imports no stage):
 //!
 //! ```text
-//! agency ──mTLS──▶ tls ─▶ identity ─▶ registry ─▶ connector (decode) ─▶ policy ─▶ quota
-//!                                                                          │
-//!    agency format ◀── connector (encode) ◀── policy (filter) ◀── store ◀──┘
-//!                                 │
-//!                               audit (durable before the response is written)
+//! agency ──mTLS──▶ server (listener) ─▶ tls ─▶ identity ─▶ pipeline:
+//!   admit (registry, admission) ─▶ read body ─▶ route to a front door (api | connector::door | sms | checkpoint)
+//!     ─▶ decode ─▶ canonical: authorize (policy) ─▶ meter (quota) ─▶ store ─▶ release (policy) ─▶ encode
+//!   ─▶ audit (durable before the response is written) ─▶ log (metrics) ─▶ response
 //! ```
 //!
 //! | module | stage |
 //! |---|---|
+//! | [`error`] | ground floor: the [`error::ErrorCode`] enum (one status per code) and the error every stage answers with |
+//! | [`exchange`] | ground floor: the request context ([`exchange::Exchange`], [`exchange::Operation`]), the read request, the reply |
 //! | [`config`] | the typed `lienthong.toml`, validated with errors naming key and file |
+//! | [`server`] | listener: the two listeners, TLS handshakes, connections, refusals by the HTTP layer |
 //! | [`tls`] | rustls server config: client certificates chained to the CA bundle, CRLs, TLS 1.2+ |
-//! | [`identity`] | the verified peer certificate → [`identity::PeerIdentity`] |
-//! | [`json`] | strict JSON decoding: duplicate keys refused, nesting bounded |
-//! | [`registry`] | agencies, their bound certificates, status, plan and billing class |
-//! | [`citizen_id`] | the 12-digit personal ID (province, century/gender digit, birth year) |
-//! | [`qr`] | the CCCD QR payload printed on the chip-based citizen ID card |
-//! | [`connector`] | declarative `connectors/*.toml`: an agency's JSON or XML ↔ the canonical operations |
+//! | [`identity`] | identify: the verified peer certificate → [`identity::PeerIdentity`] |
+//! | [`pipeline`] | the pipeline: identify → admit → read body → route → audit → log → encode |
+//! | [`admission`] | admit: requests in flight per agency, SMS look-ups per phone |
+//! | [`registry`] | admit: agencies, their bound certificates, status, plan and billing class |
+//! | [`api`] | front door: the canonical API on the agency listener |
+//! | [`connector`] | front door: declarative `connectors/*.toml` (the loaded set; `door` answers them) |
+//! | [`sms`] | front door: SMS self-look-up through the telecom gateway (one reply for every failure) |
+//! | [`checkpoint`] | front door: checkpoint check-ins (CCCD QR scans) and contact tracing; `store` holds them |
+//! | [`admin`] | front door of the admin listener: the admin API |
+//! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
+//! | [`json`] | decode: strict JSON (duplicate keys refused, nesting bounded), `json::body` for request bodies |
+//! | [`citizen_id`] | decode: the 12-digit personal ID (province, century/gender digit, birth year) |
+//! | [`qr`] | decode: the CCCD QR payload printed on the chip-based citizen ID card |
+//! | [`canonical`] | the canonical operations every front door uses: authorize, meter, read and release, append |
+//! | [`policy`] | authorize and release: the purpose catalogue, which fields each purpose may read or write |
 //! | [`schema`] | the canonical citizen record as JSON Schema, checked on every write |
 //! | [`record`] | derived fields of a record (`covid_status`) |
-//! | [`policy`] | the purpose catalogue: which fields each purpose may read or write |
-//! | [`quota`] | per agency/purpose limits per minute, day and month; served and refused totals for billing |
+//! | [`quota`] | meter: per agency/purpose limits per minute, day and month; served and refused totals |
 //! | [`billing`] | the monthly billing report and its reconciliation with the audit trail |
-//! | [`store`] | citizen records, behind the [`store::CitizenStore`] seam (sled by default) |
-//! | [`audit`] | the append-only, hash-chained audit trail |
-//! | [`canonical`] | the canonical operations (read for a purpose, append history) every channel uses |
+//! | [`store`] | store: citizen records behind the [`store::CitizenStore`] seam (sled by default); data-dir probes |
+//! | [`audit`] | audit: the append-only, hash-chained audit trail |
 //! | [`audit_api`] | the audit trail for operators (head, verify, search) and citizens (who read my data) |
-//! | [`sms`] | channel: SMS self-look-up through the telecom gateway (one reply for every failure) |
-//! | [`checkpoint`] | channel: checkpoint check-ins (CCCD QR scans) and contact tracing for the health authority |
-//! | [`api`] | the canonical API on the agency listener |
-//! | [`admin`] | the admin API on the admin listener |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
-//! | [`metrics`] | Prometheus metrics (`GET /metrics` on the admin listener) |
-//! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
-//! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
-//! | [`supervisor`] | live recovery: reopens a failed database (full disk) without a restart |
+//! | [`metrics`] | log: Prometheus metrics (`GET /metrics` on the admin listener) |
+//! | [`broker`] | the broker's state: config, stores, registry, catalogue, connectors, limits |
+//! | [`supervisor`] | `serve`: runs the listeners, reopens a failed database live, checks the store against the audit trail |
 //! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
-//! | [`bench`] | `lienthong bench`: the pipeline against a bare hyper + rustls baseline |
+//! | [`bench`] | dev tool: `lienthong bench`, the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
-//! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |
-//! | [`population`] | a synthetic, deterministic population for the demo and benchmarks |
-//! | [`demo`] | `lienthong demo`: dev certificates, sample data and a running broker |
-//! | [`error`] | the one error type every stage answers with: status + stable `code` |
+//! | [`certs`] | dev tool: rcgen-made development PKI (`demo`, `certs init`) |
+//! | [`population`] | dev tool: a synthetic, deterministic population for the demo and benchmarks |
+//! | [`demo`] | dev tool: `lienthong demo`: dev certificates, sample data and a running broker |
 
 pub mod admin;
 pub mod admission;

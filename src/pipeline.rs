@@ -1,9 +1,9 @@
 //! Stage: the pipeline. One request, from the verified peer to the response, stage by stage in
-//! [`run`]: identify → admit → read body → route → audit → log → encode. Routing hands the request to
+//! `run`: identify → admit → read body → route → audit → log → encode. Routing hands the request to
 //! its front door (the canonical API, a connector, SMS, checkpoints, or the admin side), which decodes it
 //! and runs the canonical operations (authorize → meter → store → release, [`crate::canonical`]).
 //!
-//! The listeners ([`crate::server`]) call [`run`] once per request; nothing here knows about sockets.
+//! The listeners ([`crate::server`]) call `run` once per request; nothing here knows about sockets.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
