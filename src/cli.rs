@@ -11,7 +11,7 @@ use hyper::Method;
 use crate::broker::{Broker, StartError};
 use crate::client::{Alpn, MtlsClient};
 use crate::config::Config;
-use crate::demo::DemoOptions;
+use crate::dev::demo::DemoOptions;
 
 /// lienthong — the mTLS broker through which agencies share citizen data, per purpose, audited.
 #[derive(Debug, Parser)]
@@ -81,7 +81,7 @@ pub enum Command {
         action: BillingCommand,
     },
     /// Benchmark the whole pipeline against a bare hyper + rustls baseline (see `BENCHMARKS.md`).
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::dev::bench::BenchArgs),
     /// Manage agencies through a running broker's admin API.
     Agency {
         /// How to reach the admin API.
@@ -328,7 +328,7 @@ pub async fn run(cli: Cli) -> i32 {
             action: CertsCommand::Init { dir, clients },
         } => {
             let clients: Vec<(&str, &str)> = clients.iter().map(|c| (c.as_str(), c.as_str())).collect();
-            match crate::certs::init_dir(&dir, &clients) {
+            match crate::dev::certs::init_dir(&dir, &clients) {
                 Ok(created) => {
                     for p in &created {
                         println!("created {}", p.display());
@@ -343,7 +343,7 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::Agency { admin, action } => return agency_command(admin, action).await,
         Command::Billing { admin, action } => return billing_command(admin, action).await,
-        Command::Bench(args) => return crate::bench::run_cli(args).await,
+        Command::Bench(args) => return crate::dev::bench::run_cli(args).await,
         Command::Audit { action } => return audit_command(action),
     };
     match result {
@@ -359,8 +359,8 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 async fn run_demo(opts: DemoOptions) -> Result<(), StartError> {
-    let broker = crate::demo::prepare(&opts).await?;
-    let lines = crate::demo::curl_lines(&opts.certs_dir, &opts.agency_addr, &opts.admin_addr);
+    let broker = crate::dev::demo::prepare(&opts).await?;
+    let lines = crate::dev::demo::curl_lines(&opts.certs_dir, &opts.agency_addr, &opts.admin_addr);
     run_broker(broker, Some(lines)).await
 }
 

@@ -45,22 +45,20 @@
 //! | [`broker`] | the broker's state: config, stores, registry, catalogue, connectors, limits |
 //! | [`supervisor`] | `serve`: runs the listeners, reopens a failed database live, checks the store against the audit trail |
 //! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
-//! | [`bench`] | dev tool: `lienthong bench`, the pipeline against a bare hyper + rustls baseline |
+//! | [`dev::bench`] | dev tool: `lienthong bench`, the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
-//! | [`certs`] | dev tool: rcgen-made development PKI (`demo`, `certs init`) |
-//! | [`population`] | dev tool: a synthetic, deterministic population for the demo and benchmarks |
-//! | [`demo`] | dev tool: `lienthong demo`: dev certificates, sample data and a running broker |
+//! | [`dev::certs`] | dev tool: rcgen-made development PKI (`demo`, `certs init`) |
+//! | [`dev::population`] | dev tool: a synthetic, deterministic population for the demo and benchmarks |
+//! | [`dev::demo`] | dev tool: `lienthong demo`: dev certificates, sample data and a running broker |
 
 pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod audit_api;
-pub mod bench;
 pub mod billing;
 pub mod broker;
 pub mod canonical;
-pub mod certs;
 pub mod checkpoint;
 pub mod citizen_id;
 pub mod cli;
@@ -68,7 +66,7 @@ pub mod client;
 pub mod config;
 pub mod connector;
 pub mod console;
-pub mod demo;
+pub mod dev;
 pub mod error;
 pub mod exchange;
 pub mod identity;
@@ -77,7 +75,6 @@ pub mod metrics;
 pub mod openapi;
 pub mod pipeline;
 pub mod policy;
-pub mod population;
 pub mod qr;
 pub mod quota;
 pub mod record;

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{demo_child, free_port, TestBroker};
-use lienthong::certs::Validity;
 use lienthong::client::{Alpn, MtlsClient, Response};
+use lienthong::dev::certs::Validity;
 use serde_json::{json, Value};
 
 const AN: &str = "001090000001";
@@ -314,7 +314,7 @@ async fn sigkill_under_load_loses_no_acknowledged_entry() {
     wait_ready(&client("dvc"), agency).await;
 
     // Mixed reads and writes from 8 workers, until the broker dies under them.
-    let ids: Vec<String> = lienthong::population::generate(300, 2021)
+    let ids: Vec<String> = lienthong::dev::population::generate(300, 2021)
         .map(|r| r["citizen_id"].as_str().unwrap().to_string())
         .collect();
     let mut workers = Vec::new();

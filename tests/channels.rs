@@ -146,7 +146,7 @@ async fn checkpoint_scan_answers_only_what_the_gate_needs() {
         (409, Some("checkpoint_exists"))
     );
 
-    let qr = lienthong::population::qr_payload(&record(&b, AN).await).unwrap();
+    let qr = lienthong::dev::population::qr_payload(&record(&b, AN).await).unwrap();
     let path = "/v1/checkpoints/coopmart-cong-quynh/checkins?purpose=checkpoint-checkin";
     let r = b.post("vneid", path, json!({ "qr": qr })).await;
     assert_eq!(r.status, 201, "{}", r.text());

@@ -336,7 +336,7 @@ async fn sigkill_under_mixed_load_loses_no_acknowledged_write() {
     }
     assert!(up, "broker did not come up");
 
-    let ids: Vec<String> = lienthong::population::generate(300, 2021)
+    let ids: Vec<String> = lienthong::dev::population::generate(300, 2021)
         .map(|r| r["citizen_id"].as_str().unwrap().to_string())
         .collect();
     let mut workers = Vec::new();

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestBroker;
-use lienthong::certs::Validity;
 use lienthong::client::{Alpn, Response};
+use lienthong::dev::certs::Validity;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
@@ -426,7 +426,7 @@ async fn qr_confusables_and_invisible_characters_never_match_a_citizen() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let record = b.broker().store.get(AN).await.unwrap().unwrap();
-    let qr = lienthong::population::qr_payload(&record).unwrap();
+    let qr = lienthong::dev::population::qr_payload(&record).unwrap();
     assert!(qr.contains(AN_NAME));
     let path = "/v1/checkpoints/gate-1/checkins?purpose=checkpoint-checkin";
     let cases = [
@@ -481,7 +481,7 @@ async fn tampered_client_chains_fail_the_handshake() {
     der[last] ^= 0x01;
     let tampered = pem_of(&der);
     // A rogue CA with the same name as the broker's, and a "moh" leaf it signed.
-    let rogue = lienthong::certs::CertAuthority::generate("lienthong development CA").unwrap();
+    let rogue = lienthong::dev::certs::CertAuthority::generate("lienthong development CA").unwrap();
     let forged = rogue.issue_client("moh", "Bộ Y tế", Validity::days(30)).unwrap();
     let forged_chain = format!("{}{}", forged.cert_pem, rogue.cert_pem());
     for (cert, key) in [
@@ -555,7 +555,7 @@ async fn subject_or_san_claiming_an_agency_code_gains_nothing() {
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
-    let spoof = lienthong::certs::IssuedCert {
+    let spoof = lienthong::dev::certs::IssuedCert {
         fingerprint: lienthong::identity::fingerprint(cert.der()),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::TestBroker;
-use lienthong::certs::{CertAuthority, Validity};
 use lienthong::client::Alpn;
+use lienthong::dev::certs::{CertAuthority, Validity};
 use serde_json::{json, Value};
 
 /// Every log line of this test binary, as JSON lines (one global subscriber per process).

@@ -5,8 +5,8 @@
 mod common;
 
 use common::TestBroker;
-use lienthong::certs::{CertAuthority, Validity};
 use lienthong::client::{Alpn, MtlsClient};
+use lienthong::dev::certs::{CertAuthority, Validity};
 use serde_json::json;
 
 #[tokio::test]

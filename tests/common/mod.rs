@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lienthong::broker::Broker;
-use lienthong::certs::{CertAuthority, IssuedCert, Validity};
 use lienthong::client::{Alpn, MtlsClient, Response};
 use lienthong::config::Config;
-use lienthong::demo::DemoOptions;
+use lienthong::dev::certs::{CertAuthority, IssuedCert, Validity};
+use lienthong::dev::demo::DemoOptions;
 use lienthong::supervisor::BrokerSlot;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -58,7 +58,7 @@ impl TestBroker {
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self, lienthong::broker::StartError> {
         let opts = options(dir.path());
-        let broker = lienthong::demo::prepare_with(&opts, |config: &mut Config| {
+        let broker = lienthong::dev::demo::prepare_with(&opts, |config: &mut Config| {
             // Suites that fire hundreds of concurrent calls from one agency (quota) test other limits;
             // tests/hostile.rs sets the per-agency cap it tests explicitly.
             config.limits.max_concurrent_per_agency = 1024;

@@ -84,8 +84,8 @@ pub async fn prepare_with(
         .map(|(code, name, _)| (*code, *name))
         .collect();
     clients.push(("admin", "lienthong operators"));
-    let created =
-        crate::certs::init_dir(&opts.certs_dir, &clients).map_err(|e| StartError::Other(e.to_string()))?;
+    let created = crate::dev::certs::init_dir(&opts.certs_dir, &clients)
+        .map_err(|e| StartError::Other(e.to_string()))?;
     for path in &created {
         tracing::info!(path = %path.display(), "created");
     }
@@ -149,7 +149,7 @@ pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::br
     }
     let started = std::time::Instant::now();
     let mut batch = Vec::with_capacity(10_000);
-    for record in crate::population::generate(citizens, 2021) {
+    for record in crate::dev::population::generate(citizens, 2021) {
         crate::canonical::validate_record(broker, &record).map_err(|e| {
             crate::broker::StartError::Other(format!("synthetic record invalid: {}", e.message))
         })?;

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::client::{Alpn, ClientError, Connection, MtlsClient};
-use crate::demo::{DemoOptions, DEMO_AGENCIES};
+use crate::dev::demo::{DemoOptions, DEMO_AGENCIES};
 
 /// The demo seed: the broker's `demo` seeds `population::generate(n, 2021)`.
 const DEMO_SEED: u64 = 2021;
@@ -298,7 +298,7 @@ impl Sample {
     pub fn build(citizens: usize, max: usize) -> Self {
         let step = citizens.div_ceil(max.max(1)).max(1);
         let mut people = Vec::new();
-        for record in crate::population::generate(citizens, DEMO_SEED).step_by(step) {
+        for record in crate::dev::population::generate(citizens, DEMO_SEED).step_by(step) {
             let text = |k: &str| {
                 record
                     .get(k)
@@ -314,7 +314,7 @@ impl Sample {
                 id: text("citizen_id"),
                 name: text("full_name"),
                 birth_dmy,
-                qr: crate::population::qr_payload(&record),
+                qr: crate::dev::population::qr_payload(&record),
             });
         }
         let with_qr = (0..people.len()).filter(|&i| people[i].qr.is_some()).collect();
@@ -366,8 +366,8 @@ pub struct PreparedRequest {
     pub body: Bytes,
 }
 
-const DVC_TEMPLATE: &str = include_str!("../connectors/examples/dvc-tra-cuu.xml");
-const FHIR_TEMPLATE: &str = include_str!("../connectors/examples/moh-immunization.json");
+const DVC_TEMPLATE: &str = include_str!("../../connectors/examples/dvc-tra-cuu.xml");
+const FHIR_TEMPLATE: &str = include_str!("../../connectors/examples/moh-immunization.json");
 
 /// The `n`-th request of a scenario.
 pub fn prepare(kind: Kind, sample: &Sample, n: u64, run_tag: &str) -> Option<PreparedRequest> {
@@ -462,7 +462,7 @@ pub async fn serve_baseline(
     body_bytes: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let config = crate::demo::demo_config(&DemoOptions {
+    let config = crate::dev::demo::demo_config(&DemoOptions {
         certs_dir: certs_dir.to_path_buf(),
         ..DemoOptions::default()
     });
@@ -1092,7 +1092,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
     std::fs::create_dir_all(&work.path).map_err(|e| format!("{}: {e}", work.path.display()))?;
     let mut names: Vec<(&str, &str)> = DEMO_AGENCIES.iter().map(|(c, n, _)| (*c, *n)).collect();
     names.push(("admin", "lienthong operators"));
-    crate::certs::init_dir(&certs, &names).map_err(|e| e.to_string())?;
+    crate::dev::certs::init_dir(&certs, &names).map_err(|e| e.to_string())?;
     let load_average = std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
