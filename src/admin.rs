@@ -128,8 +128,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                     ));
                 }
             }
-            let plan = serde_json::to_value(plan).map_err(ApiError::internal)?;
-            ok(json!({ "agency": broker.registry.update(code, |a| { a.plan = plan; Ok(()) }).await? }))
+            ok(json!({ "agency": broker.registry.update(code, |a| { a.plan = Some(plan); Ok(()) }).await? }))
         }
         (&Method::PUT, ["admin", "v1", "agencies", code, "billing-class"]) => {
             exchange.operation = Some(Operation::Admin(AdminOperation::SetBillingClass));
@@ -150,7 +149,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 .get(code)
                 .ok_or_else(|| ApiError::new(ErrorCode::UnknownAgency, format!("no agency {code}")))?;
             let mut usage = serde_json::Map::new();
-            let plan = crate::quota::Plan::from_json(&agency.plan)?;
+            let plan = agency.plan.unwrap_or_default();
             for purpose in broker.catalogue.for_agency(code) {
                 usage.insert(
                     purpose.id.clone(),

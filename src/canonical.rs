@@ -170,10 +170,11 @@ pub fn meter(broker: &Broker, exchange: &mut Exchange) -> Result<(), ApiError> {
     let (Some(agency), Some(purpose)) = (exchange.agency.as_deref(), exchange.purpose.as_deref()) else {
         return Err(ApiError::internal("metering a request without agency or purpose"));
     };
-    let plan = match broker.registry.get(agency) {
-        Some(a) => crate::quota::Plan::from_json(&a.plan)?,
-        None => crate::quota::Plan::default(),
-    };
+    let plan = broker
+        .registry
+        .get(agency)
+        .and_then(|a| a.plan)
+        .unwrap_or_default();
     match broker.quota.meter(agency, &plan, purpose) {
         Ok(rate) => {
             exchange.metered = true;

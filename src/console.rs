@@ -369,7 +369,7 @@ fn quota_cell(used: u64, limit: Option<u64>) -> String {
 fn quota_table(broker: &Broker) -> Result<String, ApiError> {
     let mut rows = String::new();
     for agency in broker.registry.list() {
-        let plan = crate::quota::Plan::from_json(&agency.plan)?;
+        let plan = agency.plan.clone().unwrap_or_default();
         for purpose in broker.catalogue.for_agency(&agency.code) {
             let used = broker.quota.usage(&agency.code, &purpose.id)?;
             let limits = plan.for_purpose(&purpose.id);

@@ -45,9 +45,9 @@ pub struct Agency {
     /// Billing class.
     #[serde(default)]
     pub billing_class: BillingClass,
-    /// Quota plan (set by the admin API; interpreted by the quota stage). Empty = unlimited.
+    /// Quota plan, typed once when it is set or loaded (set by the admin API). `None` (`null`) = unlimited.
     #[serde(default)]
-    pub plan: serde_json::Value,
+    pub plan: Option<crate::quota::Plan>,
     /// When it was registered, RFC 3339.
     pub created_at: String,
     /// When it last changed, RFC 3339.
@@ -232,7 +232,7 @@ impl Registry {
             status: AgencyStatus::Active,
             fingerprints,
             billing_class: new.billing_class,
-            plan: serde_json::Value::Null,
+            plan: None,
             created_at: at.clone(),
             updated_at: at,
         };
