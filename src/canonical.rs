@@ -11,7 +11,8 @@ use crate::citizen_id::{check_consistency, CitizenId, Gender};
 use crate::error::{ApiError, ErrorCode};
 use crate::exchange::{Exchange, Operation};
 use crate::policy::{Purpose, Purpose as P};
-use crate::registry::Agency;
+use crate::quota::QuotaCounters;
+use crate::registry::{Agency, AgencyDirectory};
 use crate::store::UpdateOutcome;
 
 /// A history list on the record that agencies append to.
@@ -170,12 +171,10 @@ pub fn meter(broker: &Broker, exchange: &mut Exchange) -> Result<(), ApiError> {
     let (Some(agency), Some(purpose)) = (exchange.agency.as_deref(), exchange.purpose.as_deref()) else {
         return Err(ApiError::internal("metering a request without agency or purpose"));
     };
-    let plan = broker
-        .registry
-        .get(agency)
-        .and_then(|a| a.plan)
-        .unwrap_or_default();
-    match broker.quota.meter(agency, &plan, purpose) {
+    let directory: &dyn AgencyDirectory = &broker.registry;
+    let counters: &dyn QuotaCounters = &broker.quota;
+    let plan = directory.get(agency).and_then(|a| a.plan).unwrap_or_default();
+    match counters.meter(agency, &plan, purpose) {
         Ok(rate) => {
             exchange.metered = true;
             exchange.rate = rate;

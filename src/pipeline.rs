@@ -18,14 +18,15 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::admission::{InFlight, InFlightSlot};
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, AuditSink};
 use crate::broker::Broker;
 use crate::connector::Connector;
 use crate::error::{ApiError, ErrorCode};
 use crate::exchange::{mask_citizen_ids, Exchange, Operation, ReadRequest, Reply, Side};
 use crate::identity::PeerIdentity;
 use crate::metrics::Stage;
-use crate::registry::{Agency, AgencyStatus};
+use crate::quota::QuotaCounters;
+use crate::registry::{Agency, AgencyDirectory, AgencyStatus};
 
 /// Answer one request from `peer` on `side`. `pending` counts bytes read on the connection since the
 /// last request was consumed (the listener tells a half-sent request from an idle one by it).
@@ -108,7 +109,8 @@ fn admit(
     if side == Side::Admin {
         return Ok((None, None));
     }
-    let agency = broker.registry.by_fingerprint(&exchange.peer.fingerprint_sha256);
+    let directory: &dyn AgencyDirectory = &broker.registry;
+    let agency = directory.by_fingerprint(&exchange.peer.fingerprint_sha256);
     let key = match &agency {
         Some(a) => a.code.clone(),
         None => format!("cert:{}", exchange.peer.fingerprint_sha256),
@@ -289,6 +291,8 @@ pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut 
     if let Some(rate) = &exchange.rate {
         reply.headers.extend(rate.headers());
     }
+    let sink: &dyn AuditSink = &*broker.audit;
+    let counters: &dyn QuotaCounters = &broker.quota;
     let served = exchange.metered && reply.status.is_success();
     let entry = AuditRecord::of(exchange, &reply);
     let unavailable = || {
@@ -309,14 +313,14 @@ pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut 
                 metered: false,
                 ..entry.clone()
             };
-            if let Err(e) = broker.audit.append(per_citizen).await {
+            if let Err(e) = sink.append_entry(per_citizen).await {
                 tracing::error!(error = %e, "audit append failed; withholding the answer");
                 return unavailable();
             }
         }
     }
     let started = Instant::now();
-    let appended = broker.audit.append(entry).await;
+    let appended = sink.append_entry(entry).await;
     broker.metrics.observe_since(Stage::AuditFlush, started);
     match appended {
         Ok(entry) => {
@@ -333,7 +337,7 @@ pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut 
                 let at = chrono::DateTime::parse_from_rfc3339(&entry.time)
                     .map(|t| t.with_timezone(&chrono::Utc))
                     .unwrap_or_else(|_| chrono::Utc::now());
-                if let Err(e) = broker.quota.record_outcome(agency, purpose, kind, at) {
+                if let Err(e) = counters.record_outcome(agency, purpose, kind, at) {
                     tracing::error!(error = %e.message, "billing counter not updated; `billing reconcile` will show it");
                 }
             }

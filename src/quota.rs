@@ -166,6 +166,49 @@ pub fn month_range(month: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiErr
     Ok((start, end))
 }
 
+/// The seam for quota counters: the in-memory windows persisted to sled ([`Quota`]) today; a shared
+/// counter store (PostgreSQL, for several brokers) can implement it beside them without touching the
+/// pipeline.
+pub trait QuotaCounters: Send + Sync {
+    /// Meter one call now (see [`Quota::meter`]).
+    fn meter(
+        &self,
+        agency: &str,
+        plan: &Plan,
+        purpose: &str,
+    ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)>;
+
+    /// Count the month's outcome of a metered call (see [`Quota::record_outcome`]).
+    fn record_outcome(
+        &self,
+        agency: &str,
+        purpose: &str,
+        kind: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), ApiError>;
+}
+
+impl QuotaCounters for Quota {
+    fn meter(
+        &self,
+        agency: &str,
+        plan: &Plan,
+        purpose: &str,
+    ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
+        Quota::meter(self, agency, plan, purpose)
+    }
+
+    fn record_outcome(
+        &self,
+        agency: &str,
+        purpose: &str,
+        kind: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        Quota::record_outcome(self, agency, purpose, kind, at)
+    }
+}
+
 /// Per-month totals for one agency and purpose.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MonthTotals {

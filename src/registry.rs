@@ -31,6 +31,25 @@ pub enum BillingClass {
     StateBudget,
 }
 
+/// The seam the pipeline looks agencies up through: the sled-backed [`Registry`] with its in-memory
+/// snapshot today; an upstream directory (or PostgreSQL, shared by several brokers) can implement it
+/// beside it without touching the pipeline. Changes (register, bind, plans) stay on [`Registry`].
+pub trait AgencyDirectory: Send + Sync {
+    /// The agency a certificate fingerprint is bound to.
+    fn by_fingerprint(&self, fingerprint: &str) -> Option<Agency>;
+    /// The agency with this code.
+    fn get(&self, code: &str) -> Option<Agency>;
+}
+
+impl AgencyDirectory for Registry {
+    fn by_fingerprint(&self, fingerprint: &str) -> Option<Agency> {
+        Registry::by_fingerprint(self, fingerprint)
+    }
+    fn get(&self, code: &str) -> Option<Agency> {
+        Registry::get(self, code)
+    }
+}
+
 /// One registered agency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Agency {

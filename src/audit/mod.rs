@@ -40,6 +40,24 @@ use format::{list_segments, load_or_create_key, Base, Checkpoints, Segment, CHEC
 use index::{run_indexer, Index, IndexItem, Location};
 use writer::{Cmd, OpenSegment, Shared, Writer, MAX_BATCH};
 
+/// The seam the pipeline's audit step writes through: the embedded, hash-chained segment files
+/// ([`AuditLog`]) today; a PostgreSQL table (or a remote trail) can implement it beside them without
+/// touching the pipeline. The operator's side (search, verify, checkpoints) stays on [`AuditLog`].
+pub trait AuditSink: Send + Sync {
+    /// Append `record`; the future resolves once the entry is durable.
+    fn append_entry(&self, record: AuditRecord) -> AuditFuture<'_>;
+}
+
+/// The future of [`AuditSink::append_entry`], boxed so the trait stays object-safe.
+pub type AuditFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<AuditEntry, AuditError>> + Send + 'a>>;
+
+impl AuditSink for AuditLog {
+    fn append_entry(&self, record: AuditRecord) -> AuditFuture<'_> {
+        Box::pin(self.append(record))
+    }
+}
+
 /// Why the trail could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuditError {
