@@ -170,7 +170,8 @@ pub fn month_range(month: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiErr
 /// counter store (PostgreSQL, for several brokers) can implement it beside them without touching the
 /// pipeline.
 pub trait QuotaCounters: Send + Sync {
-    /// Meter one call now (see [`Quota::meter`]).
+    /// Meter one call now. `Ok(Some(info))` when the plan limits this purpose, `Ok(None)` when unlimited,
+    /// 429 `quota_exceeded` (with `Retry-After` and the rate-limit headers) when over any limit.
     fn meter(
         &self,
         agency: &str,
@@ -178,7 +179,7 @@ pub trait QuotaCounters: Send + Sync {
         purpose: &str,
     ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)>;
 
-    /// Count the month's outcome of a metered call (see [`Quota::record_outcome`]).
+    /// Count the month's outcome of a metered call: `served` (2xx) or `refused` (429 for quota).
     fn record_outcome(
         &self,
         agency: &str,
@@ -195,7 +196,7 @@ impl QuotaCounters for Quota {
         plan: &Plan,
         purpose: &str,
     ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
-        Quota::meter(self, agency, plan, purpose)
+        self.meter_at(agency, plan, purpose, Utc::now())
     }
 
     fn record_outcome(
@@ -205,7 +206,11 @@ impl QuotaCounters for Quota {
         kind: &str,
         at: DateTime<Utc>,
     ) -> Result<(), ApiError> {
-        Quota::record_outcome(self, agency, purpose, kind, at)
+        let mut state = self.inner.state();
+        let key = total_key(kind, &month_of(at), agency, purpose);
+        let n = state.value(&self.inner.tree, &key)?;
+        state.set(key, n + 1);
+        Ok(())
     }
 }
 
@@ -362,18 +367,7 @@ impl Quota {
         self.inner.persist()
     }
 
-    /// Meter one call now. `Ok(Some(info))` when the plan limits this purpose, `Ok(None)` when unlimited,
-    /// 429 `quota_exceeded` (with `Retry-After` and the rate-limit headers) when over any limit.
-    pub fn meter(
-        &self,
-        agency: &str,
-        plan: &Plan,
-        purpose: &str,
-    ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
-        self.meter_at(agency, plan, purpose, Utc::now())
-    }
-
-    /// [`Quota::meter`] at a given time (tests use it for window roll-over).
+    /// [`QuotaCounters::meter`] at a given time (tests use it for window roll-over).
     pub fn meter_at(
         &self,
         agency: &str,
@@ -436,21 +430,6 @@ impl Quota {
             state.set(key, value);
         }
         Ok(tightest)
-    }
-
-    /// Count the month's outcome of a metered call: `served` (2xx) or `refused` (429 for quota).
-    pub fn record_outcome(
-        &self,
-        agency: &str,
-        purpose: &str,
-        kind: &str,
-        at: DateTime<Utc>,
-    ) -> Result<(), ApiError> {
-        let mut state = self.inner.state();
-        let key = total_key(kind, &month_of(at), agency, purpose);
-        let n = state.value(&self.inner.tree, &key)?;
-        state.set(key, n + 1);
-        Ok(())
     }
 
     /// Calls counted in the current windows for one agency and purpose (for the console and the API).
