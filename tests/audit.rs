@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{demo_child, free_port, TestBroker};
-use lienthong::client::{Alpn, MtlsClient, Response};
+use common::{ChildBroker, TestBroker};
+use lienthong::client::{Alpn, Response};
 use lienthong::dev::certs::Validity;
 use serde_json::{json, Value};
 
@@ -276,42 +276,11 @@ async fn verify_works_offline_and_finds_the_tampered_entry() {
     );
 }
 
-async fn wait_ready(client: &MtlsClient, addr: std::net::SocketAddr) {
-    for _ in 0..300 {
-        if let Ok(r) = client.get(addr, "/healthz").await {
-            if r.status == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("broker did not come up");
-}
-
 #[tokio::test]
 async fn sigkill_under_load_loses_no_acknowledged_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let (agency_port, admin_port) = (free_port(), free_port());
-    let mut child = demo_child(dir.path(), agency_port, admin_port);
-    let agency: std::net::SocketAddr = format!("127.0.0.1:{agency_port}").parse().unwrap();
-    let certs = dir.path().join("certs");
-    // The certificates appear once the child has made them.
-    for _ in 0..300 {
-        if certs.join("moh.key").is_file() && certs.join("dvc.key").is_file() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let client = |who: &str| {
-        MtlsClient::from_files(
-            &certs.join("ca.pem"),
-            &certs.join(format!("{who}.pem")),
-            &certs.join(format!("{who}.key")),
-            Alpn::Both,
-        )
-        .unwrap()
-    };
-    wait_ready(&client("dvc"), agency).await;
+    let mut broker = ChildBroker::start(dir.path()).await;
+    let (agency, client) = (broker.agency, broker.clients());
 
     // Mixed reads and writes from 8 workers, until the broker dies under them.
     let ids: Vec<String> = lienthong::dev::population::generate(300, 2021)
@@ -353,8 +322,7 @@ async fn sigkill_under_load_loses_no_acknowledged_entry() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    broker.kill(); // SIGKILL
     let mut acknowledged = Vec::new();
     for w in workers {
         acknowledged.extend(w.await.unwrap());
@@ -399,8 +367,7 @@ async fn sigkill_under_load_loses_no_acknowledged_entry() {
     );
 
     // And the broker starts again on what the crash left, with the chain intact.
-    let mut child = demo_child(dir.path(), agency_port, admin_port);
-    wait_ready(&client("dvc"), agency).await;
+    broker.restart().await;
     let r = client("dvc")
         .get(
             agency,
@@ -409,8 +376,7 @@ async fn sigkill_under_load_loses_no_acknowledged_entry() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    broker.kill();
     let verify = lienthong()
         .args(["audit", "verify", "--data-dir"])
         .arg(&data)

@@ -12,8 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{demo_child, free_port, TestBroker};
-use lienthong::client::{Alpn, MtlsClient};
+use common::{ChildBroker, TestBroker};
 use serde_json::{json, Value};
 
 const AN: &str = "001090000001";
@@ -303,38 +302,8 @@ async fn a_read_only_data_dir_is_refused_at_start_up_and_nothing_is_written() {
 #[tokio::test]
 async fn sigkill_under_mixed_load_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let (agency_port, admin_port) = (free_port(), free_port());
-    let mut child = demo_child(dir.path(), agency_port, admin_port);
-    let agency: std::net::SocketAddr = format!("127.0.0.1:{agency_port}").parse().unwrap();
-    let certs = dir.path().join("certs");
-    for _ in 0..300 {
-        if certs.join("moh.key").is_file() && certs.join("dvc.key").is_file() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let client = |who: &str| {
-        MtlsClient::from_files(
-            &certs.join("ca.pem"),
-            &certs.join(format!("{who}.pem")),
-            &certs.join(format!("{who}.key")),
-            Alpn::Both,
-        )
-        .unwrap()
-    };
-    let mut up = false;
-    for _ in 0..300 {
-        if client("dvc")
-            .get(agency, "/healthz")
-            .await
-            .is_ok_and(|r| r.status == 200)
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "broker did not come up");
+    let mut broker = ChildBroker::start(dir.path()).await;
+    let (agency, client) = (broker.agency, broker.clients());
 
     let ids: Vec<String> = lienthong::dev::population::generate(300, 2021)
         .map(|r| r["citizen_id"].as_str().unwrap().to_string())
@@ -376,8 +345,7 @@ async fn sigkill_under_mixed_load_loses_no_acknowledged_write() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    broker.kill(); // SIGKILL
     let mut acknowledged = Vec::new();
     for w in workers {
         acknowledged.extend(w.await.unwrap());

@@ -272,3 +272,78 @@ pub fn demo_child(dir: &Path, agency: u16, admin: u16) -> std::process::Child {
         .spawn()
         .unwrap()
 }
+
+/// A `lienthong demo` child process for crash tests, once its certificates exist and it answers
+/// `/healthz`. [`ChildBroker::kill`] SIGKILLs it; [`ChildBroker::restart`] starts it again on the same
+/// ports and data.
+pub struct ChildBroker {
+    child: std::process::Child,
+    /// Its agency listener.
+    pub agency: SocketAddr,
+    dir: PathBuf,
+    ports: (u16, u16),
+}
+
+impl ChildBroker {
+    /// Start `lienthong demo` with its certificates and data under `dir` and wait until it serves.
+    pub async fn start(dir: &Path) -> Self {
+        let ports = (free_port(), free_port());
+        let mut broker = Self {
+            child: demo_child(dir, ports.0, ports.1),
+            agency: format!("127.0.0.1:{}", ports.0).parse().unwrap(),
+            dir: dir.to_path_buf(),
+            ports,
+        };
+        broker.wait_ready().await;
+        broker
+    }
+
+    /// SIGKILL the child and reap it.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Start the child again on what the last one left, and wait until it serves.
+    pub async fn restart(&mut self) {
+        self.child = demo_child(&self.dir, self.ports.0, self.ports.1);
+        self.wait_ready().await;
+    }
+
+    /// A maker of clients holding an agency's demo certificate, e.g. `clients("dvc")`.
+    pub fn clients(&self) -> impl Fn(&str) -> MtlsClient + Clone {
+        let certs = self.dir.join("certs");
+        move |who: &str| {
+            MtlsClient::from_files(
+                &certs.join("ca.pem"),
+                &certs.join(format!("{who}.pem")),
+                &certs.join(format!("{who}.key")),
+                Alpn::Both,
+            )
+            .unwrap()
+        }
+    }
+
+    async fn wait_ready(&mut self) {
+        let certs = self.dir.join("certs");
+        // The certificates appear once the child has made them.
+        for _ in 0..300 {
+            if certs.join("moh.key").is_file() && certs.join("dvc.key").is_file() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let probe = self.clients()("dvc");
+        for _ in 0..300 {
+            if probe
+                .get(self.agency, "/healthz")
+                .await
+                .is_ok_and(|r| r.status == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("broker did not come up");
+    }
+}
