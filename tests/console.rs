@@ -271,19 +271,11 @@ async fn console_in_headless_chromium() {
     }
     let b = TestBroker::start().await;
     // A plan for dvc, so its quota use is drawn against limits.
-    let r = b
-        .client("admin")
-        .request(
-            b.admin,
-            hyper::Method::PUT,
-            "/admin/v1/agencies/dvc/plan",
-            Some("application/json"),
-            json!({ "limits": { "public-service-prefill": { "per_day": 50, "per_month": 100 } } })
-                .to_string(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    b.set_plan(
+        "dvc",
+        json!({ "public-service-prefill": { "per_day": 50, "per_month": 100 } }),
+    )
+    .await;
     // Some traffic for the audit table: a served read and a refused one.
     let r = b
         .get("dvc", "/v1/citizens/001090000001?purpose=public-service-prefill")

@@ -195,18 +195,7 @@ async fn metrics_count_requests_stages_and_handshake_failures() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     // Over quota: counted as a rejection.
-    let r = b
-        .client("admin")
-        .request(
-            b.admin,
-            hyper::Method::PUT,
-            "/admin/v1/agencies/pccovid/plan",
-            Some("application/json"),
-            json!({ "limits": { "*": { "per_minute": 1 } } }).to_string(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    b.set_plan("pccovid", json!({ "*": { "per_minute": 1 } })).await;
     let path = "/v1/citizens/001090000001?purpose=covid-qr-status";
     assert_eq!(b.get("pccovid", path).await.status, 200);
     let r = b.get("pccovid", path).await;

@@ -13,21 +13,6 @@ fn read_path() -> String {
     format!("/v1/citizens/{AN}?purpose=covid-qr-status")
 }
 
-async fn set_plan(b: &TestBroker, agency: &str, limits: serde_json::Value) {
-    let r = b
-        .client("admin")
-        .request(
-            b.admin,
-            hyper::Method::PUT,
-            &format!("/admin/v1/agencies/{agency}/plan"),
-            Some("application/json"),
-            json!({ "limits": limits }).to_string(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
 fn month() -> String {
     lienthong::quota::month_of(chrono::Utc::now())
 }
@@ -35,8 +20,7 @@ fn month() -> String {
 #[tokio::test]
 async fn two_hundred_concurrent_calls_against_fifty_serve_exactly_fifty() {
     let b = TestBroker::start().await;
-    set_plan(
-        &b,
+    b.set_plan(
         "pccovid",
         json!({ "covid-qr-status": { "per_minute": 1000, "per_day": 50 } }),
     )
@@ -101,7 +85,7 @@ async fn served_calls_carry_rate_limit_headers_and_plans_change_at_runtime() {
     assert_eq!(r.status, 200);
     assert!(r.headers.get("ratelimit-limit").is_none(), "no plan, no limit");
     // Use is counted with or without a plan: the call above is the first of this minute.
-    set_plan(&b, "pccovid", json!({ "*": { "per_day": 3 } })).await;
+    b.set_plan("pccovid", json!({ "*": { "per_day": 3 } })).await;
     let r = b.get("pccovid", &read_path()).await;
     assert_eq!(
         (
@@ -115,7 +99,7 @@ async fn served_calls_carry_rate_limit_headers_and_plans_change_at_runtime() {
         "0"
     );
     assert_eq!(b.get("pccovid", &read_path()).await.status, 429);
-    set_plan(&b, "pccovid", json!({ "*": { "per_day": 10 } })).await;
+    b.set_plan("pccovid", json!({ "*": { "per_day": 10 } })).await;
     assert_eq!(
         b.get("pccovid", &read_path()).await.status,
         200,
@@ -133,16 +117,11 @@ async fn served_calls_carry_rate_limit_headers_and_plans_change_at_runtime() {
     let usage = b.admin_get("/admin/v1/agencies/pccovid/usage").await.json();
     assert_eq!(usage["usage"]["covid-qr-status"]["used"]["day"], 4, "{usage}");
     let r = b
-        .client("admin")
-        .request(
-            b.admin,
-            hyper::Method::PUT,
+        .admin_put(
             "/admin/v1/agencies/pccovid/plan",
-            Some("application/json"),
             r#"{"limits":{"nope":{"per_day":1}}}"#,
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         (r.status, r.error_code().as_deref()),
         (400, Some("unknown_purpose"))
@@ -152,7 +131,7 @@ async fn served_calls_carry_rate_limit_headers_and_plans_change_at_runtime() {
 #[tokio::test]
 async fn counters_survive_a_restart() {
     let b = TestBroker::start().await;
-    set_plan(&b, "pccovid", json!({ "*": { "per_day": 3 } })).await;
+    b.set_plan("pccovid", json!({ "*": { "per_day": 3 } })).await;
     assert_eq!(b.get("pccovid", &read_path()).await.status, 200);
     assert_eq!(b.get("pccovid", &read_path()).await.status, 200);
     let b = b.restart().await;
@@ -181,16 +160,11 @@ async fn state_budget_use_is_counted_but_not_charged_and_csv_is_available() {
     }
     assert_eq!(b.get("pccovid", &read_path()).await.status, 200);
     let r = b
-        .client("admin")
-        .request(
-            b.admin,
-            hyper::Method::PUT,
+        .admin_put(
             "/admin/v1/agencies/dvc/billing-class",
-            Some("application/json"),
             r#"{"billing_class":"state-budget"}"#,
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let report = b
         .admin_get(&format!("/admin/v1/billing/report?month={}", month()))

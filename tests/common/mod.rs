@@ -217,6 +217,31 @@ impl TestBroker {
             .await
             .unwrap()
     }
+
+    /// `PUT` a JSON body on the admin API.
+    pub async fn admin_put(&self, path: &str, body: impl Into<String>) -> Response {
+        self.client("admin")
+            .request(
+                self.admin,
+                hyper::Method::PUT,
+                path,
+                Some("application/json"),
+                body.into(),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Set an agency's quota plan to `limits` (purpose id or `*` → limits) through the admin API.
+    pub async fn set_plan(&self, agency: &str, limits: serde_json::Value) {
+        let r = self
+            .admin_put(
+                &format!("/admin/v1/agencies/{agency}/plan"),
+                serde_json::json!({ "limits": limits }).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
 }
 
 impl Drop for TestBroker {
