@@ -28,6 +28,7 @@
 //! | [`checkpoint`] | front door: checkpoint check-ins (CCCD QR scans) and contact tracing; `store` holds them |
 //! | [`admin`] | front door of the admin listener: the admin API |
 //! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
+//! | [`field_path`] | the one field-path parser (`vaccinations[].date`) policy, schema, connectors and OpenAPI share |
 //! | [`json`] | decode: strict JSON (duplicate keys refused, nesting bounded), `json::body` for request bodies |
 //! | [`citizen_id`] | decode: the 12-digit personal ID (province, century/gender digit, birth year) |
 //! | [`qr`] | decode: the CCCD QR payload printed on the chip-based citizen ID card |
@@ -69,6 +70,7 @@ pub mod console;
 pub mod dev;
 pub mod error;
 pub mod exchange;
+pub mod field_path;
 pub mod identity;
 pub mod json;
 pub mod metrics;

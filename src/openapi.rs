@@ -285,33 +285,6 @@ fn component_schemas(raw: &Value) -> Map<String, Value> {
     schemas
 }
 
-/// Follow a local `$ref` into the raw schema's `$defs`.
-fn resolve<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
-    match node.get("$ref").and_then(Value::as_str) {
-        Some(r) => r
-            .strip_prefix("#/$defs/")
-            .and_then(|name| root.get("$defs")?.get(name))
-            .unwrap_or(node),
-        None => node,
-    }
-}
-
-/// A field path as steps: `vaccinations[].date` → `vaccinations`, `[]`, `date`.
-fn steps(path: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    for segment in path.split('.') {
-        let mut name = segment;
-        let mut arrays = 0;
-        while let Some(rest) = name.strip_suffix("[]") {
-            name = rest;
-            arrays += 1;
-        }
-        out.push(name);
-        out.extend(std::iter::repeat_n("[]", arrays));
-    }
-    out
-}
-
 /// The schema of what a projection onto `paths` can contain: only those properties, none required.
 fn project_node(root: &Value, node: &Value, paths: &[Vec<&str>]) -> Value {
     if paths.iter().any(|p| p.is_empty()) {
@@ -319,7 +292,7 @@ fn project_node(root: &Value, node: &Value, paths: &[Vec<&str>]) -> Value {
         rewrite_refs(&mut whole);
         return whole;
     }
-    let node = resolve(root, node);
+    let node = crate::schema::resolve_ref(root, node).unwrap_or(node);
     let description = node.get("description").cloned();
     let mut out = if paths.iter().all(|p| p.first() == Some(&"[]")) {
         let rest: Vec<Vec<&str>> = paths.iter().map(|p| p[1..].to_vec()).collect();
@@ -350,7 +323,7 @@ fn project_node(root: &Value, node: &Value, paths: &[Vec<&str>]) -> Value {
 
 /// What purpose `p` can release of a citizen record.
 fn project_schema(raw: &Value, p: &Purpose) -> Value {
-    let mut paths: Vec<Vec<&str>> = p.read.iter().map(|f| steps(f.as_str())).collect();
+    let mut paths: Vec<Vec<&str>> = p.read.iter().map(|f| f.segments()).collect();
     paths.sort();
     let mut schema = project_node(raw, raw, &paths);
     if let Some(obj) = schema.as_object_mut() {

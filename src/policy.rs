@@ -7,105 +7,19 @@
 //! file and line, so a broker never runs with a catalogue that names a field that does not exist.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use toml::Spanned;
 
 use crate::error::{ApiError, ErrorCode};
+pub use crate::field_path::FieldPath;
+use crate::field_path::Step;
 use crate::schema::CitizenSchema;
 
 /// The catalogue shipped with the broker, used when the configuration names no other file.
 pub const EMBEDDED_PURPOSES: &str = include_str!("../schemas/purposes.toml");
-
-/// One step of a field path: an object key, or "every element of the array" (`[]`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Step {
-    Key(String),
-    Elements,
-}
-
-/// A field path such as `full_name`, `permanent_address.province` or `vaccinations[].date`.
-/// Names are ASCII letters, digits and `_`; `[]` after a name steps into every element of an array.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FieldPath {
-    text: String,
-    steps: Vec<Step>,
-}
-
-/// A string that is not a well-formed field path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid field path {0:?}")]
-pub struct InvalidFieldPath(pub String);
-
-impl FromStr for FieldPath {
-    type Err = InvalidFieldPath;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || InvalidFieldPath(text.to_string());
-        let mut steps = Vec::new();
-        for segment in text.split('.') {
-            let mut name = segment;
-            let mut arrays = 0usize;
-            while let Some(rest) = name.strip_suffix("[]") {
-                name = rest;
-                arrays += 1;
-            }
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(bad());
-            }
-            steps.push(Step::Key(name.to_string()));
-            steps.extend(std::iter::repeat_n(Step::Elements, arrays));
-        }
-        Ok(Self {
-            text: text.to_string(),
-            steps,
-        })
-    }
-}
-
-impl FieldPath {
-    /// The top-level record field the path starts at, e.g. `vaccinations` for `vaccinations[].date`.
-    pub fn top_level(&self) -> Option<&str> {
-        match self.steps.first() {
-            Some(Step::Key(name)) => Some(name),
-            _ => None,
-        }
-    }
-
-    /// The text form, e.g. `vaccinations[].date`.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// True when `other` is this path or lies beneath it: `vaccinations` covers `vaccinations` and
-    /// `vaccinations[].date`; `permanent_address` covers `permanent_address.province`.
-    pub fn covers(&self, other: &FieldPath) -> bool {
-        other.steps.starts_with(&self.steps)
-    }
-}
-
-impl fmt::Display for FieldPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl Serialize for FieldPath {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for FieldPath {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// A declared purpose: what it may read and write, for whom, on what legal basis, at what price.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -166,13 +80,13 @@ impl Purpose {
     pub fn project(record: &Value, fields: &[FieldPath]) -> (Value, Vec<String>) {
         let mut tree = Node::default();
         for f in fields {
-            tree.insert(&f.steps);
+            tree.insert(f.steps());
         }
         let projected = tree.project(record).unwrap_or_else(|| Value::Object(Map::new()));
         let released: BTreeSet<String> = fields
             .iter()
-            .filter(|f| present(record, &f.steps))
-            .map(|f| f.text.clone())
+            .filter(|f| present(record, f.steps()))
+            .map(|f| f.as_str().to_string())
             .collect();
         (projected, released.into_iter().collect())
     }

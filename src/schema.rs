@@ -14,6 +14,7 @@ use serde_json::Value;
 use unicode_normalization::is_nfc;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::field_path::{FieldPath, Step};
 
 /// The schema shipped with the broker, used when the configuration names no other file.
 pub const EMBEDDED_SCHEMA: &str = include_str!("../schemas/citizen.schema.json");
@@ -158,7 +159,11 @@ impl CitizenSchema {
     /// first schema failure is returned with its JSON Pointer.
     pub fn validate(&self, record: &Value) -> Result<(), SchemaViolation> {
         for path in &self.derived {
-            if let Some(pointer) = first_pointer(record, &steps(path)) {
+            let steps = path
+                .parse::<FieldPath>()
+                .map(|p| p.steps().to_vec())
+                .unwrap_or_default();
+            if let Some(pointer) = first_pointer(record, &steps) {
                 return Err(SchemaViolation {
                     pointer,
                     message: format!("`{path}` is derived at read time and cannot be written"),
@@ -215,8 +220,9 @@ impl CitizenSchema {
     }
 }
 
-/// Follows `$ref`s (local ones only: `#/...`) until a schema without one.
-fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> Result<&'a Value, String> {
+/// The one `$ref` resolver (the schema's checks and the OpenAPI document share it): follows local `$ref`s
+/// (`#/...`) until a schema without one.
+pub fn resolve_ref<'a>(root: &'a Value, mut node: &'a Value) -> Result<&'a Value, String> {
     for _ in 0..MAX_DEPTH {
         match node.get("$ref").and_then(Value::as_str) {
             None => return Ok(node),
@@ -235,7 +241,7 @@ fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> Result<&'a Value, String
 
 fn is_read_only(root: &Value, node: &Value) -> Result<bool, String> {
     let flag = |n: &Value| n.get("readOnly").and_then(Value::as_bool).unwrap_or(false);
-    Ok(flag(node) || flag(resolve(root, node)?))
+    Ok(flag(node) || flag(resolve_ref(root, node)?))
 }
 
 /// Collects the property paths under `node`, whose own path is `path` (`""` for the record).
@@ -250,7 +256,7 @@ fn walk(
     if depth > MAX_DEPTH {
         return Err(format!("schema nests too deeply at `{path}` (recursive $ref?)"));
     }
-    let node = resolve(root, node)?;
+    let node = resolve_ref(root, node)?;
     if let Some(props) = node.get("properties").and_then(Value::as_object) {
         for (name, sub) in props {
             // Field paths use `.` and `[]` as separators, so names must stay simple.
@@ -282,36 +288,14 @@ fn walk(
     Ok(())
 }
 
-/// One step of a field path: an object key, or "every element of the array".
-enum Step<'a> {
-    Key(&'a str),
-    Elements,
-}
-
-/// Splits a (schema-produced, hence well-formed) field path into steps.
-fn steps(path: &str) -> Vec<Step<'_>> {
-    let mut out = Vec::new();
-    for seg in path.split('.') {
-        let mut name = seg;
-        let mut arrays = 0;
-        while let Some(rest) = name.strip_suffix("[]") {
-            name = rest;
-            arrays += 1;
-        }
-        out.push(Step::Key(name));
-        out.extend((0..arrays).map(|_| Step::Elements));
-    }
-    out
-}
-
 /// The JSON Pointer of the first value in `value` found along `steps`, if any.
-fn first_pointer(value: &Value, steps: &[Step<'_>]) -> Option<String> {
+fn first_pointer(value: &Value, steps: &[Step]) -> Option<String> {
     let Some((step, rest)) = steps.split_first() else {
         return Some(String::new());
     };
     match step {
         Step::Key(k) => {
-            let inner = first_pointer(value.as_object()?.get(*k)?, rest)?;
+            let inner = first_pointer(value.as_object()?.get(k.as_str())?, rest)?;
             let mut p = String::new();
             push_token(&mut p, k);
             Some(p + &inner)
