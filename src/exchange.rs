@@ -1,7 +1,9 @@
 //! Stage: the ground floor every stage stands on. What is known about one request as it goes through the
 //! pipeline ([`Exchange`]: peer, agency, purpose, operation, citizen, fields, outcome), the request once its
 //! body is read ([`ReadRequest`]) and the answer before it becomes HTTP ([`Reply`]). It imports no stage:
-//! only the error type, the peer's identity and the rate-limit figures it carries.
+//! only the error type. The peer's identity ([`PeerIdentity`], read by [`crate::identity`]) and the
+//! rate-limit figures ([`RateInfo`], computed by [`crate::quota`]) are defined here because every request
+//! carries them.
 
 use std::sync::Arc;
 
@@ -10,7 +12,23 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::identity::PeerIdentity;
+
+/// What the broker knows about the peer of one connection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerIdentity {
+    /// Lower-case hex SHA-256 of the leaf certificate's DER.
+    pub fingerprint_sha256: String,
+    /// The subject distinguished name, RFC 4514 style.
+    pub subject: String,
+    /// The issuer distinguished name.
+    pub issuer: String,
+    /// The serial number, hex.
+    pub serial: String,
+    /// Subject alternative names (DNS, IP, URI, e-mail), as text.
+    pub san: Vec<String>,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
+}
 
 /// What a request attempted, as the audit trail names it (`operation`). The names are part of the audit
 /// format: never rename one.

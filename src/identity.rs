@@ -10,22 +10,8 @@ use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-/// What the broker knows about the peer of one connection.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PeerIdentity {
-    /// Lower-case hex SHA-256 of the leaf certificate's DER.
-    pub fingerprint_sha256: String,
-    /// The subject distinguished name, RFC 4514 style.
-    pub subject: String,
-    /// The issuer distinguished name.
-    pub issuer: String,
-    /// The serial number, hex.
-    pub serial: String,
-    /// Subject alternative names (DNS, IP, URI, e-mail), as text.
-    pub san: Vec<String>,
-    /// End of validity, RFC 3339.
-    pub not_after: String,
-}
+/// The identity is part of every request's context, so its type lives on the ground floor.
+pub use crate::exchange::PeerIdentity;
 
 /// Why a certificate could not be read (rustls verified it, so this is rare).
 #[derive(Debug, thiserror::Error)]
