@@ -9,12 +9,11 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ChildBroker, TestBroker};
+use common::{ChildBroker, TestBroker, AN};
 use lienthong::client::{Alpn, Response};
 use lienthong::dev::certs::Validity;
 use serde_json::{json, Value};
 
-const AN: &str = "001090000001";
 const BINH: &str = "079195000002";
 
 fn request_id(r: &Response) -> String {

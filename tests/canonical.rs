@@ -8,10 +8,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use chrono::{Duration, Utc};
-use common::TestBroker;
+use common::{TestBroker, AN};
 use serde_json::{json, Value};
 
-const AN: &str = "001090000001"; // Nguyễn Văn An, see population::SAMPLE_CITIZENS
 /// A citizen the tests add themselves, with an empty health history.
 const BLANK: &str = "001090123456";
 

@@ -5,10 +5,9 @@
 mod common;
 
 use chrono::{Duration, SecondsFormat, Utc};
-use common::TestBroker;
+use common::{TestBroker, AN};
 use serde_json::{json, Value};
 
-const AN: &str = "001090000001";
 const BINH: &str = "079195000002";
 const NO_MATCH: &str = "Số điện thoại hoặc công dân không tồn tại";
 

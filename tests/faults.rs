@@ -12,10 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ChildBroker, TestBroker};
+use common::{ChildBroker, TestBroker, AN};
 use serde_json::{json, Value};
-
-const AN: &str = "001090000001";
 
 fn lienthong() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lienthong"))

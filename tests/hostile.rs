@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestBroker;
+use common::{TestBroker, AN};
 use lienthong::client::{Alpn, Response};
 use lienthong::dev::certs::Validity;
 use rustls::pki_types::pem::PemObject;
@@ -18,7 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use unicode_normalization::UnicodeNormalization;
 
-const AN: &str = "001090000001";
 const AN_NAME: &str = "Nguyễn Văn An";
 const GENEROUS: Duration = Duration::from_secs(10);
 

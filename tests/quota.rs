@@ -4,10 +4,8 @@
 
 mod common;
 
-use common::TestBroker;
+use common::{TestBroker, AN};
 use serde_json::json;
-
-const AN: &str = "001090000001";
 
 fn read_path() -> String {
     format!("/v1/citizens/{AN}?purpose=covid-qr-status")

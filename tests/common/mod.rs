@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The sample citizen the tests read (Nguyễn Văn An, see `dev::population::SAMPLE_CITIZENS`).
+pub const AN: &str = "001090000001";
+
 /// Citizens seeded into every test broker.
 pub const TEST_CITIZENS: usize = 200;
 
