@@ -102,44 +102,25 @@ fn missing_file_and_bad_address_exit_2_naming_the_key() {
 #[tokio::test]
 async fn agency_commands_drive_the_admin_api() {
     let b = common::TestBroker::start().await;
-    let d = b.certs_dir();
-    let admin = b.admin.to_string();
-    let base = [
-        "--admin-addr",
-        admin.as_str(),
-        "--cacert",
-        d.join("ca.pem").to_str().unwrap(),
-        "--cert",
-        d.join("admin.pem").to_str().unwrap(),
-        "--key",
-        d.join("admin.key").to_str().unwrap(),
-    ]
-    .map(str::to_string);
+    let base = b.cli_admin_args();
     let run = |extra: &[&str]| {
         let mut args: Vec<String> = vec!["agency".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(base.iter().cloned());
-        let cwd = b.dir.path().to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_lienthong"))
-                .args(&args)
-                .current_dir(cwd)
-                .output()
-                .unwrap()
-        })
+        b.run_cli(args)
     };
-    let out = run(&["suspend", "dvc"]).await.unwrap();
+    let out = run(&["suspend", "dvc"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         b.get("dvc", "/v1/whoami").await.error_code().as_deref(),
         Some("agency_suspended")
     );
-    let out = run(&["resume", "dvc"]).await.unwrap();
+    let out = run(&["resume", "dvc"]).await;
     assert!(out.status.success());
     assert_eq!(b.get("dvc", "/v1/whoami").await.status, 200);
-    let out = run(&["list"]).await.unwrap();
+    let out = run(&["list"]).await;
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["agencies"].as_array().unwrap().len(), 5);
-    let out = run(&["show", "nosuch"]).await.unwrap();
+    let out = run(&["show", "nosuch"]).await;
     assert_eq!(out.status.code(), Some(1));
 }

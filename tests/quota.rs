@@ -222,31 +222,9 @@ async fn reconcile_detects_a_tampered_counter() {
     assert_eq!(rec["differences"][0]["served"], json!([2, 4]));
 
     // The CLI exits 1 on the mismatch.
-    let d = b.certs_dir();
-    let admin = b.admin.to_string();
-    let args: Vec<String> = [
-        "billing",
-        "reconcile",
-        "--admin-addr",
-        &admin,
-        "--cacert",
-        d.join("ca.pem").to_str().unwrap(),
-        "--cert",
-        d.join("admin.pem").to_str().unwrap(),
-        "--key",
-        d.join("admin.key").to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_lienthong"))
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let mut args: Vec<String> = vec!["billing".into(), "reconcile".into()];
+    args.extend(b.cli_admin_args());
+    let out = b.run_cli(args).await;
     assert_eq!(
         out.status.code(),
         Some(1),

@@ -221,6 +221,36 @@ impl TestBroker {
             .unwrap()
     }
 
+    /// The CLI's arguments for reaching this broker's admin API with the admin certificate.
+    pub fn cli_admin_args(&self) -> Vec<String> {
+        let d = self.certs_dir();
+        let path = |name: &str| d.join(name).to_string_lossy().into_owned();
+        vec![
+            "--admin-addr".into(),
+            self.admin.to_string(),
+            "--cacert".into(),
+            path("ca.pem"),
+            "--cert".into(),
+            path("admin.pem"),
+            "--key".into(),
+            path("admin.key"),
+        ]
+    }
+
+    /// Run the `lienthong` binary with `args` (in this broker's directory) and wait for it.
+    pub async fn run_cli(&self, args: Vec<String>) -> std::process::Output {
+        let cwd = self.dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_lienthong"))
+                .args(&args)
+                .current_dir(cwd)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
     /// `PUT` a JSON body on the admin API.
     pub async fn admin_put(&self, path: &str, body: impl Into<String>) -> Response {
         self.client("admin")
