@@ -15,53 +15,8 @@ use crate::quota::QuotaCounters;
 use crate::registry::{Agency, AgencyDirectory};
 use crate::store::UpdateOutcome;
 
-/// A history list on the record that agencies append to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum History {
-    /// `vaccinations`.
-    Vaccinations,
-    /// `test_results`.
-    TestResults,
-    /// `recoveries`.
-    Recoveries,
-    /// `checkins`.
-    CheckIns,
-}
-
-impl History {
-    /// The record field holding the list.
-    pub fn field(self) -> &'static str {
-        match self {
-            History::Vaccinations => "vaccinations",
-            History::TestResults => "test_results",
-            History::Recoveries => "recoveries",
-            History::CheckIns => "checkins",
-        }
-    }
-
-    /// The history held in the record field `field`.
-    pub fn from_field(field: &str) -> Option<Self> {
-        [
-            History::Vaccinations,
-            History::TestResults,
-            History::Recoveries,
-            History::CheckIns,
-        ]
-        .into_iter()
-        .find(|h| h.field() == field)
-    }
-
-    /// The history named by a URL segment (`vaccinations`, `test-results`, `recoveries`).
-    pub fn from_segment(segment: &str) -> Option<Self> {
-        match segment {
-            "vaccinations" => Some(History::Vaccinations),
-            "test-results" => Some(History::TestResults),
-            "recoveries" => Some(History::Recoveries),
-            "checkins" => Some(History::CheckIns),
-            _ => None,
-        }
-    }
-}
+/// The history lists live with the record's shape; every front door names them through here too.
+pub use crate::record::History;
 
 /// The declared purpose, checked against the catalogue and the agency: 400 `purpose_required`,
 /// 400 `unknown_purpose`, 403 `purpose_not_allowed`.

@@ -7,6 +7,7 @@
 //! answers a connector's requests.
 
 pub mod door;
+mod file;
 pub mod spec;
 pub mod transform;
 pub mod xml;

@@ -6,13 +6,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use serde::Deserialize;
 use toml::Spanned;
 
-use crate::canonical::History;
 use crate::policy::{Catalogue, FieldPath, Purpose};
+use crate::record::History;
 use crate::schema::CitizenSchema;
 
+pub use super::file::{ErrorStyle, Format, Operation};
+use super::file::{File, OneOrMany};
 use super::transform::Transform;
 use super::xml::Step;
 
@@ -26,141 +27,6 @@ pub struct ConnectorError {
     pub line: usize,
     /// What is wrong.
     pub message: String,
-}
-
-/// Wire format of the agency's dialect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// JSON, addressed with JSON Pointers.
-    Json,
-    /// XML, addressed with namespace-aware element paths.
-    Xml,
-}
-
-/// What the connector does with the canonical API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Operation {
-    /// Read one citizen for the purpose.
-    Read,
-    /// Append to a citizen's history.
-    Write,
-}
-
-/// How errors are answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorStyle {
-    /// `{"error": {"code", "message", "request_id"}}`.
-    Json,
-    /// An HL7 FHIR `OperationOutcome` (and `batch-response` Bundles for batches).
-    Fhir,
-    /// A SOAP 1.1 Fault with the code in `<detail>`.
-    Soap,
-}
-
-/// The file as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    name: Spanned<String>,
-    description: String,
-    method: Spanned<String>,
-    path: Spanned<String>,
-    format: Format,
-    content_types: Vec<String>,
-    purpose: Spanned<String>,
-    operation: Operation,
-    agencies: Spanned<Vec<String>>,
-    errors: ErrorStyle,
-    #[serde(default)]
-    namespaces: BTreeMap<String, String>,
-    #[serde(default)]
-    enums: BTreeMap<String, BTreeMap<String, String>>,
-    #[serde(default)]
-    request: RequestFile,
-    #[serde(default)]
-    response: ResponseFile,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RequestFile {
-    #[serde(default)]
-    require: Vec<RequireFile>,
-    batch: Option<BatchFile>,
-    #[serde(default)]
-    map: Vec<MapFile>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RequireFile {
-    path: Spanned<String>,
-    equals: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchFile {
-    when: Spanned<String>,
-    equals: String,
-    entries: Spanned<String>,
-    item: Spanned<String>,
-    #[serde(default = "default_max_entries")]
-    max_entries: usize,
-}
-
-fn default_max_entries() -> usize {
-    1000
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MapFile {
-    /// One source, or alternatives tried in order.
-    from: Spanned<OneOrMany>,
-    to: Spanned<String>,
-    transform: Option<Spanned<Vec<String>>>,
-    #[serde(default = "yes")]
-    required: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResponseFile {
-    root: Option<Spanned<String>>,
-    #[serde(default)]
-    map: Vec<ResponseMapFile>,
-    #[serde(default, rename = "const")]
-    constants: Vec<ConstFile>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResponseMapFile {
-    from: Spanned<String>,
-    to: Spanned<String>,
-    transform: Option<Spanned<Vec<String>>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConstFile {
-    to: Spanned<String>,
-    value: String,
 }
 
 /// Where a value sits in the agency's document.

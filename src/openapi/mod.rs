@@ -9,9 +9,9 @@
 use serde_json::{json, Map, Value};
 
 use crate::broker::Broker;
-use crate::canonical::History;
 use crate::error::ErrorCode;
 use crate::policy::Purpose;
+use crate::record::History;
 
 mod channels;
 mod connectors;
