@@ -35,7 +35,7 @@
 //! | [`canonical`] | the canonical operations every front door uses: authorize, meter, read and release, append |
 //! | [`policy`] | authorize and release: the purpose catalogue, which fields each purpose may read or write |
 //! | [`schema`] | the canonical citizen record as JSON Schema, checked on every write |
-//! | [`record`] | derived fields of a record (`covid_status`) |
+//! | [`record`] | the record's shape: derived fields (`covid_status`), the history lists ([`record::History`]) |
 //! | [`quota`] | meter: per agency/purpose limits per minute, day and month; served and refused totals |
 //! | [`billing`] | the monthly billing report and its reconciliation with the audit trail |
 //! | [`store`] | store: citizen records behind the [`store::CitizenStore`] seam (sled by default); data-dir probes |
