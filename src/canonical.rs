@@ -202,32 +202,12 @@ pub async fn append(
         ));
     };
     meter(broker, exchange)?;
-    let schema = &broker.schema;
-    let change = Box::new(move |record: &mut Value| -> Result<UpdateOutcome, ApiError> {
-        let list = record
-            .as_object_mut()
-            .ok_or_else(|| ApiError::internal("stored record is not an object"))?
-            .entry(field)
-            .or_insert_with(|| Value::Array(Vec::new()));
-        let items = list
-            .as_array_mut()
-            .ok_or_else(|| ApiError::internal("stored history is not a list"))?;
-        if let Some(existing) = items.iter().find(|e| e["source_record_id"] == source_id.as_str()) {
-            return if *existing == entry {
-                Ok(UpdateOutcome::Unchanged(existing.clone()))
-            } else {
-                Err(ApiError::new(
-                    ErrorCode::IdempotencyConflict,
-                    format!("source_record_id {source_id} was already recorded with different content"),
-                ))
-            };
-        }
-        items.push(entry.clone());
-        schema.validate(record)?;
-        Ok(UpdateOutcome::Written(entry.clone()))
-    });
+    let validate = |record: &Value| -> Result<(), ApiError> { Ok(broker.schema.validate(record)?) };
     let started = std::time::Instant::now();
-    let outcome = broker.store.update(id.as_str(), change).await;
+    let outcome = broker
+        .store
+        .append_history(id.as_str(), field, &source_id, entry, &validate)
+        .await;
     broker
         .metrics
         .observe_since(crate::metrics::Stage::Store, started);

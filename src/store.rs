@@ -45,11 +45,64 @@ pub trait CitizenStore: Send + Sync {
         change: Change<'a, UpdateOutcome>,
     ) -> StoreFuture<'a, UpdateOutcome>;
 
+    /// Append `entry` to the history list `list` of an existing record, idempotent on the entry's
+    /// `source_record_id` (`id`): a replay of the same entry is [`UpdateOutcome::Unchanged`], a different
+    /// entry under the same id 409 `idempotency_conflict`; 404 `citizen_not_found` when there is no
+    /// record. `validate` checks the whole record before anything is written (the canonical schema).
+    /// This is what a canonical write is, so a store that cannot run a closure over the record (an
+    /// upstream provider system reached over the network) implements it directly; the default goes
+    /// through [`CitizenStore::update`].
+    fn append_history<'a>(
+        &'a self,
+        citizen_id: &'a str,
+        list: &'static str,
+        id: &'a str,
+        entry: Value,
+        validate: Validate<'a>,
+    ) -> StoreFuture<'a, UpdateOutcome> {
+        let change = Box::new(move |record: &mut Value| append_to(record, list, id, &entry, validate));
+        self.update(citizen_id, change)
+    }
+
     /// Insert or replace whole records (seeding and imports), durable on return.
     fn put_many<'a>(&'a self, records: Vec<(String, Value)>) -> StoreFuture<'a, ()>;
 
     /// How many records there are.
     fn count(&self) -> usize;
+}
+
+/// A check of a whole record before it is written (the canonical schema).
+pub type Validate<'a> = &'a (dyn Fn(&Value) -> Result<(), ApiError> + Send + Sync);
+
+/// Append `entry` to `record[list]` unless an entry with the same `source_record_id` is there already
+/// (the same entry: unchanged; a different one: 409 `idempotency_conflict`).
+fn append_to(
+    record: &mut Value,
+    list: &str,
+    source_id: &str,
+    entry: &Value,
+    validate: Validate<'_>,
+) -> Result<UpdateOutcome, ApiError> {
+    let items = record
+        .as_object_mut()
+        .ok_or_else(|| ApiError::internal("stored record is not an object"))?
+        .entry(list)
+        .or_insert_with(|| Value::Array(Vec::new()))
+        .as_array_mut()
+        .ok_or_else(|| ApiError::internal("stored history is not a list"))?;
+    if let Some(existing) = items.iter().find(|e| e["source_record_id"] == source_id) {
+        return if existing == entry {
+            Ok(UpdateOutcome::Unchanged(existing.clone()))
+        } else {
+            Err(ApiError::new(
+                ErrorCode::IdempotencyConflict,
+                format!("source_record_id {source_id} was already recorded with different content"),
+            ))
+        };
+    }
+    items.push(entry.clone());
+    validate(record)?;
+    Ok(UpdateOutcome::Written(entry.clone()))
 }
 
 /// What an update did.
