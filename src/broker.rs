@@ -106,7 +106,14 @@ impl Broker {
             .open()
             .map_err(|e| store_err(describe_sled_error(e)))?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
-        let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
+        let metrics = crate::metrics::Metrics::new();
+        let store: Arc<dyn CitizenStore> = match (&config.store.backend, &config.store.upstream) {
+            (crate::config::StoreBackend::Upstream, Some(upstream)) => Arc::new(
+                crate::upstream::UpstreamStore::open(upstream, &schema, metrics.upstream.clone())
+                    .map_err(|e| StartError::Other(format!("store.upstream: {e}")))?,
+            ),
+            _ => Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?),
+        };
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let checkpoints = crate::checkpoint::store::Checkpoints::open(&db)
             .map_err(|e| store_err(describe_sled_error(e)))?;
@@ -126,7 +133,7 @@ impl Broker {
             quota,
             sms_limiter: Default::default(),
             db,
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
             identities: Default::default(),
         })
     }

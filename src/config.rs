@@ -38,6 +38,29 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Audit trail settings.
     pub audit: AuditConfig,
+    /// Where citizen records live: the embedded database, or an upstream provider system.
+    pub store: StoreConfig,
+}
+
+/// Where citizen records live. Registry, quota and audit stay in `storage.data_dir` either way.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `embedded` (sled in `storage.data_dir`, the default) or `upstream`.
+    pub backend: StoreBackend,
+    /// The provider, for `backend = "upstream"`.
+    pub upstream: Option<crate::upstream::UpstreamConfig>,
+}
+
+/// The citizen store's backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// sled in the data directory.
+    #[default]
+    Embedded,
+    /// A provider system over HTTPS with mTLS (`[store.upstream]`).
+    Upstream,
 }
 
 /// The agency listener.
@@ -234,6 +257,9 @@ impl Config {
         self.tls.crls.iter_mut().for_each(fix);
         self.tls.admin_certs.iter_mut().for_each(fix);
         fix(&mut self.storage.data_dir);
+        if let Some(upstream) = &mut self.store.upstream {
+            upstream.resolve_paths(base);
+        }
         for p in [
             &mut self.catalogue.schema,
             &mut self.catalogue.purposes,
@@ -304,6 +330,19 @@ impl Config {
                 "limits.max_concurrent_per_agency",
                 "must be greater than 0".into(),
             ));
+        }
+        match (self.store.backend, &self.store.upstream) {
+            (StoreBackend::Upstream, None) => {
+                return Err(err(
+                    "store.upstream",
+                    "backend = \"upstream\" needs a [store.upstream] table (url, provider, certificates)"
+                        .into(),
+                ))
+            }
+            (StoreBackend::Upstream, Some(upstream)) => {
+                upstream.check().map_err(|(key, m)| err(key, m))?;
+            }
+            (StoreBackend::Embedded, _) => {}
         }
         if self.audit.checkpoint_every == 0 {
             return Err(err("audit.checkpoint_every", "must be greater than 0".into()));

@@ -157,6 +157,12 @@ error_codes! {
     AuditUnavailable = "audit_unavailable" => SERVICE_UNAVAILABLE,
     /// The database cannot be written.
     StoreUnavailable = "store_unavailable" => SERVICE_UNAVAILABLE,
+    /// The upstream provider gave a malformed answer, refused the call, or failed TLS.
+    UpstreamError = "upstream_error" => BAD_GATEWAY,
+    /// The upstream provider cannot be reached (connection refused, circuit open).
+    UpstreamUnavailable = "upstream_unavailable" => SERVICE_UNAVAILABLE,
+    /// The upstream provider did not answer within `store.upstream.timeout_ms`.
+    UpstreamTimeout = "upstream_timeout" => GATEWAY_TIMEOUT,
 }
 
 impl std::fmt::Display for ErrorCode {

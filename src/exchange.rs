@@ -220,6 +220,8 @@ pub struct Exchange {
     pub rate: Option<RateInfo>,
     /// Other citizens a bulk answer released data about; each gets an audit entry of their own.
     pub also_concerns: Vec<String>,
+    /// The W3C `traceparent` followed across the agency, the broker and an upstream provider.
+    pub traceparent: Option<String>,
 }
 
 /// An answer before it becomes an HTTP response.
@@ -294,6 +296,7 @@ impl Exchange {
             metered: false,
             rate: None,
             also_concerns: Vec::new(),
+            traceparent: None,
         }
     }
 

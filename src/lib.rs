@@ -39,6 +39,7 @@
 //! | [`quota`] | meter: per agency/purpose limits per minute, day and month; served and refused totals |
 //! | [`billing`] | the monthly billing report and its reconciliation with the audit trail |
 //! | [`store`] | store: citizen records behind the [`store::CitizenStore`] seam (sled by default); data-dir probes |
+//! | [`upstream`] | store, upstream provider mode: the seam over HTTPS + mTLS to a population database, provider files, breaker |
 //! | [`audit`] | audit: the append-only, hash-chained audit trail |
 //! | [`audit_api`] | the audit trail for operators (head, verify, search) and citizens (who read my data) |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
@@ -87,3 +88,4 @@ pub mod sms;
 pub mod store;
 pub mod supervisor;
 pub mod tls;
+pub mod upstream;

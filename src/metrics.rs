@@ -123,6 +123,96 @@ pub struct Metrics {
     handshake_failures: Family<HandshakeLabels, Counter>,
     store_available: Gauge,
     store_reopens: Counter,
+    /// The upstream provider's metrics (all zero with the embedded store).
+    pub upstream: UpstreamMetrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamCallLabels {
+    call: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    kind: &'static str,
+}
+
+/// The upstream provider's metrics (`[store] backend = "upstream"`): call latency, errors by kind, the
+/// circuit breaker's state, reachability, fields dropped from its answers. Handles share the registry's
+/// series (cloning one is cheap).
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    calls: Family<UpstreamCallLabels, Histogram, fn() -> Histogram>,
+    errors: Family<UpstreamErrorLabels, Counter>,
+    circuit_state: Gauge,
+    reachable: Gauge,
+    dropped_fields: Counter,
+}
+
+impl UpstreamMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            calls: Family::new_with_constructor(stage_histogram),
+            errors: Family::default(),
+            circuit_state: Gauge::default(),
+            reachable: Gauge::default(),
+            dropped_fields: Counter::default(),
+        };
+        registry.register_with_unit(
+            "upstream_call_duration",
+            "Latency of calls to the upstream provider, by call (read, append, health), retries included",
+            Unit::Seconds,
+            metrics.calls.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed calls to the upstream provider by kind (unavailable, timeout, tls, connection_lost, bad_answer, circuit_open)",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "upstream_circuit_state",
+            "The upstream provider's circuit breaker: 0 closed, 1 open, 2 half-open",
+            metrics.circuit_state.clone(),
+        );
+        registry.register(
+            "upstream_reachable",
+            "1 while the upstream provider answered its last call or health probe",
+            metrics.reachable.clone(),
+        );
+        registry.register(
+            "upstream_dropped_fields",
+            "Fields the upstream provider answered that were not asked for: dropped, never released",
+            metrics.dropped_fields.clone(),
+        );
+        metrics
+    }
+
+    /// Record one call's latency.
+    pub fn observe_call(&self, call: &'static str, elapsed: Duration) {
+        self.calls
+            .get_or_create(&UpstreamCallLabels { call })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Count one failed call.
+    pub fn count_error(&self, kind: &'static str) {
+        self.errors.get_or_create(&UpstreamErrorLabels { kind }).inc();
+    }
+
+    /// The breaker's state (see `upstream::breaker::Circuit::gauge`).
+    pub fn set_circuit_state(&self, state: i64) {
+        self.circuit_state.set(state);
+    }
+
+    /// Whether the provider answered last time.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.set(i64::from(reachable));
+    }
+
+    /// Count fields dropped from an answer.
+    pub fn count_dropped_fields(&self, n: usize) {
+        self.dropped_fields.inc_by(n as u64);
+    }
 }
 
 impl Default for Metrics {
@@ -192,6 +282,7 @@ impl Metrics {
             "Times the database was reopened live after failing (see src/supervisor.rs)",
             store_reopens.clone(),
         );
+        let upstream = UpstreamMetrics::register(&mut registry);
         for side in [Side::Agency, Side::Admin] {
             // Present from the start so dashboards see 0, not "no data".
             let _ = open_connections.get_or_create(&SideLabels {
@@ -208,6 +299,7 @@ impl Metrics {
             handshake_failures,
             store_available,
             store_reopens,
+            upstream,
         }
     }
 

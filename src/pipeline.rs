@@ -63,6 +63,16 @@ pub(crate) async fn run(
                 return into_response(reply, &exchange.request_id);
             }
         };
+        // The trace the agency sent (or, in front of an upstream provider, a new one) goes upstream and
+        // into the audit entry.
+        if side == Side::Agency {
+            exchange.traceparent = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::upstream::parse_traceparent)
+                .or_else(|| broker.store.is_remote().then(crate::upstream::new_traceparent));
+        }
         // read body
         let started = Instant::now();
         let read = read_body(&broker.config.limits, &mut exchange, req).await;
@@ -72,7 +82,11 @@ pub(crate) async fn run(
         // route: the front door decodes, authorizes, meters, stores, releases and encodes.
         let reply = match read {
             Ok(read) => match side {
-                Side::Agency => agency_door(&broker, &mut exchange, agency, connector, read).await,
+                Side::Agency => {
+                    let trace = exchange.traceparent.clone();
+                    let door = agency_door(&broker, &mut exchange, agency, connector, read);
+                    crate::upstream::with_trace(trace, door).await
+                }
                 Side::Admin => match health(&broker, &mut exchange, read.path()) {
                     Some(health) => health,
                     None => crate::admin::handle(&broker, &mut exchange, read).await,
@@ -208,17 +222,26 @@ fn authenticate(exchange: &mut Exchange, agency: Option<Agency>) -> Result<Agenc
 }
 
 /// `GET /healthz`, the same on both listeners: the answer, or `None` for any other path. 503
-/// `store_unavailable` while the database has failed (until the supervisor has reopened it).
+/// `store_unavailable` while the database has failed (until the supervisor has reopened it); in upstream
+/// provider mode the provider's reachability too (503 `upstream_unavailable` while it is unreachable).
 fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Reply> {
     (path == "/healthz").then(|| {
         exchange.operation = Some(Operation::Health);
-        match broker.store_failure() {
-            None => Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        if broker.store_failure().is_some() {
             // The supervisor has logged the cause; a health probe every few seconds need not repeat it.
-            Some(_) => Reply::error(
+            return Reply::error(
                 &ApiError::new(ErrorCode::StoreUnavailable, crate::store::UNAVAILABLE),
                 &exchange.request_id,
+            );
+        }
+        // An upstream provider's reachability (its probe logs the cause).
+        match broker.store.health() {
+            Ok(None) => Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+            Ok(Some(upstream)) => Reply::json(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "ok", "upstream": upstream }),
             ),
+            Err(e) => Reply::error(&e, &exchange.request_id),
         }
     })
 }

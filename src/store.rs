@@ -67,8 +67,20 @@ pub trait CitizenStore: Send + Sync {
     /// Insert or replace whole records (seeding and imports), durable on return.
     fn put_many<'a>(&'a self, records: Vec<(String, Value)>) -> StoreFuture<'a, ()>;
 
-    /// How many records there are.
+    /// How many records there are (0 when the store cannot tell: a remote provider's).
     fn count(&self) -> usize;
+
+    /// The store's own health for `/healthz`: `Ok(None)` for the embedded store, details of a remote
+    /// one, or the error `/healthz` answers while it is unreachable.
+    fn health(&self) -> Result<Option<Value>, ApiError> {
+        Ok(None)
+    }
+
+    /// The records live in a system the broker does not own (an upstream provider): the broker's audit
+    /// trail cannot be checked against them at start-up, and nothing is seeded through the broker.
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 /// A check of a whole record before it is written (the canonical schema).

@@ -67,6 +67,10 @@ pub struct AuditRecord {
     /// counts served calls from this).
     #[serde(default)]
     pub metered: bool,
+    /// The W3C `traceparent` of the request, in upstream provider mode or when the agency sent one (the
+    /// same trace is passed to the provider). Absent, it is not written (nor hashed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl AuditRecord {
@@ -92,6 +96,7 @@ impl AuditRecord {
             request_sha256: exchange.body_sha256.clone(),
             bulk: exchange.bulk,
             metered: exchange.metered,
+            traceparent: exchange.traceparent.clone(),
         }
     }
 }
@@ -100,8 +105,8 @@ impl AuditRecord {
 ///
 /// `hash = hex(SHA-256(prev_hash_hex ‖ canonical))`, where `canonical` is the compact serde_json encoding of
 /// the entry without `hash`, fields in this order: `seq, time, agency, cert_fingerprint, purpose, channel,
-/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered, prev_hash`
-/// (`None` as `null`). The stored line is the same encoding with `hash` appended.
+/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered,
+/// [traceparent,] prev_hash` (`None` as `null`; `traceparent` only when present). The stored line is the same encoding with `hash` appended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEntry {
     /// 1-based position in the chain.

@@ -49,6 +49,7 @@ fn record(i: u64, citizen: Option<&str>) -> AuditRecord {
         request_sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
         bulk: false,
         metered: false,
+        traceparent: None,
     }
 }
 

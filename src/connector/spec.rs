@@ -149,13 +149,19 @@ pub struct Connector {
     pub read_fields: Vec<String>,
 }
 
-struct Ctx<'a> {
-    file: &'a str,
-    text: &'a str,
+/// The file being checked, for `file:line` errors (shared with the provider files of
+/// [`crate::upstream`]).
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) text: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err<T>(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> Result<T, ConnectorError> {
+    pub(crate) fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> Result<T, ConnectorError> {
         let line = self.text[..span.start.min(self.text.len())].matches('\n').count() + 1;
         Err(ConnectorError {
             file: self.file.to_string(),
@@ -165,7 +171,8 @@ impl Ctx<'_> {
     }
 }
 
-fn locator(
+/// A path in the dialect's document: a JSON Pointer, or an element path with namespace prefixes.
+pub(crate) fn locator(
     ctx: &Ctx<'_>,
     format: Format,
     ns: &BTreeMap<String, String>,
@@ -232,7 +239,8 @@ fn locator(
     }
 }
 
-fn transforms(
+/// The transforms a mapping names, checked.
+pub(crate) fn transforms(
     ctx: &Ctx<'_>,
     names: &Option<Spanned<Vec<String>>>,
     enums: &BTreeMap<String, BTreeMap<String, String>>,
