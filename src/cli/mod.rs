@@ -48,6 +48,19 @@ pub enum Command {
         /// Admin listener address.
         #[arg(long, default_value = "127.0.0.1:8444")]
         admin_addr: String,
+        /// Run a provider (a population database) and this broker in front of it in upstream provider
+        /// mode: the provider is a second process (`demo --provider`) under DATA_DIR/provider.
+        #[arg(long, conflicts_with = "provider")]
+        upstream: bool,
+        /// Run as the provider of `--upstream`: the demo with the front broker registered as an agency.
+        #[arg(long)]
+        provider: bool,
+        /// With `--upstream`: the provider's agency listener.
+        #[arg(long, default_value = "127.0.0.1:8445")]
+        provider_addr: String,
+        /// With `--upstream`: the provider's admin listener.
+        #[arg(long, default_value = "127.0.0.1:8446")]
+        provider_admin_addr: String,
     },
     /// Run the broker from a config file.
     Serve {
@@ -307,6 +320,10 @@ pub async fn run(cli: Cli) -> i32 {
             data_dir,
             agency_addr,
             admin_addr,
+            upstream,
+            provider,
+            provider_addr,
+            provider_admin_addr,
         } => {
             let opts = DemoOptions {
                 certs_dir,
@@ -315,7 +332,22 @@ pub async fn run(cli: Cli) -> i32 {
                 agency_addr,
                 admin_addr,
             };
-            run_demo(opts).await
+            if upstream {
+                run_upstream_demo(opts, provider_addr, provider_admin_addr).await
+            } else if provider {
+                match crate::dev::upstream_demo::prepare_provider(&opts).await {
+                    Ok(broker) => {
+                        run_broker(
+                            broker,
+                            Some(format!("provider listening on {}", opts.agency_addr)),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                run_demo(opts).await
+            }
         }
         Command::Serve { config } => match Config::load(&config) {
             Ok(config) => match Broker::open(config) {
@@ -365,6 +397,76 @@ async fn run_demo(opts: DemoOptions) -> Result<(), StartError> {
     let broker = crate::dev::demo::prepare(&opts).await?;
     let lines = crate::dev::demo::curl_lines(&opts.certs_dir, &opts.agency_addr, &opts.admin_addr);
     run_broker(broker, Some(lines)).await
+}
+
+/// `demo --upstream`: the provider as a child process (`demo --provider`), then this process as the front
+/// broker in front of it. The child is stopped when the front broker stops.
+async fn run_upstream_demo(
+    opts: DemoOptions,
+    provider_addr: String,
+    provider_admin_addr: String,
+) -> Result<(), StartError> {
+    use crate::dev::upstream_demo;
+    let exe = std::env::current_exe().map_err(|e| StartError::Other(e.to_string()))?;
+    let mut provider = std::process::Command::new(exe)
+        .arg("demo")
+        .arg("--provider")
+        .args(["--citizens", &opts.citizens.to_string(), "--certs-dir"])
+        .arg(&opts.certs_dir)
+        .arg("--data-dir")
+        .arg(opts.data_dir.join("provider"))
+        .args([
+            "--agency-addr",
+            &provider_addr,
+            "--admin-addr",
+            &provider_admin_addr,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| StartError::Other(format!("starting the provider: {e}")))?;
+    // The provider makes the dev PKI (the front broker's certificate included) before it listens.
+    let front_key = opts
+        .certs_dir
+        .join(format!("{}.key", upstream_demo::FRONT_AGENCY));
+    let ready = async {
+        for _ in 0..600 {
+            if front_key.is_file() && tokio::net::TcpStream::connect(&provider_addr).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    };
+    if !ready.await {
+        let _ = provider.kill();
+        return Err(StartError::Other(format!(
+            "the provider did not come up on {provider_addr}"
+        )));
+    }
+    let front = DemoOptions {
+        data_dir: opts.data_dir.join("front"),
+        citizens: 0,
+        ..opts.clone()
+    };
+    let store = upstream_demo::front_store(&opts.certs_dir, &provider_addr, "lienthong-rest.toml");
+    let served =
+        match crate::dev::demo::prepare_with(&front, |config| upstream_demo::use_upstream(config, store))
+            .await
+        {
+            Ok(broker) => {
+                let lines = upstream_demo::curl_lines(
+                    &opts.certs_dir,
+                    &opts.agency_addr,
+                    &provider_addr,
+                    &opts.admin_addr,
+                );
+                run_broker(broker, Some(lines)).await
+            }
+            Err(e) => Err(e),
+        };
+    let _ = provider.kill();
+    let _ = provider.wait();
+    served
 }
 
 /// Bind both listeners and serve until SIGINT or SIGTERM.

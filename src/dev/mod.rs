@@ -5,3 +5,4 @@ pub mod bench;
 pub mod certs;
 pub mod demo;
 pub mod population;
+pub mod upstream_demo;
