@@ -228,7 +228,23 @@ impl Connection {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<Response, ClientError> {
+        self.send_with_headers(method, path, content_type, body, &[])
+            .await
+    }
+
+    /// [`Connection::send`] with extra request headers (e.g. a W3C `traceparent`).
+    pub async fn send_with_headers(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, ClientError> {
         let mut builder = Request::builder().method(method);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         builder = match self {
             // HTTP/2 needs an absolute URI (the :authority pseudo-header); HTTP/1.1 sends a Host header.
             Connection::H2(_) => builder.uri(format!("https://localhost{path}")),

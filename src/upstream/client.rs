@@ -179,29 +179,24 @@ impl ProviderClient {
 /// Sort a client error: a failed connect (refused, or a TLS handshake the certificates do not allow)
 /// from a connection lost after the request went out.
 fn classify(e: hyper_util::client::legacy::Error) -> Failure {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-    let mut chain = Vec::new();
-    let mut tls = None;
-    while let Some(s) = source {
-        chain.push(s.to_string());
-        if let Some(rustls_error) = s.downcast_ref::<rustls::Error>() {
-            tls = Some(rustls_error.to_string());
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                tls = Some(inner.to_string());
-            }
-        }
-        source = s.source();
-    }
-    let detail = if chain.is_empty() {
-        e.to_string()
-    } else {
-        chain.join(": ")
-    };
-    match tls {
+    let detail = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+    match std::error::Error::source(&e).and_then(rustls_cause) {
         Some(tls) => Failure::Tls(tls),
         None if e.is_connect() => Failure::Unavailable(detail),
         None => Failure::Lost(detail),
     }
+}
+
+/// The rustls error somewhere in `e`'s chain. An `io::Error` wrapping another error hides it from
+/// `source()` (which skips to the wrapped error's own source), so wrapped errors are opened too.
+fn rustls_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
+    }
+    if let Some(wrapped) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if let Some(found) = rustls_cause(wrapped) {
+            return Some(found);
+        }
+    }
+    e.source().and_then(rustls_cause)
 }
