@@ -276,6 +276,7 @@ async fn render(broker: &Broker, req: &ReadRequest) -> Result<String, ApiError> 
 
     let usage = usage(broker);
     Ok(PAGE
+        .replace("{{upstream}}", &upstream_status(broker))
         .replace("{{chain_class}}", chain_class)
         .replace("{{chain}}", &chain)
         .replace("{{notice}}", &notice)
@@ -300,6 +301,21 @@ fn billing_text(class: crate::registry::BillingClass) -> &'static str {
     match class {
         crate::registry::BillingClass::Billed => "billed",
         crate::registry::BillingClass::StateBudget => "state budget",
+    }
+}
+
+/// In upstream provider mode, the provider's reachability and circuit (nothing for the embedded store).
+fn upstream_status(broker: &Broker) -> String {
+    match broker.store.health() {
+        Ok(None) => String::new(),
+        Ok(Some(h)) => format!(
+            "  <div id=\"upstream\" class=\"chain ok\">upstream provider <code>{}</code>: reachable, circuit {}</div>\n",
+            escape(h["provider"].as_str().unwrap_or("-")),
+            escape(h["circuit"].as_str().unwrap_or("-")),
+        ),
+        Err(_) => "  <div id=\"upstream\" class=\"chain bad\">upstream provider unreachable or circuit open: \
+                   citizen reads and writes answer 503 upstream_unavailable</div>\n"
+            .into(),
     }
 }
 
@@ -484,6 +500,7 @@ mod tests {
     fn page_has_every_placeholder_once() {
         for p in [
             "{{chain}}",
+            "{{upstream}}",
             "{{agencies}}",
             "{{quota}}",
             "{{billing}}",

@@ -509,6 +509,11 @@ async fn a_killed_provider_answers_503_and_the_front_recovers_by_itself() {
         (health.status, health.error_code().as_deref()),
         (503, Some("upstream_unavailable"))
     );
+    let console = rest.admin_get("/admin/console").await.text();
+    assert!(
+        console.contains("upstream provider unreachable"),
+        "the console shows it"
+    );
     let audit = rest
         .admin_get(&format!(
             "/admin/v1/audit/entries?agency=dvc&citizen_id={AN}&limit=5"
@@ -537,6 +542,61 @@ async fn a_killed_provider_answers_503_and_the_front_recovers_by_itself() {
     }
     assert!(recovered, "the front broker serves again without a restart");
     assert_eq!(rest.admin_get("/healthz").await.status, 200);
+    let console = rest.admin_get("/admin/console").await.text();
+    assert!(
+        console.contains("reachable, circuit closed"),
+        "the console shows it"
+    );
+}
+
+#[tokio::test]
+async fn check_config_names_the_upstream_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    lienthong::dev::certs::init_dir(&certs, &[("front", "front broker"), ("admin", "operators")]).unwrap();
+    let base = String::from(
+        "[tls]\nca_bundle = \"certs/ca.pem\"\nserver_cert = \"certs/server.pem\"\nserver_key = \"certs/server.key\"\n\
+         crls = []\nadmin_certs = [\"certs/admin.pem\"]\n[storage]\ndata_dir = \"data\"\n[store]\nbackend = \"upstream\"\n"
+    );
+    let upstream = "[store.upstream]\nurl = \"https://127.0.0.1:9\"\nprovider = \"lienthong-rest.toml\"\n\
+                    ca_bundle = \"certs/ca.pem\"\nclient_cert = \"certs/front.pem\"\nclient_key = \"certs/front.key\"\n";
+    for (text, ok, key) in [
+        (base.clone(), false, "store.upstream"),
+        (format!("{base}{upstream}"), true, ""),
+        (
+            format!("{base}{}", upstream.replace("https://", "http://")),
+            false,
+            "store.upstream.url",
+        ),
+        (
+            format!(
+                "{base}{}",
+                upstream.replace("lienthong-rest.toml", "providers/nope.toml")
+            ),
+            false,
+            "store.upstream.provider",
+        ),
+        (
+            format!("{base}{upstream}retries = \"x\"\n"),
+            false,
+            "expected u32",
+        ),
+    ] {
+        let file = dir.path().join("lienthong.toml");
+        std::fs::write(&file, &text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lienthong"))
+            .arg("check-config")
+            .arg("-c")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{text}\n{stderr}");
+        if !ok {
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert!(stderr.contains(key), "{key} in {stderr}");
+        }
+    }
 }
 
 /// What the tiny provider in the test answers.
