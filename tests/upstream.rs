@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{free_port, TestBroker, AN};
-use lienthong::client::{Alpn, MtlsClient};
+use common::{client_for, ChildBroker, TestBroker, AN};
+use lienthong::client::MtlsClient;
 use lienthong::config::Config;
 use lienthong::dev::upstream_demo::{front_store, use_upstream};
 use lienthong::upstream::UpstreamConfig;
@@ -57,84 +57,35 @@ fn logged(needle: &str) -> bool {
     String::from_utf8_lossy(&logs().lock().unwrap()).contains(needle)
 }
 
-/// `lienthong demo --provider` as a child process on fixed ports, its certificates under `dir/certs`
-/// (shared with the front broker), its data under `dir/provider`.
+/// `lienthong demo --provider` as a child process, its certificates under `dir/certs` (copied for the
+/// front brokers), its data under `dir/data`.
 struct ProviderProcess {
-    child: std::process::Child,
-    agency: SocketAddr,
-    admin: SocketAddr,
-    dir: PathBuf,
+    child: ChildBroker,
+    certs: PathBuf,
 }
 
 impl ProviderProcess {
     async fn start(dir: &Path) -> Self {
-        let (agency, admin) = (free_port(), free_port());
-        let mut p = Self {
-            child: Self::spawn(dir, agency, admin),
-            agency: format!("127.0.0.1:{agency}").parse().unwrap(),
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-            dir: dir.to_path_buf(),
-        };
-        p.wait_ready().await;
-        p
+        Self {
+            child: ChildBroker::start_with(dir, &["--provider"]).await,
+            certs: dir.join("certs"),
+        }
     }
 
-    fn spawn(dir: &Path, agency: u16, admin: u16) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_lienthong"))
-            .args(["demo", "--provider", "--citizens", "300", "--certs-dir"])
-            .arg(dir.join("certs"))
-            .arg("--data-dir")
-            .arg(dir.join("provider"))
-            .args([
-                "--agency-addr",
-                &format!("127.0.0.1:{agency}"),
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+    fn agency(&self) -> SocketAddr {
+        self.child.agency
     }
 
     fn client(&self, who: &str) -> MtlsClient {
-        let certs = self.dir.join("certs");
-        MtlsClient::from_files(
-            &certs.join("ca.pem"),
-            &certs.join(format!("{who}.pem")),
-            &certs.join(format!("{who}.key")),
-            Alpn::Both,
-        )
-        .unwrap()
-    }
-
-    async fn wait_ready(&mut self) {
-        let certs = self.dir.join("certs");
-        for _ in 0..600 {
-            if certs.join("front.key").is_file() && certs.join("admin.key").is_file() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for _ in 0..600 {
-            if let Ok(r) = self.client("front").get(self.agency, "/healthz").await {
-                if r.status == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the provider did not come up");
+        client_for(&self.certs, who)
     }
 
     fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.child.kill();
     }
 
     async fn restart(&mut self) {
-        self.child = Self::spawn(&self.dir, self.agency.port(), self.admin.port());
-        self.wait_ready().await;
+        self.child.restart().await;
     }
 
     /// The provider's own audit entries for the front broker, newest first.
@@ -142,7 +93,7 @@ impl ProviderProcess {
         let r = self
             .client("admin")
             .get(
-                self.admin,
+                self.child.admin,
                 &format!("/admin/v1/audit/entries?agency=front&citizen_id={citizen}&limit=100"),
             )
             .await
@@ -156,7 +107,7 @@ impl ProviderProcess {
         let r = self
             .client("front")
             .get(
-                self.agency,
+                self.child.agency,
                 &format!("/v1/citizens/{citizen}?purpose=population-proxy&fields={list}"),
             )
             .await
@@ -168,15 +119,17 @@ impl ProviderProcess {
 
 impl Drop for ProviderProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
 
-/// A front broker (in-process, certificates shared with the provider) whose store is `upstream`.
-async fn front(dir: &Arc<tempfile::TempDir>, upstream: UpstreamConfig) -> TestBroker {
+/// A front broker (in-process, in a folder of its own with a copy of the provider's dev PKI) whose
+/// store is `upstream`.
+async fn front(certs: &Path, upstream: UpstreamConfig) -> TestBroker {
     logs();
-    TestBroker::try_start_in_with(dir.clone(), |config: &mut Config| use_upstream(config, upstream))
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    copy_certs(certs, &dir.path().join("certs"));
+    TestBroker::try_start_in_with(dir, |config: &mut Config| use_upstream(config, upstream))
         .await
         .expect("the front broker starts")
 }
@@ -223,9 +176,9 @@ async fn through_both_legs_like_embedded_asking_only_released_fields_and_survivi
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let provider = ProviderProcess::start(dir.path()).await;
     let certs = dir.path().join("certs");
-    let relay = Relay::start(provider.agency).await;
+    let relay = Relay::start(provider.agency()).await;
     let rest = front(
-        &dir,
+        &certs,
         front_store(&certs, &relay.addr.to_string(), "lienthong-rest.toml"),
     )
     .await;
@@ -291,16 +244,15 @@ async fn through_both_legs_like_embedded_asking_only_released_fields_and_survivi
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    let prefill_reads = [
-        "citizen_id",
-        "old_id_number",
-        "full_name",
-        "birth_date",
-        "gender",
-        "permanent_address",
-        "current_address",
-        "id_card_issue_date",
-    ];
+    let purposes = rest.get("dvc", "/v1/purposes").await.json();
+    let prefill_reads: Vec<&str> = purposes
+        .as_array()
+        .or_else(|| purposes["purposes"].as_array())
+        .and_then(|all| all.iter().find(|p| p["id"] == "public-service-prefill"))
+        .and_then(|p| p["read"].as_array())
+        .map(|read| read.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(!prefill_reads.is_empty(), "{purposes}");
     assert!(
         asked.iter().all(|f| prefill_reads.contains(f)),
         "only what the purpose releases: {asked:?}"
@@ -424,11 +376,9 @@ async fn through_both_legs_like_embedded_asking_only_released_fields_and_survivi
 
     // The SOAP dialect against the provider's own SOAP connector: same answer, the phone number it
     // answers unasked is dropped and counted.
-    let soap_dir = Arc::new(tempfile::tempdir().unwrap());
-    copy_certs(&certs, &soap_dir.path().join("certs"));
     let soap = front(
-        &soap_dir,
-        front_store(&certs, &provider.agency.to_string(), "qcvn109-soap.toml"),
+        &certs,
+        front_store(&certs, &provider.agency().to_string(), "qcvn109-soap.toml"),
     )
     .await;
     let path = format!("/v1/citizens/{AN}?purpose=public-service-prefill");
@@ -479,10 +429,10 @@ async fn a_killed_provider_answers_503_and_the_front_recovers_by_itself() {
     let mut provider = ProviderProcess::start(dir.path()).await;
     let certs = dir.path().join("certs");
     let rest = front(
-        &dir,
+        &certs,
         quick(front_store(
             &certs,
-            &provider.agency.to_string(),
+            &provider.agency().to_string(),
             "lienthong-rest.toml",
         )),
     )
@@ -686,7 +636,7 @@ async fn slow_garbled_chatty_and_untrusted_providers() {
     let tiny = tiny_provider(&certs, mode.clone()).await;
     let mut upstream = quick(front_store(&certs, &tiny.to_string(), "lienthong-rest.toml"));
     upstream.breaker_failures = 100;
-    let rest = front(&dir, upstream).await;
+    let rest = front(&certs, upstream).await;
     let path = format!("/v1/citizens/{AN}?purpose=public-service-prefill");
 
     let started = std::time::Instant::now();
@@ -769,9 +719,7 @@ async fn slow_garbled_chatty_and_untrusted_providers() {
     lienthong::dev::certs::init_dir(other.path(), &[]).unwrap();
     let mut untrusting = quick(front_store(&certs, &tiny.to_string(), "lienthong-rest.toml"));
     untrusting.ca_bundle = other.path().join("ca.pem");
-    let dir2 = Arc::new(tempfile::tempdir().unwrap());
-    copy_certs(&certs, &dir2.path().join("certs"));
-    let wary = front(&dir2, untrusting).await;
+    let wary = front(&certs, untrusting).await;
     let refused = wary.get("dvc", &path).await;
     assert_eq!(
         (refused.status, refused.error_code().as_deref()),

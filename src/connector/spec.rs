@@ -253,6 +253,29 @@ pub(crate) fn transforms(
         .collect()
 }
 
+/// A file's `name`: lower-case letters, digits and '-' (it names metrics series and audit channels).
+pub(crate) fn file_name(ctx: &Ctx<'_>, name: &Spanned<String>) -> Result<String, ConnectorError> {
+    let text = name.get_ref();
+    if text.is_empty()
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return ctx.err(name.span(), "name must be lower-case letters, digits and '-'");
+    }
+    Ok(text.clone())
+}
+
+/// An HTTP method a file may name: GET, POST or PUT.
+pub(crate) fn method(ctx: &Ctx<'_>, method: &Spanned<String>) -> Result<hyper::Method, ConnectorError> {
+    match method.get_ref().as_str() {
+        "GET" => Ok(hyper::Method::GET),
+        "POST" => Ok(hyper::Method::POST),
+        "PUT" => Ok(hyper::Method::PUT),
+        other => ctx.err(method.span(), format!("method {other:?} is not GET, POST or PUT")),
+    }
+}
+
 impl Connector {
     /// Parse and check one connector file against the schema and the purpose catalogue.
     pub fn from_str(
@@ -273,25 +296,8 @@ impl Connector {
                 message: e.message().to_string(),
             }
         })?;
-        let name = f.name.get_ref().clone();
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return ctx.err(f.name.span(), "name must be lower-case letters, digits and '-'");
-        }
-        let method = match f.method.get_ref().as_str() {
-            "GET" => hyper::Method::GET,
-            "POST" => hyper::Method::POST,
-            "PUT" => hyper::Method::PUT,
-            other => {
-                return ctx.err(
-                    f.method.span(),
-                    format!("method {other:?} is not GET, POST or PUT"),
-                )
-            }
-        };
+        let name = file_name(&ctx, &f.name)?;
+        let method = method(&ctx, &f.method)?;
         let path = f.path.get_ref().clone();
         if !path.starts_with("/connectors/") || path.contains("..") || path.contains("//") {
             return ctx.err(

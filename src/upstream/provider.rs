@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::Spanned;
 
-use crate::connector::spec::{locator, transforms, ConnectorError, Ctx, Locator};
+use crate::connector::spec::{file_name, locator, method, transforms, ConnectorError, Ctx, Locator};
 use crate::connector::transform::Transform;
 use crate::connector::xml;
 use crate::connector::Format;
@@ -199,14 +199,7 @@ impl Provider {
                 .unwrap_or(1),
             message: e.message().to_string(),
         })?;
-        let name = f.name.get_ref().clone();
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return ctx.err(f.name.span(), "name must be lower-case letters, digits and '-'");
-        }
+        let name = file_name(&ctx, &f.name)?;
         let read = call(&ctx, &f, &f.read, schema)?;
         if f.format == Format::Xml && read.map.is_empty() {
             return ctx.err(
@@ -395,17 +388,7 @@ fn set_path(record: &mut Value, path: &[String], value: Value) {
 }
 
 fn call(ctx: &Ctx<'_>, f: &File, c: &CallFile, schema: &CitizenSchema) -> Result<Call, ConnectorError> {
-    let method = match c.method.get_ref().as_str() {
-        "GET" => hyper::Method::GET,
-        "POST" => hyper::Method::POST,
-        "PUT" => hyper::Method::PUT,
-        other => {
-            return ctx.err(
-                c.method.span(),
-                format!("method {other:?} is not GET, POST or PUT"),
-            )
-        }
-    };
+    let method = method(ctx, &c.method)?;
     let path = c.path.get_ref().clone();
     if !path.starts_with('/') || path.contains("..") || path.contains("://") {
         return ctx.err(

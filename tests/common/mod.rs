@@ -302,6 +302,17 @@ pub fn realdata(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// A client holding `who`'s certificate from the dev PKI folder `certs`.
+pub fn client_for(certs: &Path, who: &str) -> MtlsClient {
+    MtlsClient::from_files(
+        &certs.join("ca.pem"),
+        &certs.join(format!("{who}.pem")),
+        &certs.join(format!("{who}.key")),
+        Alpn::Both,
+    )
+    .unwrap()
+}
+
 /// A free port on loopback (bound and released; for child brokers that need fixed addresses).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -314,8 +325,15 @@ pub fn free_port() -> u16 {
 /// `lienthong demo` as a child process on the given ports, with its own certificates and data under `dir`
 /// (for crash tests: it can be SIGKILLed).
 pub fn demo_child(dir: &Path, agency: u16, admin: u16) -> std::process::Child {
+    demo_child_with(dir, agency, admin, &[])
+}
+
+/// [`demo_child`] with more `demo` arguments (e.g. `--provider`).
+pub fn demo_child_with(dir: &Path, agency: u16, admin: u16, extra: &[&str]) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_lienthong"))
-        .args(["demo", "--citizens", "300", "--certs-dir"])
+        .arg("demo")
+        .args(extra)
+        .args(["--citizens", "300", "--certs-dir"])
         .arg(dir.join("certs"))
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -338,19 +356,29 @@ pub struct ChildBroker {
     child: std::process::Child,
     /// Its agency listener.
     pub agency: SocketAddr,
+    /// Its admin listener.
+    pub admin: SocketAddr,
     dir: PathBuf,
     ports: (u16, u16),
+    extra: Vec<&'static str>,
 }
 
 impl ChildBroker {
     /// Start `lienthong demo` with its certificates and data under `dir` and wait until it serves.
     pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// [`ChildBroker::start`] with more `demo` arguments (e.g. `--provider`).
+    pub async fn start_with(dir: &Path, extra: &[&'static str]) -> Self {
         let ports = (free_port(), free_port());
         let mut broker = Self {
-            child: demo_child(dir, ports.0, ports.1),
+            child: demo_child_with(dir, ports.0, ports.1, extra),
             agency: format!("127.0.0.1:{}", ports.0).parse().unwrap(),
+            admin: format!("127.0.0.1:{}", ports.1).parse().unwrap(),
             dir: dir.to_path_buf(),
             ports,
+            extra: extra.to_vec(),
         };
         broker.wait_ready().await;
         broker
@@ -364,22 +392,14 @@ impl ChildBroker {
 
     /// Start the child again on what the last one left, and wait until it serves.
     pub async fn restart(&mut self) {
-        self.child = demo_child(&self.dir, self.ports.0, self.ports.1);
+        self.child = demo_child_with(&self.dir, self.ports.0, self.ports.1, &self.extra);
         self.wait_ready().await;
     }
 
     /// A maker of clients holding an agency's demo certificate, e.g. `clients("dvc")`.
     pub fn clients(&self) -> impl Fn(&str) -> MtlsClient + Clone {
         let certs = self.dir.join("certs");
-        move |who: &str| {
-            MtlsClient::from_files(
-                &certs.join("ca.pem"),
-                &certs.join(format!("{who}.pem")),
-                &certs.join(format!("{who}.key")),
-                Alpn::Both,
-            )
-            .unwrap()
-        }
+        move |who: &str| client_for(&certs, who)
     }
 
     async fn wait_ready(&mut self) {
