@@ -410,7 +410,8 @@ fn render(connector: &Connector, record: &Value, echo: &Map<String, Value>) -> R
     })
 }
 
-fn set_pointer(out: &mut Value, pointer: &str, value: Value) {
+/// Put `value` at a JSON Pointer, making the objects on the way.
+pub(crate) fn set_pointer(out: &mut Value, pointer: &str, value: Value) {
     let mut at = out;
     let parts: Vec<String> = pointer
         .split('/')

@@ -98,24 +98,35 @@ pub async fn prepare_with(
         .await
         .map_err(StartError::Other)?;
     for (code, name, billing_class) in DEMO_AGENCIES {
-        if broker.registry.get(code).is_some() {
-            continue;
-        }
-        let fingerprint =
-            crate::identity::fingerprint_of_pem_file(&opts.certs_dir.join(format!("{code}.pem")))?;
-        broker
-            .registry
-            .register(NewAgency {
-                code: code.into(),
-                name: name.into(),
-                billing_class,
-                fingerprints: vec![fingerprint],
-            })
-            .await
-            .map_err(|e| StartError::Other(format!("registering {code}: {}", e.message)))?;
+        register_agency(&broker, &opts.certs_dir, code, name, billing_class).await?;
     }
     seed_demo(&broker, opts.citizens).await?;
     Ok(broker)
+}
+
+/// Register agency `code` bound to the dev certificate `certs_dir/<code>.pem`, unless it is registered.
+pub async fn register_agency(
+    broker: &Broker,
+    certs_dir: &Path,
+    code: &str,
+    name: &str,
+    billing_class: BillingClass,
+) -> Result<(), StartError> {
+    if broker.registry.get(code).is_some() {
+        return Ok(());
+    }
+    let fingerprint = crate::identity::fingerprint_of_pem_file(&certs_dir.join(format!("{code}.pem")))?;
+    broker
+        .registry
+        .register(NewAgency {
+            code: code.into(),
+            name: name.into(),
+            billing_class,
+            fingerprints: vec![fingerprint],
+        })
+        .await
+        .map_err(|e| StartError::Other(format!("registering {code}: {}", e.message)))?;
+    Ok(())
 }
 
 /// Copy-paste `curl` lines for the running demo.

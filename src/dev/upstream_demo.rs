@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::broker::{Broker, StartError};
 use crate::config::{Config, StoreBackend};
 use crate::dev::demo::DemoOptions;
-use crate::registry::{BillingClass, NewAgency};
+use crate::registry::BillingClass;
 use crate::upstream::UpstreamConfig;
 
 /// The front broker's agency code at the provider (and its client certificate's name).
@@ -61,20 +61,14 @@ pub async fn prepare_provider(opts: &DemoOptions) -> Result<Arc<Broker>, StartEr
     })
     .await?;
     written?;
-    if broker.registry.get(FRONT_AGENCY).is_none() {
-        let fingerprint =
-            crate::identity::fingerprint_of_pem_file(&opts.certs_dir.join(format!("{FRONT_AGENCY}.pem")))?;
-        broker
-            .registry
-            .register(NewAgency {
-                code: FRONT_AGENCY.into(),
-                name: "lienthong front broker (upstream provider mode)".into(),
-                billing_class: BillingClass::StateBudget,
-                fingerprints: vec![fingerprint],
-            })
-            .await
-            .map_err(|e| other(format!("registering {FRONT_AGENCY}: {}", e.message)))?;
-    }
+    crate::dev::demo::register_agency(
+        &broker,
+        &opts.certs_dir,
+        FRONT_AGENCY,
+        "lienthong front broker (upstream provider mode)",
+        BillingClass::StateBudget,
+    )
+    .await?;
     Ok(broker)
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::Spanned;
 
+use crate::connector::door::set_pointer;
 use crate::connector::spec::{file_name, locator, method, transforms, ConnectorError, Ctx, Locator};
 use crate::connector::transform::Transform;
 use crate::connector::xml;
@@ -352,7 +353,8 @@ impl Provider {
             for t in &m.transforms {
                 value = t.apply(value).map_err(|e| format!("{}: {e}", m.to.join(".")))?;
             }
-            set_path(&mut record, &m.to, value);
+            // Field names hold no `/` or `~`: the path is a JSON Pointer as it is.
+            set_pointer(&mut record, &format!("/{}", m.to.join("/")), value);
         }
         Ok(record)
     }
@@ -370,20 +372,6 @@ impl Provider {
                 .find(steps, attribute.as_ref())
                 .map(|t| t.trim().to_string()),
         }
-    }
-}
-
-fn set_path(record: &mut Value, path: &[String], value: Value) {
-    let mut at = record;
-    for (i, name) in path.iter().enumerate() {
-        let Some(object) = at.as_object_mut() else { return };
-        if i + 1 == path.len() {
-            object.insert(name.clone(), value);
-            return;
-        }
-        at = object
-            .entry(name.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
     }
 }
 
