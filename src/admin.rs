@@ -35,6 +35,59 @@ pub fn json_body<T: for<'de> Deserialize<'de>>(req: &ReadRequest) -> Result<T, A
     serde_json::from_value(value).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
 }
 
+/// `POST /admin/v1/catalogue/versions?origin=FILE`: the body is a catalogue file (TOML) with a
+/// `[release]` table; `origin` names the file in errors (`FILE:LINE: …`). Checked against the schema,
+/// the registered agencies and the loaded connectors before it is accepted.
+async fn load_catalogue(
+    broker: &Broker,
+    req: &ReadRequest,
+) -> Result<std::sync::Arc<crate::catalogue::CatalogueVersion>, ApiError> {
+    match req.media_type().as_deref() {
+        Some("application/toml" | "text/plain") | None => {}
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected application/toml, got {other}"),
+            ))
+        }
+    }
+    let origin = req.query("origin").unwrap_or_else(|| "catalogue".into());
+    let text = std::str::from_utf8(&req.body)
+        .map_err(|e| ApiError::unprocessable("invalid_catalogue", format!("{origin}: not UTF-8 ({e})")))?;
+    let is_agency = |code: &str| broker.registry.get(code).is_some();
+    let connectors_served = |version: &crate::catalogue::CatalogueVersion| {
+        for c in broker.connectors.all() {
+            let Some(purpose) = version.get(&c.purpose) else {
+                return Err(format!(
+                    "connector {} serves purpose `{}`, which this version removes",
+                    c.name, c.purpose
+                ));
+            };
+            purpose
+                .release_set(Some(&c.read_fields), &broker.schema)
+                .map_err(|e| {
+                    format!(
+                        "connector {} reads what purpose `{}` no longer releases: {}",
+                        c.name, c.purpose, e.message
+                    )
+                })?;
+        }
+        Ok(())
+    };
+    broker
+        .catalogues
+        .load(
+            text,
+            &origin,
+            &broker.schema,
+            &is_agency,
+            connectors_served,
+            broker.clock.now(),
+        )
+        .await
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BindRequest {
@@ -136,7 +189,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             let value = crate::json::parse(&req.body)?;
             let plan = crate::quota::Plan::from_json(&value)?;
             for purpose in plan.limits.keys().filter(|p| p.as_str() != "*") {
-                if broker.catalogue.get(purpose).is_none() {
+                if exchange.catalogue.get(purpose).is_none() {
                     return Err(ApiError::bad_request(
                         "unknown_purpose",
                         format!("no purpose {purpose}"),
@@ -154,9 +207,11 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 billing_class: crate::registry::BillingClass,
             }
             let class: Class = json_body(req)?;
-            ok(
-                json!({ "agency": broker.registry.update(code, |a| { a.billing_class = class.billing_class; Ok(()) }).await? }),
-            )
+            let agency = broker
+                .registry
+                .set_billing_class(code, class.billing_class, broker.clock.now())
+                .await?;
+            ok(json!({ "agency": agency, "class_changes": broker.registry.class_changes(code)? }))
         }
         (&Method::GET, ["admin", "v1", "agencies", code, "usage"]) => {
             exchange.operation = "admin:usage".into();
@@ -166,7 +221,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 .ok_or_else(|| ApiError::not_found("unknown_agency", format!("no agency {code}")))?;
             let mut usage = serde_json::Map::new();
             let plan = crate::quota::Plan::from_json(&agency.plan)?;
-            for purpose in broker.catalogue.for_agency(code) {
+            for purpose in exchange.catalogue.for_agency(code) {
                 usage.insert(
                     purpose.id.clone(),
                     json!({ "used": broker.quota.usage(code, &purpose.id)?, "limits": plan.for_purpose(&purpose.id) }),
@@ -174,9 +229,28 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             }
             ok(json!({ "agency": code, "usage": usage }))
         }
-        (&Method::GET, ["admin", "v1", "billing", action]) => {
+        (&Method::GET, ["admin", "v1", "billing", action @ ("report" | "reconcile" | "closed")])
+        | (&Method::POST, ["admin", "v1", "billing", action @ "close"]) => {
             exchange.operation = format!("admin:billing_{action}");
             crate::billing::admin_route(broker, req, action).await
+        }
+        (&Method::GET, ["admin", "v1", "catalogue", "versions"]) => {
+            exchange.operation = "admin:catalogue_versions".into();
+            ok(crate::api::catalogue_versions(broker, exchange))
+        }
+        (&Method::GET, ["admin", "v1", "catalogue", "diff"]) => {
+            exchange.operation = "admin:catalogue_diff".into();
+            ok(crate::api::catalogue_diff(broker, exchange, req)?)
+        }
+        (&Method::POST, ["admin", "v1", "catalogue", "versions"]) => {
+            exchange.operation = "admin:load_catalogue".into();
+            let version = load_catalogue(broker, req).await?;
+            exchange.operation = format!("admin:load_catalogue:{}", version.id);
+            Ok(Reply::json(
+                StatusCode::CREATED,
+                &json!({ "version": version.id, "effective_at": crate::catalogue::vietnam_time(version.effective_at),
+                         "origin": version.origin, "purposes": version.all().len() }),
+            ))
         }
         (&Method::GET, ["admin", "v1", "audit", action]) => {
             exchange.operation = format!("admin:audit_{action}");

@@ -62,11 +62,29 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         }
         (&Method::GET, "/v1/catalogue") => {
             exchange.operation = "catalogue".into();
-            Ok(Reply::json(StatusCode::OK, &crate::openapi::document(broker)))
+            let version = match req.query("version") {
+                Some(id) => broker.catalogues.require(&id)?,
+                None => exchange.catalogue.clone(),
+            };
+            Ok(Reply::json(
+                StatusCode::OK,
+                &crate::openapi::document(broker, &version),
+            ))
+        }
+        (&Method::GET, "/v1/catalogue/versions") => {
+            exchange.operation = "catalogue_versions".into();
+            Ok(Reply::json(StatusCode::OK, &catalogue_versions(broker, exchange)))
+        }
+        (&Method::GET, "/v1/catalogue/diff") => {
+            exchange.operation = "catalogue_diff".into();
+            Ok(Reply::json(
+                StatusCode::OK,
+                &catalogue_diff(broker, exchange, req)?,
+            ))
         }
         (&Method::GET, "/v1/purposes") => {
             exchange.operation = "list_purposes".into();
-            let purposes: Vec<_> = broker
+            let purposes: Vec<_> = exchange
                 .catalogue
                 .for_agency(&agency.code)
                 .into_iter()
@@ -76,6 +94,35 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         }
         _ => route_resources(broker, exchange, &agency, req, &method, &path).await,
     }
+}
+
+/// Every catalogue version, the one serving this request marked `in_force` (also on the admin listener).
+pub fn catalogue_versions(broker: &Broker, exchange: &Exchange) -> serde_json::Value {
+    let in_force = &exchange.catalogue.id;
+    let versions: Vec<_> = broker
+        .catalogues
+        .list()
+        .iter()
+        .map(|v| v.summary(in_force))
+        .collect();
+    json!({ "in_force": in_force, "versions": versions })
+}
+
+/// `?from=A&to=B` (default `to`: the version in force): what changed, for machines.
+pub fn catalogue_diff(
+    broker: &Broker,
+    exchange: &Exchange,
+    req: &ReadRequest,
+) -> Result<serde_json::Value, ApiError> {
+    let from = req.query("from").ok_or_else(|| {
+        ApiError::bad_request("invalid_query", "give ?from=VERSION (and optionally &to=VERSION)")
+    })?;
+    let from = broker.catalogues.require(&from)?;
+    let to = match req.query("to") {
+        Some(id) => broker.catalogues.require(&id)?,
+        None => exchange.catalogue.clone(),
+    };
+    Ok(crate::catalogue::diff(&from, &to))
 }
 
 /// What an agency sees of a purpose.
@@ -121,7 +168,7 @@ async fn route_resources(
             let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             let id = canonical::citizen_id(exchange, id)?;
             let requested = requested_fields(req);
-            let record = canonical::read(broker, exchange, purpose, &id, requested.as_deref()).await?;
+            let record = canonical::read(broker, exchange, &purpose, &id, requested.as_deref()).await?;
             Ok(Reply::json(
                 StatusCode::OK,
                 &json!({ "purpose": purpose.id, "citizen": record }),
@@ -159,7 +206,7 @@ async fn route_resources(
                     "/: the body must be a JSON object",
                 ));
             }
-            let (status, stored) = canonical::append(broker, exchange, purpose, &id, history, entry).await?;
+            let (status, stored) = canonical::append(broker, exchange, &purpose, &id, history, entry).await?;
             Ok(Reply::json(
                 status,
                 &json!({ "citizen_id": id.as_str(), history.field(): stored }),
@@ -216,6 +263,7 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
         request_sha256: exchange.body_sha256.clone(),
         bulk: exchange.bulk,
         metered: exchange.metered,
+        catalogue_version: Some(exchange.catalogue.id.clone()),
     };
     // A bulk answer is recorded once per citizen it concerns (same request id, not metered again), then as a
     // whole; any failure withholds the answer.

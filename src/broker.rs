@@ -48,8 +48,10 @@ pub struct Broker {
     pub registry: Registry,
     /// The canonical citizen record schema, compiled once.
     pub schema: CitizenSchema,
-    /// The purpose catalogue.
-    pub catalogue: Catalogue,
+    /// The versions of the purpose catalogue; [`Broker::catalogue`] is the one in force now.
+    pub catalogues: crate::catalogue::Catalogues,
+    /// The clock every dated decision asks (tests move it).
+    pub clock: crate::clock::Clock,
     /// The loaded connectors.
     pub connectors: crate::connector::ConnectorSet,
     /// Citizen records.
@@ -78,6 +80,10 @@ impl Broker {
             .map_err(|e| StartError::Other(format!("schema: {e}")))?;
         let catalogue = Catalogue::load(config.catalogue.purposes.as_deref(), &schema)
             .map_err(|e| StartError::Other(format!("purpose catalogue: {e}")))?;
+        let catalogue_origin = config.catalogue.purposes.as_deref().map_or_else(
+            || "schemas/purposes.toml (embedded)".to_string(),
+            |p| p.display().to_string(),
+        );
         let admin_fingerprints = config
             .tls
             .admin_certs
@@ -110,15 +116,31 @@ impl Broker {
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let checkpoints =
             crate::checkpoint::Checkpoints::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
-        let audit = AuditLog::open(&data_dir.join("audit"), db.clone(), config.audit.checkpoint_every)
-            .map_err(|e| store_err(format!("audit trail: {e}")))?;
+        let catalogues = crate::catalogue::Catalogues::open(
+            &db,
+            crate::catalogue::CatalogueVersion::new(catalogue, &catalogue_origin),
+            &schema,
+        )
+        .map_err(|e| StartError::Other(format!("purpose catalogue: {e}")))?;
+        let clock = crate::clock::Clock::default();
+        let audit = AuditLog::open_with(
+            &data_dir.join("audit"),
+            db.clone(),
+            crate::audit::AuditOptions {
+                checkpoint_every: config.audit.checkpoint_every,
+                clock: clock.clone(),
+                ..crate::audit::AuditOptions::default()
+            },
+        )
+        .map_err(|e| store_err(format!("audit trail: {e}")))?;
         Ok(Self {
             config,
             tls,
             admin_fingerprints,
             registry,
             schema,
-            catalogue,
+            catalogues,
+            clock,
             connectors,
             store,
             audit,
@@ -129,6 +151,11 @@ impl Broker {
             metrics: crate::metrics::Metrics::new(),
             identities: Default::default(),
         })
+    }
+
+    /// The catalogue version in force now. A request takes it once, at its start, and keeps it.
+    pub fn catalogue(&self) -> Arc<crate::catalogue::CatalogueVersion> {
+        self.catalogues.at(self.clock.now())
     }
 
     /// The database's sticky I/O error, if it has one: sled keeps its first I/O error (a full disk, a

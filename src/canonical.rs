@@ -7,6 +7,7 @@ use hyper::StatusCode;
 use serde_json::Value;
 
 use crate::broker::Broker;
+use crate::catalogue::PurposeInForce;
 use crate::citizen_id::{check_consistency, CitizenId, Gender};
 use crate::error::ApiError;
 use crate::policy::{Purpose, Purpose as P};
@@ -64,12 +65,12 @@ impl History {
 
 /// The declared purpose, checked against the catalogue and the agency: 400 `purpose_required`,
 /// 400 `unknown_purpose`, 403 `purpose_not_allowed`.
-pub fn authorize<'b>(
-    broker: &'b Broker,
+pub fn authorize(
+    broker: &Broker,
     exchange: &mut Exchange,
     agency: &Agency,
     purpose: Option<&str>,
-) -> Result<&'b Purpose, ApiError> {
+) -> Result<PurposeInForce, ApiError> {
     let purpose = purpose.map(str::trim).filter(|p| !p.is_empty()).ok_or_else(|| {
         ApiError::bad_request(
             "purpose_required",
@@ -78,7 +79,7 @@ pub fn authorize<'b>(
     })?;
     exchange.purpose = Some(purpose.to_string());
     let started = std::time::Instant::now();
-    let authorized = broker.catalogue.authorize(purpose, &agency.code);
+    let authorized = crate::catalogue::authorize(&exchange.catalogue, purpose, &agency.code);
     broker
         .metrics
         .observe_since(crate::metrics::Stage::Policy, started);
@@ -174,7 +175,7 @@ pub fn meter(broker: &Broker, exchange: &mut Exchange) -> Result<(), ApiError> {
         Some(a) => crate::quota::Plan::from_json(&a.plan)?,
         None => crate::quota::Plan::default(),
     };
-    match broker.quota.meter(agency, &plan, purpose) {
+    match broker.quota.meter_at(agency, &plan, purpose, broker.clock.now()) {
         Ok(rate) => {
             exchange.metered = true;
             exchange.rate = rate;

@@ -80,6 +80,16 @@ pub enum Command {
         #[command(subcommand)]
         action: BillingCommand,
     },
+    /// The yearly service catalogue: load a new version, list the versions, diff two (through the
+    /// admin API).
+    Catalogue {
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminTarget,
+        /// What to do.
+        #[command(subcommand)]
+        action: CatalogueCommand,
+    },
     /// Benchmark the whole pipeline against a bare hyper + rustls baseline (see `BENCHMARKS.md`).
     Bench(crate::bench::BenchArgs),
     /// Manage agencies through a running broker's admin API.
@@ -171,6 +181,41 @@ pub enum BillingCommand {
         /// The month, `YYYY-MM` (default: this month).
         #[arg(long)]
         month: Option<String>,
+    },
+    /// Freeze a month that is over: its report, signed with the broker's audit key together with the
+    /// audit chain head it was computed from, exported as CSV or JSON.
+    Close {
+        /// The month, `YYYY-MM`.
+        #[arg(long)]
+        month: String,
+        /// `csv` or `json`.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Write the export here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `lienthong catalogue …`
+#[derive(Debug, Subcommand)]
+pub enum CatalogueCommand {
+    /// Load a new version from a file with a `[release]` table (`version`, `effective`); it is checked
+    /// fully first and refused with FILE:LINE, the running version kept.
+    Load {
+        /// The catalogue file (TOML).
+        file: PathBuf,
+    },
+    /// Every version, past, in force and scheduled.
+    Versions,
+    /// What changed between two versions (default `--to`: the one in force).
+    Diff {
+        /// The earlier version.
+        #[arg(long)]
+        from: String,
+        /// The later version.
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -343,6 +388,7 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::Agency { admin, action } => return agency_command(admin, action).await,
         Command::Billing { admin, action } => return billing_command(admin, action).await,
+        Command::Catalogue { admin, action } => return catalogue_command(admin, action).await,
         Command::Bench(args) => return crate::bench::run_cli(args).await,
         Command::Audit { action } => return audit_command(action),
     };
@@ -415,12 +461,23 @@ async fn admin_call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<crate::client::Response, i32> {
+    let body = body.map(|b| ("application/json", b.to_string()));
+    admin_call_with(admin, method, path, body).await
+}
+
+/// [`admin_call`] with a body of any type: `(content type, body)`.
+async fn admin_call_with(
+    admin: &AdminTarget,
+    method: Method,
+    path: &str,
+    body: Option<(&'static str, String)>,
+) -> Result<crate::client::Response, i32> {
     let client = MtlsClient::from_files(&admin.cacert, &admin.cert, &admin.key, Alpn::Both).map_err(|e| {
         eprintln!("lienthong: {e}");
         2
     })?;
     let (content_type, body) = match body {
-        Some(b) => (Some("application/json"), b.to_string()),
+        Some((content_type, body)) => (Some(content_type), body),
         None => (None, String::new()),
     };
     let resp = client
@@ -461,6 +518,35 @@ async fn billing_command(admin: AdminTarget, action: BillingCommand) -> i32 {
                 Err(code) => code,
             }
         }
+        BillingCommand::Close { month, format, out } => {
+            let path = format!("/admin/v1/billing/close?month={month}&format={format}");
+            match admin_call(&admin, Method::POST, &path, None).await {
+                Ok(resp) => {
+                    let text = if format == "csv" {
+                        resp.text()
+                    } else {
+                        format!("{}\n", pretty(&resp))
+                    };
+                    match out {
+                        Some(file) => match std::fs::write(&file, text) {
+                            Ok(()) => {
+                                println!("closed {month}: written to {}", file.display());
+                                0
+                            }
+                            Err(e) => {
+                                eprintln!("lienthong: {}: {e} (the month is closed; fetch it again with GET /admin/v1/billing/closed)", file.display());
+                                1
+                            }
+                        },
+                        None => {
+                            print!("{text}");
+                            0
+                        }
+                    }
+                }
+                Err(code) => code,
+            }
+        }
         BillingCommand::Reconcile { month } => {
             let path = format!("/admin/v1/billing/reconcile?{}", month_q(&month));
             match admin_call(&admin, Method::GET, &path, None).await {
@@ -476,6 +562,39 @@ async fn billing_command(admin: AdminTarget, action: BillingCommand) -> i32 {
                 Err(code) => code,
             }
         }
+    }
+}
+
+async fn catalogue_command(admin: AdminTarget, action: CatalogueCommand) -> i32 {
+    let call = match action {
+        CatalogueCommand::Load { file } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) => {
+                    eprintln!("lienthong: {}: {e}", file.display());
+                    return 2;
+                }
+            };
+            let name = file.display().to_string();
+            let origin = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC);
+            let path = format!("/admin/v1/catalogue/versions?origin={origin}");
+            admin_call_with(&admin, Method::POST, &path, Some(("application/toml", text))).await
+        }
+        CatalogueCommand::Versions => {
+            admin_call(&admin, Method::GET, "/admin/v1/catalogue/versions", None).await
+        }
+        CatalogueCommand::Diff { from, to } => {
+            let to = to.map(|t| format!("&to={t}")).unwrap_or_default();
+            let path = format!("/admin/v1/catalogue/diff?from={from}{to}");
+            admin_call(&admin, Method::GET, &path, None).await
+        }
+    };
+    match call {
+        Ok(resp) => {
+            println!("{}", pretty(&resp));
+            0
+        }
+        Err(code) => code,
     }
 }
 

@@ -241,7 +241,7 @@ async fn render(broker: &Broker, req: &ReadRequest) -> Result<String, ApiError> 
     }
     agency_options.push_str(&option("admin", &filters.agency));
     let mut purpose_options = String::from("<option value=\"\">any</option>");
-    for p in broker.catalogue.all() {
+    for p in broker.catalogue().all() {
         purpose_options.push_str(&option(&p.id, &filters.purpose));
     }
 
@@ -272,7 +272,7 @@ async fn render(broker: &Broker, req: &ReadRequest) -> Result<String, ApiError> 
         entry_rows = "<tr><td colspan=\"10\" class=\"empty\">no matching entries</td></tr>".into();
     }
 
-    let usage = usage(broker);
+    let usage = usage(broker).await;
     Ok(PAGE
         .replace("{{chain_class}}", chain_class)
         .replace("{{chain}}", &chain)
@@ -336,13 +336,13 @@ struct Usage {
     billing_html: String,
 }
 
-fn usage(broker: &Broker) -> Usage {
-    let month = crate::quota::month_of(chrono::Utc::now());
+async fn usage(broker: &Broker) -> Usage {
+    let month = crate::quota::month_of(broker.clock.now());
     Usage {
         quota_period: "this minute, today and this month (Vietnam time)".into(),
         quota_html: quota_table(broker).unwrap_or_else(unavailable),
         billing_period: month.clone(),
-        billing_html: billing_table(broker, &month).unwrap_or_else(unavailable),
+        billing_html: billing_table(broker, &month).await.unwrap_or_else(unavailable),
     }
 }
 
@@ -368,7 +368,7 @@ fn quota_table(broker: &Broker) -> Result<String, ApiError> {
     let mut rows = String::new();
     for agency in broker.registry.list() {
         let plan = crate::quota::Plan::from_json(&agency.plan)?;
-        for purpose in broker.catalogue.for_agency(&agency.code) {
+        for purpose in broker.catalogue().for_agency(&agency.code) {
             let used = broker.quota.usage(&agency.code, &purpose.id)?;
             let limits = plan.for_purpose(&purpose.id);
             let count = |w: &str| used.get(w).copied().unwrap_or(0);
@@ -393,8 +393,8 @@ fn quota_table(broker: &Broker) -> Result<String, ApiError> {
 }
 
 /// The month's billing report (the same one `GET /admin/v1/billing/report` answers).
-fn billing_table(broker: &Broker, month: &str) -> Result<String, ApiError> {
-    let report = crate::billing::report(broker, month)?;
+async fn billing_table(broker: &Broker, month: &str) -> Result<String, ApiError> {
+    let report = crate::billing::report(broker, month).await?;
     if report.lines.is_empty() {
         return Ok("<p class=\"empty\">no calls this month</p>".into());
     }

@@ -23,6 +23,7 @@
 //! | [`schema`] | the canonical citizen record as JSON Schema, checked on every write |
 //! | [`record`] | derived fields of a record (`covid_status`) |
 //! | [`policy`] | the purpose catalogue: which fields each purpose may read or write |
+//! | [`catalogue`] | the yearly catalogue versions, effective-dated; the one in force serves each request |
 //! | [`quota`] | per agency/purpose limits per minute, day and month; served and refused totals for billing |
 //! | [`billing`] | the monthly billing report and its reconciliation with the audit trail |
 //! | [`store`] | citizen records, behind the [`store::CitizenStore`] seam (sled by default) |
@@ -44,6 +45,7 @@
 //! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |
 //! | [`population`] | a synthetic, deterministic population for the demo and benchmarks |
 //! | [`demo`] | `lienthong demo`: dev certificates, sample data and a running broker |
+//! | [`clock`] | the broker's clock, which dates every decision a bill depends on (tests move it) |
 //! | [`error`] | the one error type every stage answers with: status + stable `code` |
 
 pub mod admin;
@@ -54,11 +56,13 @@ pub mod bench;
 pub mod billing;
 pub mod broker;
 pub mod canonical;
+pub mod catalogue;
 pub mod certs;
 pub mod checkpoint;
 pub mod citizen_id;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod connector;
 pub mod console;

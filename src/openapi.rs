@@ -73,9 +73,9 @@ const SCAN_ERRORS: &[(u16, &str)] = &[
     (422, "schema_violation"),
 ];
 
-/// The whole document.
-pub fn document(broker: &Broker) -> Value {
-    let purposes = broker.catalogue.all();
+/// The whole document, for one version of the catalogue.
+pub fn document(broker: &Broker, version: &crate::catalogue::CatalogueVersion) -> Value {
+    let purposes = version.all();
     let mut schemas = component_schemas(broker.schema.raw());
     for p in purposes.iter().filter(|p| !p.read.is_empty()) {
         let projected = project_schema(broker.schema.raw(), p);
@@ -85,6 +85,8 @@ pub fn document(broker: &Broker) -> Value {
     paths.insert("/healthz".into(), healthz());
     paths.insert("/v1/whoami".into(), whoami());
     paths.insert("/v1/catalogue".into(), catalogue_route());
+    paths.insert("/v1/catalogue/versions".into(), catalogue_versions_route());
+    paths.insert("/v1/catalogue/diff".into(), catalogue_diff_route());
     paths.insert("/v1/purposes".into(), list_purposes());
     paths.insert("/v1/purposes/{purpose}/release".into(), release(purposes));
     paths.insert("/v1/citizens/{citizen_id}".into(), read_citizen(purposes));
@@ -147,6 +149,10 @@ pub fn document(broker: &Broker) -> Value {
             { "name": "sms", "description": "SMS self-look-up through the telecom gateway" },
             { "name": "connectors", "description": "agency dialects (JSON, FHIR, SOAP) mapped onto the canonical operations" },
         ],
+        "x-catalogue": {
+            "version": version.id,
+            "effective_at": crate::catalogue::vietnam_time(version.effective_at),
+        },
         "x-purposes": purposes.iter().map(describe_purpose).collect::<Vec<_>>(),
         "paths": paths,
         "security": [{ "agencyCertificate": [] }],
@@ -519,15 +525,52 @@ fn whoami() -> Value {
     ) })
 }
 
+fn version_param(name: &str, required: bool, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": required, "description": description,
+            "schema": { "type": "string" } })
+}
+
 fn catalogue_route() -> Value {
     json!({ "get": operation(
         "catalogue",
         "meta",
         "This document",
-        "The OpenAPI 3.1 document of the agency API, generated from the loaded purpose catalogue, schema and connectors.".into(),
+        "The OpenAPI 3.1 document of the agency API, generated from the catalogue version in force (named with its \
+         effective instant under `x-catalogue`), the schema and the connectors; `?version=` gives a past or scheduled \
+         version's document.".into(),
+        vec![version_param("version", false, "A catalogue version id (default: the one in force).")],
+        &[(200, ok_response("An OpenAPI 3.1 document.", json!({ "type": "object", "required": ["openapi", "paths", "x-catalogue"] })))],
+        &[COMMON_ERRORS, &[(404, "unknown_catalogue_version")]],
+    ) })
+}
+
+fn catalogue_versions_route() -> Value {
+    json!({ "get": operation(
+        "catalogueVersions",
+        "meta",
+        "Every catalogue version: past, in force, scheduled",
+        "Each with its effective instant (Vietnam time); the one serving now is marked `in_force`.".into(),
         vec![],
-        &[(200, ok_response("An OpenAPI 3.1 document.", json!({ "type": "object", "required": ["openapi", "paths"] })))],
+        &[(200, ok_response("The versions, oldest first.", json!({ "type": "object", "required": ["in_force", "versions"] })))],
         &[COMMON_ERRORS],
+    ) })
+}
+
+fn catalogue_diff_route() -> Value {
+    json!({ "get": operation(
+        "catalogueDiff",
+        "meta",
+        "What changed between two catalogue versions",
+        "Purposes added and removed; for purposes in both: fields granted and withdrawn, prices changed, agencies \
+         granted and withdrawn.".into(),
+        vec![
+            version_param("from", true, "The earlier version id."),
+            version_param("to", false, "The later version id (default: the one in force)."),
+        ],
+        &[(200, ok_response("The differences.", json!({ "type": "object", "required": ["from", "to", "purposes_added",
+            "purposes_removed", "fields_granted", "fields_withdrawn", "prices_changed", "agencies_granted",
+            "agencies_withdrawn"] })))],
+        &[COMMON_ERRORS, &[(400, "invalid_query"), (404, "unknown_catalogue_version")]],
     ) })
 }
 

@@ -269,8 +269,55 @@ pub enum CatalogueError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCatalogue {
+    release: Option<Spanned<RawRelease>>,
     #[serde(default)]
     purpose: Vec<RawPurpose>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelease {
+    version: Spanned<String>,
+    effective: Spanned<String>,
+}
+
+/// The `[release]` table of a catalogue file: which yearly version it is and when it takes effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Release {
+    /// The version's identifier, e.g. `2027`.
+    pub version: String,
+    /// The instant it takes effect.
+    pub effective_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An instant as a catalogue or an operator writes it: RFC 3339 (`2027-01-01T00:00:00+07:00`), or a
+/// Vietnam-time date and time (`2027-01-01T00:00:00`) or date (`2027-01-01`, midnight).
+pub fn parse_vietnam_instant(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
+    let text = text.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S"))
+        .ok()
+        .or_else(|| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()?
+                .and_hms_opt(0, 0, 0)
+        })?;
+    crate::quota::vietnam()
+        .from_local_datetime(&naive)
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// True when `id` may name a catalogue version: 1..=32 of letters, digits, `.`, `_` and `-`.
+fn valid_version_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[derive(Deserialize)]
@@ -292,6 +339,8 @@ struct RawPurpose {
 /// The purpose catalogue, checked against the schema.
 #[derive(Debug, Clone, Serialize)]
 pub struct Catalogue {
+    #[serde(skip)]
+    release: Option<Release>,
     purposes: Vec<Purpose>,
 }
 
@@ -299,6 +348,16 @@ impl Catalogue {
     /// Parses and checks a catalogue; `origin` names its file in errors.
     #[allow(clippy::should_implement_trait)] // needs `origin` and the schema, so it cannot be `FromStr`
     pub fn from_str(text: &str, origin: &str, schema: &CitizenSchema) -> Result<Self, CatalogueError> {
+        Self::from_str_checked(text, origin, schema, &|_| true)
+    }
+
+    /// [`Catalogue::from_str`], also refusing a grant to an agency for which `is_agency` is false.
+    pub fn from_str_checked(
+        text: &str,
+        origin: &str,
+        schema: &CitizenSchema,
+        is_agency: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, CatalogueError> {
         let err = |offset: usize, message: String| CatalogueError::Invalid {
             origin: origin.to_string(),
             line: line_of(text, offset),
@@ -309,6 +368,34 @@ impl Catalogue {
         if raw.purpose.is_empty() {
             return Err(err(0, "the catalogue declares no [[purpose]]".into()));
         }
+        let release = match raw.release {
+            None => None,
+            Some(release) => {
+                let release = release.into_inner();
+                let version = release.version.get_ref().trim().to_string();
+                if !valid_version_id(&version) {
+                    return Err(err(
+                        release.version.span().start,
+                        format!(
+                            "release version {version:?} must be 1..=32 of letters, digits, '.', '_' and '-'"
+                        ),
+                    ));
+                }
+                let effective_at = parse_vietnam_instant(release.effective.get_ref()).ok_or_else(|| {
+                    err(
+                        release.effective.span().start,
+                        format!(
+                            "release effective {:?} is not an instant (RFC 3339, or a Vietnam-time date)",
+                            release.effective.get_ref()
+                        ),
+                    )
+                })?;
+                Some(Release {
+                    version,
+                    effective_at,
+                })
+            }
+        };
         let mut purposes: Vec<Purpose> = Vec::with_capacity(raw.purpose.len());
         let mut first_line = std::collections::HashMap::new();
         for p in raw.purpose {
@@ -359,6 +446,12 @@ impl Catalogue {
                 if a.get_ref().trim().is_empty() {
                     return Err(err(a.span().start, format!("purpose `{id}`: empty agency code")));
                 }
+                if !is_agency(a.get_ref()) {
+                    return Err(err(
+                        a.span().start,
+                        format!("purpose `{id}`: agency `{}` is not registered", a.get_ref()),
+                    ));
+                }
                 if !agencies.contains(a.get_ref()) {
                     agencies.push(a.get_ref().clone());
                 }
@@ -377,7 +470,12 @@ impl Catalogue {
                 agencies,
             });
         }
-        Ok(Self { purposes })
+        Ok(Self { release, purposes })
+    }
+
+    /// The `[release]` table, when the file has one.
+    pub fn release(&self) -> Option<&Release> {
+        self.release.as_ref()
     }
 
     /// Loads the catalogue from `path`, or the embedded one when `None`.

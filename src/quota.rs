@@ -82,7 +82,7 @@ pub enum Window {
 
 const WINDOWS: [Window; 3] = [Window::Minute, Window::Day, Window::Month];
 
-fn vietnam() -> FixedOffset {
+pub(crate) fn vietnam() -> FixedOffset {
     // UTC+7 has no daylight saving; the constant cannot fail.
     FixedOffset::east_opt(7 * 3600)
         .unwrap_or_else(|| FixedOffset::east_opt(0).unwrap_or_else(|| unreachable!()))

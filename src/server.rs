@@ -69,6 +69,8 @@ pub struct Exchange {
     pub rate: Option<crate::quota::RateInfo>,
     /// Other citizens a bulk answer released data about; each gets an audit entry of their own.
     pub also_concerns: Vec<String>,
+    /// The catalogue version in force when the request started: the only one it sees.
+    pub catalogue: Arc<crate::catalogue::CatalogueVersion>,
 }
 
 /// An answer before it becomes an HTTP response.
@@ -425,6 +427,7 @@ async fn handle(
         metered: false,
         rate: None,
         also_concerns: Vec::new(),
+        catalogue: broker.catalogue(),
     };
     let span = tracing::info_span!(
         "request",
@@ -529,7 +532,7 @@ fn count_request(broker: &Broker, side: Side, exchange: &Exchange, reply: &Reply
     let purpose = exchange
         .purpose
         .as_deref()
-        .filter(|p| broker.catalogue.get(p).is_some())
+        .filter(|p| exchange.catalogue.get(p).is_some())
         .unwrap_or("-");
     let agency = exchange.agency.as_deref().unwrap_or("-");
     broker.metrics.count_request(crate::metrics::RequestOutcome {
@@ -826,6 +829,7 @@ async fn record_connection_event(
         metered: false,
         rate: None,
         also_concerns: Vec::new(),
+        catalogue: broker.catalogue(),
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut reply = Reply::error(&ApiError::new(status, code, message), &exchange.request_id);

@@ -168,18 +168,7 @@ async fn counters_survive_a_restart() {
 #[tokio::test]
 async fn state_budget_use_is_counted_but_not_charged_and_csv_is_available() {
     let b = TestBroker::start().await;
-    for _ in 0..3 {
-        assert_eq!(
-            b.get(
-                "dvc",
-                &format!("/v1/citizens/{AN}?purpose=public-service-prefill")
-            )
-            .await
-            .status,
-            200
-        );
-    }
-    assert_eq!(b.get("pccovid", &read_path()).await.status, 200);
+    // The class applies from the change on (issue 22: calls are billed at the class of their instant).
     let r = b
         .client("admin")
         .request(
@@ -192,6 +181,18 @@ async fn state_budget_use_is_counted_but_not_charged_and_csv_is_available() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+    for _ in 0..3 {
+        assert_eq!(
+            b.get(
+                "dvc",
+                &format!("/v1/citizens/{AN}?purpose=public-service-prefill")
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    assert_eq!(b.get("pccovid", &read_path()).await.status, 200);
     let report = b
         .admin_get(&format!("/admin/v1/billing/report?month={}", month()))
         .await

@@ -66,14 +66,20 @@ pub struct AuditRecord {
     /// counts served calls from this).
     #[serde(default)]
     pub metered: bool,
+    /// The catalogue version in force when the request was served (its prices and grants applied), so
+    /// the bill prices each call at the terms of its own instant. Left out of the line when `None`:
+    /// entries written before versions existed keep their encoding and their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalogue_version: Option<String>,
 }
 
 /// One line of the trail.
 ///
 /// `hash = hex(SHA-256(prev_hash_hex ‖ canonical))`, where `canonical` is the compact serde_json encoding of
 /// the entry without `hash`, fields in this order: `seq, time, agency, cert_fingerprint, purpose, channel,
-/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered, prev_hash`
-/// (`None` as `null`). The stored line is the same encoding with `hash` appended.
+/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered,
+/// [catalogue_version,] prev_hash` (`None` as `null`, except `catalogue_version`, which is left out when
+/// `None`). The stored line is the same encoding with `hash` appended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEntry {
     /// 1-based position in the chain.

@@ -105,6 +105,8 @@ pub struct AuditOptions {
     pub segment_max_bytes: u64,
     /// …or this many entries. Checked between batches, so a segment may overshoot by one batch.
     pub segment_max_entries: u64,
+    /// Dates the entries (the broker's clock, so a test can move time; never backwards along the chain).
+    pub clock: crate::clock::Clock,
 }
 
 impl Default for AuditOptions {
@@ -113,6 +115,7 @@ impl Default for AuditOptions {
             checkpoint_every: 1000,
             segment_max_bytes: 64 << 20,
             segment_max_entries: 100_000,
+            clock: crate::clock::Clock::default(),
         }
     }
 }
@@ -128,6 +131,19 @@ pub struct AuditLog {
     /// Joined by [`AuditLog::close`], so that a reopen knows the thread's files and sled handles are gone
     /// (the writer joins the indexer thread before it ends).
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The checkpoint signing key, also used for statements made about the trail (a closed month's bill).
+    key: Arc<ring::signature::Ed25519KeyPair>,
+}
+
+/// A statement signed with the trail's key: Ed25519 over `"{domain}\n{message}"`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignedStatement {
+    /// The domain the signature is separated by, e.g. `lienthong-billing-close-v1`.
+    pub domain: String,
+    /// Ed25519 signature, hex.
+    pub signature: String,
+    /// The public key (as in the trail's `checkpoint.pub`), hex.
+    pub public_key: String,
 }
 
 /// How long a search waits for the indexer to catch up before answering from what is indexed.
@@ -151,7 +167,7 @@ impl AuditLog {
     /// [`AuditLog::open`] with every knob.
     pub fn open_with(dir: &Path, db: sled::Db, options: AuditOptions) -> Result<Arc<Self>, AuditError> {
         fs::create_dir_all(dir)?;
-        let key = load_or_create_key(dir)?;
+        let key = Arc::new(load_or_create_key(dir)?);
         let base = Base::read(dir)?;
         let segments = list_segments(dir)?;
 
@@ -232,7 +248,7 @@ impl AuditLog {
             seq: head.0,
             head_hash: head.1,
             last_time,
-            key,
+            key: Arc::clone(&key),
             checkpoints: checkpoints_file,
             checkpoints_len: checkpoints.complete_len,
             checkpoints_need_repair: false,
@@ -251,6 +267,7 @@ impl AuditLog {
             index,
             indexed,
             writer: Mutex::new(Some(writer)),
+            key,
         }))
     }
 
@@ -282,6 +299,19 @@ impl AuditLog {
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// Sign `message` with the checkpoint key, separated by `domain` so that no statement can pass for a
+    /// checkpoint or for another kind of statement.
+    pub fn sign_statement(&self, domain: &str, message: &[u8]) -> SignedStatement {
+        use ring::signature::KeyPair;
+        let mut signed = format!("{domain}\n").into_bytes();
+        signed.extend_from_slice(message);
+        SignedStatement {
+            domain: domain.to_string(),
+            signature: hex::encode(self.key.sign(&signed).as_ref()),
+            public_key: hex::encode(self.key.public_key().as_ref()),
+        }
     }
 
     /// `(count, head hash)`: the seq of the last durable entry and its hash.

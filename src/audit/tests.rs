@@ -49,6 +49,7 @@ fn record(i: u64, citizen: Option<&str>) -> AuditRecord {
         request_sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
         bulk: false,
         metered: false,
+        catalogue_version: None,
     }
 }
 
@@ -642,4 +643,45 @@ async fn an_index_of_whole_lines_from_an_older_version_is_still_read() {
     // The new entry is stored as a location (20 bytes), the old ones stay lines.
     assert_eq!(by_seq.get(7u64.to_be_bytes()).unwrap().unwrap().len(), 20);
     assert_eq!(by_seq.get(1u64.to_be_bytes()).unwrap().unwrap()[0], b'{');
+}
+
+#[tokio::test]
+async fn the_catalogue_version_is_additive_and_dated_by_the_clock() {
+    let f = fixture();
+    let clock = crate::clock::Clock::default();
+    let t = chrono::DateTime::parse_from_rfc3339("2031-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    clock.set(t);
+    let log = AuditLog::open_with(
+        &f.dir,
+        f.db.clone(),
+        AuditOptions {
+            clock: clock.clone(),
+            ..options(0)
+        },
+    )
+    .unwrap();
+    // An entry written before versions existed, and one that names the version that served it.
+    let old = log.append(record(1, Some(CITIZEN_A))).await.unwrap();
+    let versioned = log
+        .append(AuditRecord {
+            catalogue_version: Some("2027".into()),
+            ..record(2, Some(CITIZEN_A))
+        })
+        .await
+        .unwrap();
+    assert_eq!(old.time, "2031-01-01T00:00:00.000Z");
+    let lines = lines_of(&only_segment(&f.dir));
+    assert!(!lines[0].contains("catalogue_version"), "{}", lines[0]);
+    assert!(lines[1].contains(r#""metered":false,"catalogue_version":"2027","prev_hash":""#));
+    assert_eq!(versioned.compute_hash().unwrap(), versioned.hash);
+    assert_eq!(verify_dir(&f.dir).unwrap().count, 2);
+    // A statement signed with the trail's key verifies with the published public key.
+    let signed = log.sign_statement("test-domain-v1", b"hello");
+    let public = crate::audit::format::read_public_key(&f.dir).unwrap();
+    assert_eq!(hex::encode(&public), signed.public_key);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
+        .verify(b"test-domain-v1\nhello", &hex::decode(&signed.signature).unwrap())
+        .unwrap();
 }

@@ -51,7 +51,7 @@ pub(crate) struct Writer {
     pub(crate) seq: u64,
     pub(crate) head_hash: String,
     pub(crate) last_time: DateTime<Utc>,
-    pub(crate) key: Ed25519KeyPair,
+    pub(crate) key: Arc<Ed25519KeyPair>,
     pub(crate) checkpoints: File,
     pub(crate) checkpoints_len: u64,
     /// A failed checkpoint write could not be cut back yet.
@@ -133,7 +133,7 @@ impl Writer {
 
     /// Write one batch and sync it. On any failure nothing of the batch remains and the head is unchanged.
     fn commit(&mut self, records: Vec<AuditRecord>) -> Result<Vec<(AuditEntry, Location)>, AuditError> {
-        let now = truncate_ms(Utc::now());
+        let now = truncate_ms(self.options.clock.now());
         // The clock may step back; the trail's times never do, so range queries can stop early.
         let time = if now > self.last_time { now } else { self.last_time };
         let time_text = format_time(time);

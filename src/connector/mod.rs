@@ -211,7 +211,7 @@ async fn run(
                 .ok_or_else(|| ApiError::internal("write connector without history"))?;
             if let (Some(batch), Doc::Json(v)) = (&connector.batch, &doc) {
                 if v.pointer(&batch.when).and_then(Value::as_str) == Some(batch.equals.as_str()) {
-                    return write_batch(broker, exchange, purpose, connector, history, v, batch).await;
+                    return write_batch(broker, exchange, &purpose, connector, history, v, batch).await;
                 }
             }
             let inputs = extract(connector, &doc)?;
@@ -219,7 +219,7 @@ async fn run(
             let (status, stored) = canonical::append(
                 broker,
                 exchange,
-                purpose,
+                &purpose,
                 &id,
                 history,
                 Value::Object(inputs.entry),
