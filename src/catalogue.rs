@@ -330,6 +330,7 @@ pub fn diff(from: &CatalogueVersion, to: &CatalogueVersion) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn schema() -> CitizenSchema {
