@@ -25,7 +25,7 @@
 //! | [`policy`] | the purpose catalogue: which fields each purpose may read or write |
 //! | [`catalogue`] | the yearly catalogue versions, effective-dated; the one in force serves each request |
 //! | [`quota`] | per agency/purpose limits per minute, day and month; served and refused totals for billing |
-//! | [`billing`] | the monthly billing report and its reconciliation with the audit trail |
+//! | [`billing`] | the monthly report at the terms in force at each call, its reconciliation, closed (signed) months |
 //! | [`store`] | citizen records, behind the [`store::CitizenStore`] seam (sled by default) |
 //! | [`audit`] | the append-only, hash-chained audit trail |
 //! | [`canonical`] | the canonical operations (read for a purpose, append history) every channel uses |
@@ -39,7 +39,7 @@
 //! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
 //! | [`supervisor`] | live recovery: reopens a failed database (full disk) without a restart |
-//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
+//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit`, `billing`, `catalogue` |
 //! | [`bench`] | `lienthong bench`: the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
 //! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |
