@@ -401,3 +401,35 @@ impl Registry {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_class_at_an_instant_follows_the_dated_changes() {
+        use BillingClass::{Billed, StateBudget};
+        let history = ClassHistory {
+            changes: vec![
+                (at("2030-05-10T00:00:00+07:00"), Billed, StateBudget),
+                (at("2030-06-01T00:00:00+07:00"), StateBudget, Billed),
+            ],
+            current: Billed,
+        };
+        assert_eq!(history.at(at("2030-05-09T23:59:59.999+07:00")), Billed);
+        assert_eq!(history.at(at("2030-05-10T00:00:00+07:00")), StateBudget);
+        assert_eq!(history.at(at("2030-05-31T12:00:00+07:00")), StateBudget);
+        assert_eq!(history.at(at("2030-06-01T00:00:00+07:00")), Billed);
+        let unchanged = ClassHistory {
+            changes: Vec::new(),
+            current: StateBudget,
+        };
+        assert_eq!(unchanged.at(at("1999-01-01T00:00:00Z")), StateBudget);
+    }
+}

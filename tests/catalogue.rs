@@ -436,6 +436,13 @@ async fn a_malformed_version_is_refused_with_file_and_line_and_the_running_one_k
             "invalid_catalogue",
             "purposes-2033.toml:",
         ),
+        // A purpose a loaded connector serves, removed.
+        (
+            good.replacen("id = \"recovery-sync\"", "id = \"recovery-sync-v2\"", 1),
+            422,
+            "invalid_catalogue",
+            "purposes-2033.toml: connector moh-recovery serves purpose `recovery-sync`",
+        ),
         // No [release] table.
         (
             lienthong::policy::EMBEDDED_PURPOSES.to_string(),
@@ -490,7 +497,7 @@ async fn a_malformed_version_is_refused_with_file_and_line_and_the_running_one_k
         .iter()
         .filter(|e| e["operation"] == "admin:load_catalogue" && e["status"] != 201)
         .count();
-    assert_eq!(refused, 7);
+    assert_eq!(refused, 8);
 
     // The CLI names the file and line too, and exits 1.
     let file = b.dir.path().join("bad.toml");
