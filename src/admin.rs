@@ -35,6 +35,63 @@ pub fn json_body<T: for<'de> Deserialize<'de>>(req: &ReadRequest) -> Result<T, A
     serde_json::from_value(value).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
 }
 
+/// A browser sending a request from another site adds its own `Origin` (or `Sec-Fetch-Site: cross-site`);
+/// the operator's admin certificate, imported into that browser, would go along with it, so such
+/// requests are refused. Non-browser clients send neither header and are authenticated by their
+/// certificate alone.
+pub(crate) fn refuse_cross_site(req: &ReadRequest) -> Result<(), ApiError> {
+    let headers = &req.parts.headers;
+    let refuse = || {
+        ApiError::forbidden(
+            "cross_origin",
+            "state-changing admin requests must not come from another site",
+        )
+    };
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.to_str(), Ok("same-origin") | Ok("none")) {
+            return Err(refuse());
+        }
+    }
+    if let Some(origin) = headers.get(hyper::header::ORIGIN) {
+        let host = req
+            .parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                headers
+                    .get(hyper::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .ok_or_else(refuse)?;
+        if origin.to_str().ok() != Some(&format!("https://{host}")) {
+            return Err(refuse());
+        }
+    }
+    Ok(())
+}
+
+/// The admin API's guard against cross-site request forgery, whatever the body: a state-changing
+/// request must not come from another site, and a `POST` (the one state-changing method an HTML form
+/// can send without a CORS preflight) must say `Content-Type: application/json`, which a form cannot.
+/// `PUT` and `DELETE` always need a preflight, which the admin listener never grants.
+fn refuse_forgeable(req: &ReadRequest) -> Result<(), ApiError> {
+    let method = &req.parts.method;
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    refuse_cross_site(req)?;
+    if *method == Method::POST && req.media_type().as_deref() != Some("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "admin API posts must say Content-Type: application/json (even with an empty body)",
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BindRequest {
@@ -61,6 +118,9 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
     }
     exchange.agency = Some("admin".into());
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments.starts_with(&["admin", "v1"]) {
+        refuse_forgeable(req)?;
+    }
     let ok = |value: serde_json::Value| Ok(Reply::json(StatusCode::OK, &value));
     match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {

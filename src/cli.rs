@@ -419,8 +419,10 @@ async fn admin_call(
         eprintln!("lienthong: {e}");
         2
     })?;
+    // The admin API refuses a POST without a JSON content type (a cross-site form could send it).
     let (content_type, body) = match body {
         Some(b) => (Some("application/json"), b.to_string()),
+        None if method == Method::POST => (Some("application/json"), String::new()),
         None => (None, String::new()),
     };
     let resp = client
