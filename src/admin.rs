@@ -125,6 +125,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
     match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             exchange.operation = "admin:metrics".into();
+            broker.metrics.set_stale_crls(broker.tls.stale_crls());
             let text = broker.metrics.render(broker.audit.head().0);
             Ok(Reply {
                 status: StatusCode::OK,
@@ -189,6 +190,10 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 .tls
                 .reload()
                 .map_err(|e| ApiError::unprocessable("tls_reload_failed", e.to_string()))?;
+            let stale = broker.tls.stale_crls();
+            if stale > 0 {
+                tracing::warn!(stale, "reloaded: CRLs past their nextUpdate are in force");
+            }
             ok(json!({ "reloaded": true }))
         }
         (&Method::PUT, ["admin", "v1", "agencies", code, "plan"]) => {

@@ -321,9 +321,13 @@ pub async fn run(cli: Cli) -> i32 {
             },
             Err(e) => Err(e.into()),
         },
-        Command::CheckConfig { config } => Config::load(&config)
-            .map(|_| println!("{}: ok", config.display()))
-            .map_err(Into::into),
+        // The TLS material is checked as start-up would: certificates, key, every CRL's signature.
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(loaded) => crate::tls::build(&loaded.tls)
+                .map(|_| println!("{}: ok", config.display()))
+                .map_err(Into::into),
+            Err(e) => Err(e.into()),
+        },
         Command::Certs {
             action: CertsCommand::Init { dir, clients },
         } => {

@@ -327,7 +327,10 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 let _permit = permit;
-                let acceptor = tokio_rustls::TlsAcceptor::from(broker.tls.current());
+                let acceptor = tokio_rustls::TlsAcceptor::from(match side {
+                    Side::Agency => broker.tls.current(),
+                    Side::Admin => broker.tls.admin(),
+                });
                 let handshake = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
                 let started = std::time::Instant::now();
                 let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
