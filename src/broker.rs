@@ -110,7 +110,13 @@ impl Broker {
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let checkpoints =
             crate::checkpoint::Checkpoints::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
-        let audit = AuditLog::open(&data_dir.join("audit"), db.clone(), config.audit.checkpoint_every)
+        let audit_options = crate::audit::AuditOptions {
+            checkpoint_every: config.audit.checkpoint_every,
+            key_dir: Some(config.audit.key_dir(data_dir)),
+            witness: Some(config.audit.witness(data_dir)),
+            ..Default::default()
+        };
+        let audit = AuditLog::open_with(&data_dir.join("audit"), db.clone(), audit_options)
             .map_err(|e| store_err(format!("audit trail: {e}")))?;
         Ok(Self {
             config,

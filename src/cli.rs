@@ -116,6 +116,10 @@ pub enum AuditCommand {
         /// The broker's data dir (the trail is in its `audit/` folder).
         #[arg(long, default_value = "data/demo")]
         data_dir: PathBuf,
+        /// A witness kept outside the data dir (`audit.witness`, or saved `GET /admin/v1/audit/checkpoint`
+        /// answers, one per line): fail if the trail is shorter than, or diverges from, what it saw.
+        #[arg(long)]
+        witness: Option<PathBuf>,
     },
     /// Write entries as JSON Lines (for an archive or a SIEM), `--from` inclusive, `--to` exclusive.
     Export {
@@ -151,6 +155,10 @@ pub enum AuditCommand {
         /// Archive file to write (JSON Lines).
         #[arg(long)]
         archive: PathBuf,
+        /// The folder of the signing key (`audit.key_dir`; default: the data dir's sibling `<name>-keys`):
+        /// the base left by the prune is signed.
+        #[arg(long)]
+        key_dir: Option<PathBuf>,
     },
 }
 
@@ -594,18 +602,29 @@ fn audit_command(action: AuditCommand) -> i32 {
         code
     };
     match action {
-        AuditCommand::Verify { data_dir } => {
+        AuditCommand::Verify { data_dir, witness } => {
             let dir = data_dir.join("audit");
             if !dir.is_dir() {
                 return fail(2, format!("{}: no audit trail here", dir.display()));
             }
-            match crate::audit::verify_dir(&dir) {
+            let (verified, witnessed) = match &witness {
+                Some(path) => match crate::audit::check_witness(&dir, path) {
+                    Ok((r, n)) => (
+                        Ok(r),
+                        format!(", {n} witnessed checkpoints match {}", path.display()),
+                    ),
+                    Err(f) => (Err(f), String::new()),
+                },
+                None => (crate::audit::verify_dir(&dir), String::new()),
+            };
+            match verified {
                 Ok(r) => {
+                    // `count` is the seq of the last entry; after a prune fewer entries remain.
                     println!(
-                        "ok: {} entries (seq {}..={}), {} signed checkpoints, head {}{}",
-                        r.count,
+                        "ok: {} entries (seq {}..={}), {} signed checkpoints{witnessed}, head {}{}",
+                        (r.count + 1).saturating_sub(r.first_seq),
                         r.first_seq,
-                        r.first_seq + r.count.saturating_sub(1),
+                        r.count,
                         r.checkpoints,
                         r.head_hash,
                         if r.torn_tail {
@@ -653,6 +672,7 @@ fn audit_command(action: AuditCommand) -> i32 {
             before,
             older_than_days,
             archive,
+            key_dir,
         } => {
             let before = match (before, older_than_days) {
                 (_, Some(days)) => chrono::Utc::now() - chrono::Duration::days(i64::from(days)),
@@ -662,7 +682,8 @@ fn audit_command(action: AuditCommand) -> i32 {
                     Err(e) => return fail(2, e),
                 },
             };
-            match crate::audit::archive_and_prune(&data_dir.join("audit"), before, &archive) {
+            let key_dir = key_dir.unwrap_or_else(|| crate::audit::default_key_dir(&data_dir));
+            match crate::audit::archive_and_prune(&data_dir.join("audit"), &key_dir, before, &archive) {
                 Ok(n) => {
                     println!("archived {n} entries to {}", archive.display());
                     0

@@ -19,7 +19,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -455,7 +454,7 @@ async fn handle(
                 Some(slot) => Some(slot),
                 None => {
                     exchange.operation = "concurrency_limit".into();
-                    exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+                    exchange.body_sha256 = broker.audit.body_hash(b"");
                     let mut err = ApiError::new(
                         StatusCode::TOO_MANY_REQUESTS,
                         "concurrency_limit",
@@ -562,7 +561,7 @@ async fn read_request(
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
     if head_bytes > limits.max_header_bytes {
-        exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+        exchange.body_sha256 = broker.audit.body_hash(b"");
         return Err(ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
@@ -581,7 +580,7 @@ async fn read_request(
     let body = match collected {
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+            exchange.body_sha256 = broker.audit.body_hash(b"");
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
@@ -605,7 +604,7 @@ async fn read_request(
             ))
         }
     };
-    exchange.body_sha256 = hex::encode(Sha256::digest(&body));
+    exchange.body_sha256 = broker.audit.body_hash(&body);
     Ok(ReadRequest { parts, body })
 }
 
@@ -823,7 +822,7 @@ async fn record_connection_event(
         operation: format!("connection:{code}"),
         citizen_id: None,
         fields: Vec::new(),
-        body_sha256: hex::encode(Sha256::digest(b"")),
+        body_sha256: broker.audit.body_hash(b""),
         bulk: false,
         route: "-".into(),
         metered: false,

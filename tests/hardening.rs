@@ -232,3 +232,148 @@ async fn the_admin_listener_does_not_depend_on_agency_crls() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(b.get("moh", "/v1/whoami").await.status, 200);
 }
+
+/// Finding 4: `request_sha256` was an unsalted SHA-256 of the body, so the sender of an SMS look-up
+/// (`{"from":"+84…","text":"TTCD <id>"}`) could be recovered from an audit export by trying every number.
+#[tokio::test]
+async fn the_body_hash_is_keyed_and_the_key_is_kept_apart_from_the_trail() {
+    use sha2::Digest;
+    let b = TestBroker::start().await;
+    let body = json!({ "from": "+84912345678", "text": "TTCD 001090000001" });
+    let r = b
+        .post("sms", "/v1/sms/inbound?purpose=citizen-self-sms", body.clone())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rid = r.headers["x-request-id"].to_str().unwrap().to_string();
+    let page = b
+        .admin_get("/admin/v1/audit/entries?agency=sms&limit=50")
+        .await
+        .json();
+    let entry = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["request_id"] == rid.as_str())
+        .cloned()
+        .expect("an entry for the look-up");
+    let stored = entry["request_sha256"].as_str().unwrap();
+    let sent = body.to_string();
+    let unkeyed = hex::encode(sha2::Sha256::digest(sent.as_bytes()));
+    assert_ne!(
+        stored, unkeyed,
+        "an unkeyed hash can be reversed by trying every phone number"
+    );
+
+    // HMAC-SHA256 under a key outside the data dir, mode 0600.
+    let keys = b.dir.path().join("data-keys");
+    let key_bytes = std::fs::read(keys.join("body-hash.key")).unwrap();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key_bytes);
+    assert_eq!(
+        stored,
+        hex::encode(ring::hmac::sign(&key, sent.as_bytes()).as_ref())
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["body-hash.key", "checkpoint.key"] {
+        let mode = std::fs::metadata(keys.join(name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    let trail = b.dir.path().join("data/audit");
+    assert!(
+        !trail.join("checkpoint.key").exists(),
+        "the signing key must not sit beside the trail"
+    );
+    assert!(trail.join("checkpoint.pub").exists());
+}
+
+/// The newest segment of the trail, its lines.
+fn newest_segment(trail: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
+    let mut segments: Vec<_> = std::fs::read_dir(trail)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+        .collect();
+    segments.sort();
+    let path = segments.pop().unwrap();
+    let lines = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (path, lines)
+}
+
+fn verify_cli(data_dir: &std::path::Path, witness: Option<&std::path::Path>) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lienthong"));
+    cmd.args(["audit", "verify", "--data-dir"]).arg(data_dir);
+    if let Some(w) = witness {
+        cmd.arg("--witness").arg(w);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Finding 3: cutting the newest segment and deleting `checkpoints.jsonl` left `audit verify` at "ok" and
+/// the broker started on it. The signed heads are now also kept by a witness outside the data dir.
+#[tokio::test]
+async fn a_trail_cut_at_its_end_is_caught_by_the_witness() {
+    let b = TestBroker::start().await;
+    for _ in 0..5 {
+        assert_eq!(b.get("moh", "/v1/whoami").await.status, 200);
+    }
+    // An operator fetches a signed head and keeps it elsewhere.
+    let r = b.admin_get("/admin/v1/audit/checkpoint").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let head = r.json();
+    assert!(
+        head["seq"].as_u64().unwrap() >= 5 && head["signature"].is_string(),
+        "{head}"
+    );
+    let saved = b.dir.path().join("operator-heads.jsonl");
+    std::fs::write(&saved, format!("{head}\n")).unwrap();
+    let r = b.admin_get("/admin/v1/audit/verify").await;
+    assert_eq!(r.json()["ok"], true, "{}", r.text());
+    let dir = b.stop().await;
+
+    let data = dir.path().join("data");
+    let trail = data.join("audit");
+    let witness = dir.path().join("data-keys/witness.jsonl");
+    assert!(std::fs::read_to_string(&witness)
+        .unwrap()
+        .contains(head["hash"].as_str().unwrap()));
+    let (ok, out) = verify_cli(&data, Some(&witness));
+    assert!(ok, "{out}");
+    // The count after `ok:` is the number of entries (item 11).
+    assert!(out.starts_with("ok: "), "{out}");
+
+    // The attack: cut the newest entries and the checkpoints that name them.
+    let (segment, lines) = newest_segment(&trail);
+    let kept = lines.len().saturating_sub(4);
+    std::fs::write(
+        &segment,
+        lines[..kept].iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    std::fs::remove_file(trail.join("checkpoints.jsonl")).unwrap();
+
+    // The trail alone still looks whole…
+    let (ok, out) = verify_cli(&data, None);
+    assert!(ok, "{out}");
+    // …but not against either witness.
+    for w in [&witness, &saved] {
+        let (ok, out) = verify_cli(&data, Some(w));
+        assert!(!ok && out.contains("missing"), "{out}");
+    }
+    // The broker refuses to start on it, saying why.
+    let err = TestBroker::try_start_in_with(dir.clone(), |_| {})
+        .await
+        .err()
+        .expect("a cut trail is refused at start-up");
+    assert!(format!("{err}").contains("witness"), "{err}");
+}
