@@ -19,15 +19,32 @@ pub async fn handle(broker: &Broker, exchange: &mut Exchange, req: ReadRequest) 
     }
 }
 
-/// Parse a JSON body into `T`: 415 if it is not JSON, 400 `invalid_json` naming the problem.
+/// JSON is UTF-8 (RFC 8259): a body declared in another charset would be misread, so it is refused (415).
+pub fn refuse_non_utf8_charset(req: &ReadRequest) -> Result<(), ApiError> {
+    match req.charset() {
+        None => Ok(()),
+        Some(charset) if charset == "utf-8" || charset == "utf8" => Ok(()),
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("JSON bodies are UTF-8; charset={other} is not accepted"),
+        )),
+    }
+}
+
+/// Parse a JSON body into `T`: 415 unless it is declared `application/json` (UTF-8), 400 `invalid_json`
+/// naming the problem.
 pub fn json_body<T: for<'de> Deserialize<'de>>(req: &ReadRequest) -> Result<T, ApiError> {
     match req.media_type().as_deref() {
-        Some("application/json") | None => {}
-        Some(other) => {
+        Some("application/json") => refuse_non_utf8_charset(req)?,
+        other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                format!("expected application/json, got {other}"),
+                format!(
+                    "expected application/json, got {}",
+                    other.unwrap_or("no Content-Type")
+                ),
             ))
         }
     }

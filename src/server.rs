@@ -139,6 +139,16 @@ impl ReadRequest {
         })
     }
 
+    /// The `charset` parameter of `Content-Type`, lower-cased and unquoted, if given.
+    pub fn charset(&self) -> Option<String> {
+        let ct = self.parts.headers.get(CONTENT_TYPE)?.to_str().ok()?;
+        ct.split(';').skip(1).find_map(|param| {
+            let (name, value) = param.split_once('=')?;
+            (name.trim().eq_ignore_ascii_case("charset"))
+                .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+        })
+    }
+
     /// The media type of the body (`Content-Type` without parameters), lower-cased.
     pub fn media_type(&self) -> Option<String> {
         let ct = self.parts.headers.get(CONTENT_TYPE)?.to_str().ok()?;
@@ -571,6 +581,17 @@ async fn read_request(
             ),
         ));
     }
+    refuse_ambiguous_target(&parts.uri)?;
+    // A declared length over the limit is refused before a byte of the body is awaited.
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
+        exchange.body_sha256 = broker.audit.body_hash(b"");
+        return Err(body_too_large(limits.max_body_bytes));
+    }
     let limited = Limited::new(body, limits.max_body_bytes);
     let collected = tokio::time::timeout(
         Duration::from_millis(limits.request_timeout_ms),
@@ -581,14 +602,7 @@ async fn read_request(
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             exchange.body_sha256 = broker.audit.body_hash(b"");
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "the request body is over the limit of {} bytes",
-                    limits.max_body_bytes
-                ),
-            ));
+            return Err(body_too_large(limits.max_body_bytes));
         }
         Ok(Err(e)) => {
             return Err(ApiError::bad_request(
@@ -606,6 +620,44 @@ async fn read_request(
     };
     exchange.body_sha256 = broker.audit.body_hash(&body);
     Ok(ReadRequest { parts, body })
+}
+
+fn body_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+}
+
+/// One rule for every route on both listeners, applied before routing: a path with an empty segment
+/// (`//v1/…`, `/v1/citizens/{id}/`) names no resource (404), and a query parameter given twice
+/// (`?purpose=a&purpose=b`) is refused (400 `duplicate_parameter`) rather than one of them picked.
+fn refuse_ambiguous_target(uri: &hyper::Uri) -> Result<(), ApiError> {
+    let path = uri.path();
+    if path != "/"
+        && path
+            .strip_prefix('/')
+            .is_none_or(|p| p.split('/').any(str::is_empty))
+    {
+        return Err(ApiError::not_found(
+            "not_found",
+            format!("no route for {}: empty path segment", mask_citizen_ids(path)),
+        ));
+    }
+    if let Some(query) = uri.query() {
+        let mut seen = std::collections::HashSet::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let name = decode(pair.split_once('=').map_or(pair, |(k, _)| k));
+            if !seen.insert(name.clone()) {
+                return Err(ApiError::bad_request(
+                    "duplicate_parameter",
+                    format!("query parameter {name} is given more than once"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How far back [`check_store_against_audit`] looks, in audit entries.
@@ -775,6 +827,10 @@ fn connection_event(
     let mut source = Some(err);
     while let Some(e) = source {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            // hyper answers an over-long request line 414 itself and tells it apart only in its message.
+            if h.is_parse_too_large() && h.to_string().contains("URI too long") {
+                return Some((414, "uri_too_long", "request URI over the size limit"));
+            }
             if h.is_parse_too_large() {
                 return Some((431, "headers_too_large", "request headers over the size limit"));
             }

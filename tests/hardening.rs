@@ -377,3 +377,89 @@ async fn a_trail_cut_at_its_end_is_caught_by_the_witness() {
         .expect("a cut trail is refused at start-up");
     assert!(format!("{err}").contains("witness"), "{err}");
 }
+
+const AN: &str = "001090000001";
+
+fn vaccination(source: &str, dose: u32, date: &str) -> serde_json::Value {
+    json!({ "dose_number": dose, "vaccine_code": "208", "vaccine_name": "Comirnaty (Pfizer-BioNTech)",
+            "date": date, "lot": "FK1234", "site": "Trạm Y tế Phường Tràng Tiền", "source_record_id": source })
+}
+
+/// Findings 6 and 7: one rule for the request target, before routing — no empty path segment, no
+/// query parameter given twice — on every route.
+#[tokio::test]
+async fn empty_path_segments_and_repeated_parameters_are_refused() {
+    let b = TestBroker::start().await;
+    let good = format!("/v1/citizens/{AN}?purpose=vaccination-sync");
+    assert_eq!(b.get("moh", &good).await.status, 200);
+    for path in [
+        format!("//v1/citizens/{AN}?purpose=vaccination-sync"),
+        format!("/v1/citizens/{AN}/?purpose=vaccination-sync"),
+        format!("/v1//citizens/{AN}?purpose=vaccination-sync"),
+    ] {
+        let r = b.get("moh", &path).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+        assert_eq!(r.error_code().as_deref(), Some("not_found"), "{path}");
+        assert!(!r.text().contains("full_name"), "{path}: data served");
+    }
+    for path in [
+        format!("/v1/citizens/{AN}?purpose=vaccination-sync&purpose=public-service-prefill"),
+        format!("/v1/citizens/{AN}?purpose=vaccination-sync&fields=full_name&fields=vaccinations"),
+        format!("/v1/citizens/{AN}?purpose=vaccination-sync&%70urpose=x"),
+    ] {
+        let r = b.get("moh", &path).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.error_code().as_deref(), Some("duplicate_parameter"), "{path}");
+    }
+    // The same rule on the admin listener.
+    let r = b.admin_get("/admin/v1/agencies/").await;
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // Two SoDinhDanh in a SOAP look-up: which one was meant? Neither is answered.
+    let good = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/examples/dvc-tra-cuu.xml"),
+    )
+    .unwrap();
+    let twice = good.replace(
+        "<dc:SoDinhDanh>001090000001</dc:SoDinhDanh>",
+        "<dc:SoDinhDanh>001090000001</dc:SoDinhDanh><dc:SoDinhDanh>001090000002</dc:SoDinhDanh>",
+    );
+    let dvc = "/connectors/dvc/v1/TraCuuThongTinCongDan";
+    let r = b.post_raw("dvc", dvc, "text/xml", twice).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("duplicate_parameter"), "{}", r.text());
+    assert!(!r.text().contains("Nguyễn"), "{}", r.text());
+    assert_eq!(b.post_raw("dvc", dvc, "text/xml", good).await.status, 200);
+}
+
+/// Finding 8: a canonical write with no Content-Type, or JSON declared in a charset other than UTF-8.
+#[tokio::test]
+async fn json_writes_need_a_utf8_json_content_type() {
+    let b = TestBroker::start().await;
+    let path = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
+    let dose = vaccination("h20-ct", 3, "2021-12-01").to_string();
+    let moh = b.client("moh");
+    for ct in [
+        None,
+        Some("application/json;charset=utf-16"),
+        Some("application/json; charset=\"latin1\""),
+    ] {
+        let r = moh
+            .request(b.agency, Method::POST, &path, ct, dose.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 415, "{ct:?}: {}", r.text());
+        assert_eq!(r.error_code().as_deref(), Some("unsupported_media_type"));
+    }
+    let r = moh
+        .request(
+            b.agency,
+            Method::POST,
+            &path,
+            Some("application/json; charset=UTF-8"),
+            dose,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+}
