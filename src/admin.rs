@@ -109,6 +109,23 @@ fn refuse_forgeable(req: &ReadRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The fingerprint of a certificate offered for binding, once it is known to be issued by a CA of the
+/// bundle (a certificate no handshake would accept is a mistake worth naming, not a silent no-op).
+fn bindable_certificate(broker: &Broker, pem: &str) -> Result<String, ApiError> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| {
+        ApiError::bad_request("invalid_certificate", "certificate_pem is not a PEM certificate")
+    })?;
+    let cas = crate::tls::read_certs(&broker.config.tls.ca_bundle).map_err(ApiError::internal)?;
+    if !crate::tls::issued_by_bundle(&cert, &cas) {
+        return Err(ApiError::bad_request(
+            "untrusted_certificate",
+            "the certificate is not issued by a CA of tls.ca_bundle; no handshake would accept it",
+        ));
+    }
+    Ok(crate::identity::fingerprint(cert.as_ref()))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BindRequest {
@@ -185,9 +202,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             let bind: BindRequest = json_body(req)?;
             let fingerprint = match (bind.fingerprint, bind.certificate_pem) {
                 (Some(fp), None) => fp,
-                (None, Some(pem)) => crate::identity::fingerprint_of_pem(&pem).ok_or_else(|| {
-                    ApiError::bad_request("invalid_certificate", "certificate_pem is not a PEM certificate")
-                })?,
+                (None, Some(pem)) => bindable_certificate(broker, &pem)?,
                 _ => {
                     return Err(ApiError::bad_request(
                         "invalid_request",
@@ -195,6 +210,14 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                     ))
                 }
             };
+            // An operator's certificate bound to an agency would read citizen data on the agency listener.
+            let normalized = crate::registry::normalize_fingerprint(&fingerprint)?;
+            if broker.admin_fingerprints.contains(&normalized) {
+                return Err(ApiError::bad_request(
+                    "admin_certificate",
+                    "an admin certificate (tls.admin_certs) cannot be bound to an agency",
+                ));
+            }
             ok(json!({ "agency": broker.registry.bind(code, &fingerprint).await? }))
         }
         (&Method::DELETE, ["admin", "v1", "agencies", code, "certificates", fingerprint]) => {

@@ -246,6 +246,7 @@ pub async fn append(
             ),
         ));
     };
+    refuse_future_event(history, &entry)?;
     meter(broker, exchange)?;
     let schema = &broker.schema;
     let change = Box::new(move |record: &mut Value| -> Result<UpdateOutcome, ApiError> {
@@ -268,7 +269,9 @@ pub async fn append(
             };
         }
         items.push(entry.clone());
-        schema.validate(record)?;
+        schema
+            .validate(record)
+            .map_err(|v| ApiError::from(hide_history_position(field, v)))?;
         Ok(UpdateOutcome::Written(entry.clone()))
     });
     let started = std::time::Instant::now();
@@ -282,6 +285,60 @@ pub async fn append(
         UpdateOutcome::Written(e) => (StatusCode::CREATED, e),
         UpdateOutcome::Unchanged(e) => (StatusCode::OK, e),
     })
+}
+
+/// A violation inside the history being appended to is about the entry being written: name it
+/// `/{field}/-/…` (as JSON Patch names an appended item), never by its index, which would tell a writer
+/// how many entries a history it may not read holds.
+fn hide_history_position(
+    field: &str,
+    mut violation: crate::schema::SchemaViolation,
+) -> crate::schema::SchemaViolation {
+    let prefix = format!("/{field}/");
+    if let Some(rest) = violation.pointer.strip_prefix(&prefix) {
+        let tail = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+        if tail.len() < rest.len() {
+            violation.pointer = format!("{prefix}-{tail}");
+        }
+    }
+    violation
+}
+
+/// The entry field holding when the event happened, for the histories whose events can only be past
+/// (check-ins have their own window, checked by the checkpoint channel).
+fn event_date_field(history: History) -> Option<&'static str> {
+    match history {
+        History::Vaccinations | History::TestResults => Some("date"),
+        History::Recoveries => Some("recovered_on"),
+        History::CheckIns => None,
+    }
+}
+
+/// A dose, test or recovery dated after today (Vietnam time) has not happened: 422 `invalid_value`
+/// (a future dose would also skew `covid_status`). The schema checks the format; this checks the day.
+fn refuse_future_event(history: History, entry: &Value) -> Result<(), ApiError> {
+    let Some(field) = event_date_field(history) else {
+        return Ok(());
+    };
+    let Some(day) = entry
+        .get(field)
+        .and_then(Value::as_str)
+        .and_then(|s| s.get(..10))
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+    else {
+        return Ok(()); // missing or malformed: the schema names it
+    };
+    let today_in_vietnam = (chrono::Utc::now() + chrono::Duration::hours(7)).date_naive();
+    if day > today_in_vietnam {
+        return Err(ApiError::unprocessable(
+            "invalid_value",
+            format!(
+                "/{}/-/{field}: {day} is in the future (today is {today_in_vietnam} in Vietnam)",
+                history.field()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Validate a whole record before it is stored: the schema, then what JSON Schema cannot say (the ID

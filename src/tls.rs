@@ -134,6 +134,20 @@ pub fn check_crl(
     ))
 }
 
+/// Whether a CA of `cas` with the certificate's issuer name signed it (the first link of the chain the
+/// handshake would build; expiry and revocation stay the handshake's job).
+pub fn issued_by_bundle(cert: &CertificateDer<'_>, cas: &[CertificateDer<'_>]) -> bool {
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref()) else {
+        return false;
+    };
+    cas.iter().any(|ca| {
+        x509_parser::certificate::X509Certificate::from_der(ca.as_ref()).is_ok_and(|(_, ca)| {
+            ca.subject().as_raw() == cert.issuer().as_raw()
+                && cert.verify_signature(Some(ca.public_key())).is_ok()
+        })
+    })
+}
+
 /// Both listeners' server configs and the facts of the CRLs they were built with.
 pub struct Built {
     /// The agency listener: chains to the bundle, checked against every CRL.

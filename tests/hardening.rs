@@ -463,3 +463,160 @@ async fn json_writes_need_a_utf8_json_content_type() {
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
 }
+
+async fn vaccination_count(b: &TestBroker, id: &str) -> usize {
+    let record = b.broker().store.get(id).await.unwrap().unwrap();
+    record["vaccinations"].as_array().map_or(0, Vec::len)
+}
+
+/// Finding 5: a dose dated 2099 was stored (and made `covid_status` drop); now refused on every channel.
+#[tokio::test]
+async fn future_event_dates_are_refused_on_every_channel() {
+    let b = TestBroker::start().await;
+    let before = vaccination_count(&b, AN).await;
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::hours(7) + chrono::Duration::days(1))
+        .date_naive()
+        .to_string();
+    let canonical = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
+    for date in ["2099-01-01", tomorrow.as_str()] {
+        let r = b
+            .post("moh", &canonical, vaccination(&format!("f-{date}"), 9, date))
+            .await;
+        assert_eq!(r.status, 422, "{date}: {}", r.text());
+        assert_eq!(r.error_code().as_deref(), Some("invalid_value"), "{date}");
+    }
+    let r = b
+        .post(
+            "moh",
+            &format!("/v1/citizens/{AN}/recoveries?purpose=recovery-sync"),
+            json!({ "recovered_on": "2099-01-01", "source_record_id": "f-rec" }),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("invalid_value"));
+    // The FHIR connector writes through the same canonical operation.
+    let fhir = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/examples/moh-immunization.json"),
+    )
+    .unwrap()
+    .replace("2021-09-12T08:30:00+07:00", "2099-09-12T08:30:00+07:00");
+    let r = b
+        .post_raw(
+            "moh",
+            "/connectors/moh/v1/Immunization",
+            "application/fhir+json",
+            fhir,
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("invalid_value"), "{}", r.text());
+    assert_eq!(vaccination_count(&b, AN).await, before, "nothing written");
+    // Today is fine.
+    let today = (chrono::Utc::now() + chrono::Duration::hours(7))
+        .date_naive()
+        .to_string();
+    let r = b.post("moh", &canonical, vaccination("today", 9, &today)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+/// Findings 9 and 10: control characters in free text are refused, and a violation inside a history
+/// names the appended entry (`/vaccinations/-/…`), not its index, to a purpose that cannot read it.
+#[tokio::test]
+async fn control_characters_are_refused_and_violations_hide_history_positions() {
+    let b = TestBroker::start().await;
+    let canonical = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
+    for bad in [
+        "Comirnaty\u{0}",
+        "Comirnaty\u{1b}[31m",
+        "Comirnaty\u{7f}",
+        "Comirnaty\u{85}",
+    ] {
+        let mut dose = vaccination(&format!("cc-{}", bad.len()), 3, "2021-12-01");
+        dose["vaccine_name"] = json!(bad);
+        let r = b.post("moh", &canonical, dose).await;
+        assert_eq!(r.status, 422, "{bad:?}: {}", r.text());
+        assert_eq!(r.error_code().as_deref(), Some("schema_violation"));
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains("/vaccinations/-/vaccine_name"), "{message}");
+    }
+    let mut dose = vaccination("wrong-type", 3, "2021-12-01");
+    dose["dose_number"] = json!("three");
+    let r = b.post("moh", &canonical, dose).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("/vaccinations/-/dose_number"), "{message}");
+    assert!(
+        !(0..10).any(|d| message.contains(&format!("/vaccinations/{d}"))),
+        "{message}"
+    );
+
+    // Checkpoint names and addresses, on the checkpoint channel.
+    let r = b
+        .post(
+            "vneid",
+            "/v1/checkpoints?purpose=checkpoint-checkin",
+            json!({ "id": "nul-gate", "name": "Cổng\u{0}A", "address": "1 Lê Lợi", "kind": "supermarket" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("invalid_checkpoint"));
+}
+
+/// Finding 12: history lists are capped in the schema (writes slowed ~3x at ~1,000 doses).
+#[tokio::test]
+async fn history_lists_are_capped() {
+    let b = TestBroker::start().await;
+    let canonical = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
+    let mut refused = None;
+    for n in 0..80 {
+        let r = b
+            .post(
+                "moh",
+                &canonical,
+                vaccination(&format!("cap-{n}"), 3, "2021-12-01"),
+            )
+            .await;
+        if r.status != 201 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the 65th dose is refused");
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("schema_violation"));
+    assert_eq!(vaccination_count(&b, AN).await, 64);
+}
+
+/// Finding 13: the admin certificate, or a certificate no handshake would accept, cannot be bound.
+#[tokio::test]
+async fn the_admin_certificate_and_foreign_certificates_cannot_be_bound() {
+    let b = TestBroker::start().await;
+    let admin_pem = std::fs::read_to_string(b.certs_dir().join("admin.pem")).unwrap();
+    let admin_fp = lienthong::identity::fingerprint_of_pem(&admin_pem).unwrap();
+    for body in [
+        json!({ "certificate_pem": admin_pem }),
+        json!({ "fingerprint": admin_fp }),
+        json!({ "fingerprint": admin_fp.to_uppercase() }),
+    ] {
+        let r = b.admin_post("/admin/v1/agencies/moh/certificates", body).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(r.error_code().as_deref(), Some("admin_certificate"));
+    }
+    let foreign = CertAuthority::generate("lienthong development CA")
+        .unwrap()
+        .issue_client("moh-x", "moh", Validity::days(30))
+        .unwrap();
+    let r = b
+        .admin_post(
+            "/admin/v1/agencies/moh/certificates",
+            json!({ "certificate_pem": foreign.cert_pem }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("untrusted_certificate"));
+    // The admin certificate still reads nothing on the agency listener.
+    let r = b
+        .get("admin", &format!("/v1/citizens/{AN}?purpose=vaccination-sync"))
+        .await;
+    assert_eq!(r.error_code().as_deref(), Some("unknown_agency"), "{}", r.text());
+}
