@@ -274,17 +274,52 @@ pub async fn append(
             .map_err(|v| ApiError::from(hide_history_position(field, v)))?;
         Ok(UpdateOutcome::Written(entry.clone()))
     });
+    // Every entry up to here is durable: the store may remember having seen the trail this long.
+    let trail_seen = broker.audit.head().0;
     let started = std::time::Instant::now();
     let outcome = broker.store.update(id.as_str(), change).await;
     broker
         .metrics
         .observe_since(crate::metrics::Stage::Store, started);
     let outcome = outcome?;
+    if matches!(outcome, UpdateOutcome::Written(_)) {
+        raise_audit_high_water(broker, trail_seen)?;
+    }
     exchange.fields = vec![field.to_string()];
     Ok(match outcome {
         UpdateOutcome::Written(e) => (StatusCode::CREATED, e),
         UpdateOutcome::Unchanged(e) => (StatusCode::OK, e),
     })
+}
+
+/// Where the store keeps the longest audit trail it has seen before a write.
+const META_TREE: &str = "meta";
+const AUDIT_HIGH_WATER: &[u8] = b"audit_high_water";
+
+/// Remember that the trail had reached `seq` before a store write. A trail found shorter at start-up
+/// has lost entries the store outlived ([`audit_high_water`]).
+fn raise_audit_high_water(broker: &Broker, seq: u64) -> Result<(), ApiError> {
+    let tree = broker
+        .db
+        .open_tree(META_TREE)
+        .map_err(|e| crate::store::unavailable("meta", e))?;
+    tree.fetch_and_update(AUDIT_HIGH_WATER, |old| {
+        let old = old
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_be_bytes);
+        Some(old.max(seq).to_be_bytes().to_vec())
+    })
+    .map_err(|e| crate::store::unavailable("meta", e))?;
+    Ok(())
+}
+
+/// The longest audit trail the store has seen before one of its writes (0 if none yet).
+pub fn audit_high_water(db: &sled::Db) -> Result<u64, String> {
+    let tree = db.open_tree(META_TREE).map_err(|e| e.to_string())?;
+    let value = tree.get(AUDIT_HIGH_WATER).map_err(|e| e.to_string())?;
+    Ok(value
+        .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes))
 }
 
 /// A violation inside the history being appended to is about the entry being written: name it

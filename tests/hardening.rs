@@ -620,3 +620,35 @@ async fn the_admin_certificate_and_foreign_certificates_cannot_be_bound() {
         .await;
     assert_eq!(r.error_code().as_deref(), Some("unknown_agency"), "{}", r.text());
 }
+
+/// Finding 3: with the witness lost too, a trail cut below what the store saw before its last write is
+/// refused at start-up (the store's own high-water mark).
+#[tokio::test]
+async fn a_trail_behind_the_stores_high_water_mark_is_refused() {
+    let b = TestBroker::start().await;
+    for _ in 0..5 {
+        assert_eq!(b.get("moh", "/v1/whoami").await.status, 200);
+    }
+    let canonical = format!("/v1/citizens/{AN}/vaccinations?purpose=vaccination-sync");
+    let r = b
+        .post("moh", &canonical, vaccination("hw-1", 3, "2021-12-01"))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let dir = b.stop().await;
+    let trail = dir.path().join("data/audit");
+    let (segment, lines) = newest_segment(&trail);
+    // Cut the write's entry and the five before it; drop both copies of the checkpoints.
+    let kept = lines.len().saturating_sub(7);
+    std::fs::write(
+        &segment,
+        lines[..kept].iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    std::fs::remove_file(trail.join("checkpoints.jsonl")).unwrap();
+    std::fs::remove_file(dir.path().join("data-keys/witness.jsonl")).unwrap();
+    let err = TestBroker::try_start_in_with(dir.clone(), |_| {})
+        .await
+        .err()
+        .expect("a trail behind the store is refused");
+    assert!(format!("{err}").contains("cut from its end"), "{err}");
+}
