@@ -163,14 +163,7 @@ async fn a_crl_with_a_bad_signature_is_refused_and_locks_nobody_out() {
 #[tokio::test]
 async fn an_older_crl_cannot_roll_back_a_revocation() {
     let b = TestBroker::start().await;
-    let cert = b.issue("moh-2", Validity::days(30));
-    let r = b
-        .admin_post(
-            "/admin/v1/agencies/moh/certificates",
-            json!({ "certificate_pem": cert.cert_pem }),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let cert = b.issue_bound("moh", "moh-2").await;
     let c = b.client_with(&cert, Alpn::Both);
     let r = push_crl(&b, &b.ca().crl(std::slice::from_ref(&cert.serial), 5).unwrap()).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -285,6 +278,16 @@ async fn the_body_hash_is_keyed_and_the_key_is_kept_apart_from_the_trail() {
     assert!(trail.join("checkpoint.pub").exists());
 }
 
+/// What an attacker who can write the data dir does: cut the newest `n` entries of the trail and the
+/// checkpoints file that names them.
+fn cut_newest_entries(trail: &std::path::Path, n: usize) {
+    let (segment, lines) = newest_segment(trail);
+    let kept = lines.len().saturating_sub(n);
+    let text: String = lines[..kept].iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&segment, text).unwrap();
+    std::fs::remove_file(trail.join("checkpoints.jsonl")).unwrap();
+}
+
 /// The newest segment of the trail, its lines.
 fn newest_segment(trail: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
     let mut segments: Vec<_> = std::fs::read_dir(trail)
@@ -353,14 +356,7 @@ async fn a_trail_cut_at_its_end_is_caught_by_the_witness() {
     assert!(out.starts_with("ok: "), "{out}");
 
     // The attack: cut the newest entries and the checkpoints that name them.
-    let (segment, lines) = newest_segment(&trail);
-    let kept = lines.len().saturating_sub(4);
-    std::fs::write(
-        &segment,
-        lines[..kept].iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .unwrap();
-    std::fs::remove_file(trail.join("checkpoints.jsonl")).unwrap();
+    cut_newest_entries(&trail, 4);
 
     // The trail alone still looks whole…
     let (ok, out) = verify_cli(&data, None);
@@ -636,15 +632,8 @@ async fn a_trail_behind_the_stores_high_water_mark_is_refused() {
     assert_eq!(r.status, 201, "{}", r.text());
     let dir = b.stop().await;
     let trail = dir.path().join("data/audit");
-    let (segment, lines) = newest_segment(&trail);
-    // Cut the write's entry and the five before it; drop both copies of the checkpoints.
-    let kept = lines.len().saturating_sub(7);
-    std::fs::write(
-        &segment,
-        lines[..kept].iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .unwrap();
-    std::fs::remove_file(trail.join("checkpoints.jsonl")).unwrap();
+    // Cut the write's entry and those before it; drop both copies of the checkpoints.
+    cut_newest_entries(&trail, 7);
     std::fs::remove_file(dir.path().join("data-keys/witness.jsonl")).unwrap();
     let err = TestBroker::try_start_in_with(dir.clone(), |_| {})
         .await

@@ -488,7 +488,8 @@ fn open_witness(
         if last.seq > head.0 {
             return Err(AuditError::Corrupt(format!(
                 "the trail ends at seq {} but the witness {} saw it signed at seq {}: entries were cut \
-                 from its end; refusing to start (restore the trail, then run audit verify --witness)",
+                 from its end; refusing to start (restore the trail, then run audit verify --witness; a \
+                 deliberately fresh data dir needs its old witness moved away)",
                 head.0,
                 path.display(),
                 last.seq
