@@ -136,6 +136,13 @@ pub enum AuditCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Ask a running broker to sign its head now and print it as one witness line (JSON) on standard
+    /// output: append it to a file kept off the broker host, for `audit verify --witness`.
+    Checkpoint {
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
     /// Retention: move whole segments older than `--before` into an archive file and delete them; what is
     /// left still verifies (the archive carries the hash it continues from). Run on a stopped broker.
     Prune {
@@ -356,7 +363,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Agency { admin, action } => return agency_command(admin, action).await,
         Command::Billing { admin, action } => return billing_command(admin, action).await,
         Command::Bench(args) => return crate::bench::run_cli(args).await,
-        Command::Audit { action } => return audit_command(action),
+        Command::Audit { action } => return audit_command(action).await,
     };
     match result {
         Ok(()) => 0,
@@ -596,12 +603,21 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<chrono::DateTime
         .transpose()
 }
 
-fn audit_command(action: AuditCommand) -> i32 {
+async fn audit_command(action: AuditCommand) -> i32 {
     let fail = |code: i32, message: String| {
         eprintln!("lienthong: {message}");
         code
     };
     match action {
+        AuditCommand::Checkpoint { admin } => {
+            match admin_call(&admin, Method::GET, "/admin/v1/audit/checkpoint", None).await {
+                Ok(resp) => {
+                    println!("{}", resp.json());
+                    0
+                }
+                Err(code) => code,
+            }
+        }
         AuditCommand::Verify { data_dir, witness } => {
             let dir = data_dir.join("audit");
             if !dir.is_dir() {

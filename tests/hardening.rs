@@ -339,7 +339,28 @@ async fn a_trail_cut_at_its_end_is_caught_by_the_witness() {
         "{head}"
     );
     let saved = b.dir.path().join("operator-heads.jsonl");
-    std::fs::write(&saved, format!("{head}\n")).unwrap();
+    // …or with the CLI, which prints the same line.
+    let certs = b.certs_dir();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lienthong"))
+        .args([
+            "audit",
+            "checkpoint",
+            "--admin-addr",
+            &b.admin.to_string(),
+            "--cacert",
+        ])
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("admin.pem"))
+        .arg("--key")
+        .arg(certs.join("admin.key"))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli_head: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(cli_head["seq"].as_u64() >= head["seq"].as_u64(), "{cli_head}");
+    std::fs::write(&saved, format!("{head}\n{cli_head}\n")).unwrap();
     let r = b.admin_get("/admin/v1/audit/verify").await;
     assert_eq!(r.json()["ok"], true, "{}", r.text());
     let dir = b.stop().await;
