@@ -340,7 +340,13 @@ pub async fn run(cli: Cli) -> i32 {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(loaded) => crate::tls::build(&loaded.tls)
                 .map(|_| println!("{}: ok", config.display()))
-                .map_err(Into::into),
+                .map_err(|e| {
+                    StartError::Config(crate::config::ConfigError {
+                        file: config.display().to_string(),
+                        key: "tls".into(),
+                        message: e.to_string(),
+                    })
+                }),
             Err(e) => Err(e.into()),
         },
         Command::Certs {
