@@ -143,6 +143,16 @@ pub enum AuditCommand {
         #[command(flatten)]
         admin: AdminTarget,
     },
+    /// Sign the `base.json` of a trail pruned before bases were signed, so it verifies again. Check the
+    /// base against the archive that ends where it begins first: this vouches for it. Stopped broker.
+    SignBase {
+        /// The broker's data dir.
+        #[arg(long, default_value = "data/demo")]
+        data_dir: PathBuf,
+        /// The folder of the signing key (default: the data dir's sibling `<name>-keys`).
+        #[arg(long)]
+        key_dir: Option<PathBuf>,
+    },
     /// Retention: move whole segments older than `--before` into an archive file and delete them; what is
     /// left still verifies (the archive carries the hash it continues from). Run on a stopped broker.
     Prune {
@@ -622,6 +632,16 @@ async fn audit_command(action: AuditCommand) -> i32 {
                     0
                 }
                 Err(code) => code,
+            }
+        }
+        AuditCommand::SignBase { data_dir, key_dir } => {
+            let key_dir = key_dir.unwrap_or_else(|| crate::audit::default_key_dir(&data_dir));
+            match crate::audit::sign_base(&data_dir.join("audit"), &key_dir) {
+                Ok((seq, prev_hash)) => {
+                    println!("signed base.json: the trail starts at seq {seq} after {prev_hash}");
+                    0
+                }
+                Err(e) => fail(1, e.to_string()),
             }
         }
         AuditCommand::Verify { data_dir, witness } => {

@@ -320,7 +320,8 @@ impl Base {
         } else {
             Err(format!(
                 "{BASE_FILE} (the trail starts at seq {}) is not signed by the checkpoint key: \
-                 older segments were deleted without a signed prune",
+                 older segments were deleted without a signed prune (a trail pruned before bases were \
+                 signed: check it against its archive, then `lienthong audit sign-base`)",
                 self.seq
             ))
         }

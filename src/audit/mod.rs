@@ -35,7 +35,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use format::{AuditEntry, AuditRecord, GENESIS_HASH};
 pub use offline::{
-    archive_and_prune, check_witness, default_key_dir, export, verify_dir, VerifyFailure, VerifyReport,
+    archive_and_prune, check_witness, default_key_dir, export, sign_base, verify_dir, VerifyFailure,
+    VerifyReport,
 };
 
 use format::{

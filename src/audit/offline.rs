@@ -178,6 +178,27 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, VerifyFailure> {
     })
 }
 
+/// Sign the `base.json` of a trail pruned before bases were signed (issue 20), so that it verifies and the
+/// broker starts on it again. Run it only after checking the base against the archive that ends where it
+/// begins (its last entry's hash is the base's `prev_hash`): this vouches for the base as it stands.
+pub fn sign_base(dir: &Path, key_dir: &Path) -> Result<(u64, String), AuditError> {
+    if !key_dir.join(KEY_FILE).is_file() && !dir.join(KEY_FILE).is_file() {
+        return Err(AuditError::Io(format!(
+            "{}: no signing key here",
+            key_dir.join(KEY_FILE).display()
+        )));
+    }
+    let key = load_or_create_key(key_dir, dir)?;
+    let base = Base::read(dir)?;
+    if base.seq == 1 {
+        return Err(AuditError::Corrupt(
+            "the trail was never pruned: nothing to sign".into(),
+        ));
+    }
+    Base::signed(&key, base.seq, base.prev_hash.clone()).write(dir)?;
+    Ok((base.seq, base.prev_hash))
+}
+
 /// The default key folder for a data dir: its sibling `<name>-keys` (outside the data dir, so a copy or
 /// a rewrite of the data dir does not carry the keys; put it on another volume in production).
 pub fn default_key_dir(data_dir: &Path) -> std::path::PathBuf {

@@ -523,6 +523,9 @@ async fn archive_and_prune_keeps_the_rest_verifiable() {
     let failure = verify_dir(&f.dir).unwrap_err();
     assert!(failure.reason.contains("not signed"), "{failure}");
     assert!(AuditLog::open(&f.dir, f.db.clone(), 0).is_err());
+    // A trail pruned before bases were signed is accepted again once the operator signs its base.
+    assert_eq!(sign_base(&f.dir, &f.dir).unwrap().0, 10);
+    assert_eq!(verify_dir(&f.dir).unwrap().count, 13);
     fs::write(f.dir.join(format::BASE_FILE), signed).unwrap();
 
     // Deleting the base (or a segment) after pruning is caught.
