@@ -19,15 +19,32 @@ pub async fn handle(broker: &Broker, exchange: &mut Exchange, req: ReadRequest) 
     }
 }
 
-/// Parse a JSON body into `T`: 415 if it is not JSON, 400 `invalid_json` naming the problem.
+/// JSON is UTF-8 (RFC 8259): a body declared in another charset would be misread, so it is refused (415).
+pub fn refuse_non_utf8_charset(req: &ReadRequest) -> Result<(), ApiError> {
+    match req.charset() {
+        None => Ok(()),
+        Some(charset) if charset == "utf-8" || charset == "utf8" => Ok(()),
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("JSON bodies are UTF-8; charset={other} is not accepted"),
+        )),
+    }
+}
+
+/// Parse a JSON body into `T`: 415 unless it is declared `application/json` (UTF-8), 400 `invalid_json`
+/// naming the problem.
 pub fn json_body<T: for<'de> Deserialize<'de>>(req: &ReadRequest) -> Result<T, ApiError> {
     match req.media_type().as_deref() {
-        Some("application/json") | None => {}
-        Some(other) => {
+        Some("application/json") => refuse_non_utf8_charset(req)?,
+        other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                format!("expected application/json, got {other}"),
+                format!(
+                    "expected application/json, got {}",
+                    other.unwrap_or("no Content-Type")
+                ),
             ))
         }
     }
@@ -88,6 +105,80 @@ async fn load_catalogue(
         .await
 }
 
+/// A browser sending a request from another site adds its own `Origin` (or `Sec-Fetch-Site: cross-site`);
+/// the operator's admin certificate, imported into that browser, would go along with it, so such
+/// requests are refused. Non-browser clients send neither header and are authenticated by their
+/// certificate alone.
+pub(crate) fn refuse_cross_site(req: &ReadRequest) -> Result<(), ApiError> {
+    let headers = &req.parts.headers;
+    let refuse = || {
+        ApiError::forbidden(
+            "cross_origin",
+            "state-changing admin requests must not come from another site",
+        )
+    };
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.to_str(), Ok("same-origin") | Ok("none")) {
+            return Err(refuse());
+        }
+    }
+    if let Some(origin) = headers.get(hyper::header::ORIGIN) {
+        let host = req
+            .parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                headers
+                    .get(hyper::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .ok_or_else(refuse)?;
+        if origin.to_str().ok() != Some(&format!("https://{host}")) {
+            return Err(refuse());
+        }
+    }
+    Ok(())
+}
+
+/// The admin API's guard against cross-site request forgery, whatever the body: a state-changing
+/// request must not come from another site, and a `POST` (the one state-changing method an HTML form
+/// can send without a CORS preflight) must say `Content-Type: application/json`, which a form cannot.
+/// `PUT` and `DELETE` always need a preflight, which the admin listener never grants.
+fn refuse_forgeable(req: &ReadRequest) -> Result<(), ApiError> {
+    let method = &req.parts.method;
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    refuse_cross_site(req)?;
+    if *method == Method::POST && req.media_type().as_deref() != Some("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "admin API posts must say Content-Type: application/json (even with an empty body)",
+        ));
+    }
+    Ok(())
+}
+
+/// The fingerprint of a certificate offered for binding, once it is known to be issued by a CA of the
+/// bundle (a certificate no handshake would accept is a mistake worth naming, not a silent no-op).
+fn bindable_certificate(broker: &Broker, pem: &str) -> Result<String, ApiError> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| {
+        ApiError::bad_request("invalid_certificate", "certificate_pem is not a PEM certificate")
+    })?;
+    let cas = crate::tls::read_certs(&broker.config.tls.ca_bundle).map_err(ApiError::internal)?;
+    if !crate::tls::issued_by_bundle(&cert, &cas) {
+        return Err(ApiError::bad_request(
+            "untrusted_certificate",
+            "the certificate is not issued by a CA of tls.ca_bundle; no handshake would accept it",
+        ));
+    }
+    Ok(crate::identity::fingerprint(cert.as_ref()))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BindRequest {
@@ -114,10 +205,14 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
     }
     exchange.agency = Some("admin".into());
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments.starts_with(&["admin", "v1"]) {
+        refuse_forgeable(req)?;
+    }
     let ok = |value: serde_json::Value| Ok(Reply::json(StatusCode::OK, &value));
     match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             exchange.operation = "admin:metrics".into();
+            broker.metrics.set_stale_crls(broker.tls.stale_crls());
             let text = broker.metrics.render(broker.audit.head().0);
             Ok(Reply {
                 status: StatusCode::OK,
@@ -160,9 +255,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             let bind: BindRequest = json_body(req)?;
             let fingerprint = match (bind.fingerprint, bind.certificate_pem) {
                 (Some(fp), None) => fp,
-                (None, Some(pem)) => crate::identity::fingerprint_of_pem(&pem).ok_or_else(|| {
-                    ApiError::bad_request("invalid_certificate", "certificate_pem is not a PEM certificate")
-                })?,
+                (None, Some(pem)) => bindable_certificate(broker, &pem)?,
                 _ => {
                     return Err(ApiError::bad_request(
                         "invalid_request",
@@ -170,6 +263,14 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                     ))
                 }
             };
+            // An operator's certificate bound to an agency would read citizen data on the agency listener.
+            let normalized = crate::registry::normalize_fingerprint(&fingerprint)?;
+            if broker.admin_fingerprints.contains(&normalized) {
+                return Err(ApiError::bad_request(
+                    "admin_certificate",
+                    "an admin certificate (tls.admin_certs) cannot be bound to an agency",
+                ));
+            }
             ok(json!({ "agency": broker.registry.bind(code, &fingerprint).await? }))
         }
         (&Method::DELETE, ["admin", "v1", "agencies", code, "certificates", fingerprint]) => {
@@ -182,6 +283,10 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 .tls
                 .reload()
                 .map_err(|e| ApiError::unprocessable("tls_reload_failed", e.to_string()))?;
+            let stale = broker.tls.stale_crls();
+            if stale > 0 {
+                tracing::warn!(stale, "reloaded: CRLs past their nextUpdate are in force");
+            }
             ok(json!({ "reloaded": true }))
         }
         (&Method::PUT, ["admin", "v1", "agencies", code, "plan"]) => {

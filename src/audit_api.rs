@@ -62,9 +62,25 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
                 &json!({ "count": count, "head_hash": head_hash }),
             ))
         }
+        // A freshly signed head for the operator to keep outside the broker (a witness line for
+        // `audit verify --witness`).
+        "checkpoint" => {
+            broker.audit.checkpoint().await?;
+            let dir = broker.config.storage.data_dir.join("audit");
+            let latest = crate::audit::latest_checkpoint(&dir)?;
+            Ok(Reply::json(StatusCode::OK, &latest))
+        }
         "verify" => {
             let dir = broker.config.storage.data_dir.join("audit");
-            Ok(match crate::audit::verify_dir(&dir) {
+            // Against the configured witness too, once it holds a checkpoint: a cut tail is caught even
+            // when `checkpoints.jsonl` went with it.
+            let witness = broker.config.audit.witness(&broker.config.storage.data_dir);
+            let verified = if std::fs::metadata(&witness).is_ok_and(|m| m.len() > 0) {
+                crate::audit::check_witness(&dir, &witness).map(|(r, _)| r)
+            } else {
+                crate::audit::verify_dir(&dir)
+            };
+            Ok(match verified {
                 Ok(r) => Reply::json(
                     StatusCode::OK,
                     &json!({ "ok": true, "count": r.count, "first_seq": r.first_seq, "head_hash": r.head_hash,

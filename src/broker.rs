@@ -123,16 +123,15 @@ impl Broker {
         )
         .map_err(|e| StartError::Other(format!("purpose catalogue: {e}")))?;
         let clock = crate::clock::Clock::default();
-        let audit = AuditLog::open_with(
-            &data_dir.join("audit"),
-            db.clone(),
-            crate::audit::AuditOptions {
-                checkpoint_every: config.audit.checkpoint_every,
-                clock: clock.clone(),
-                ..crate::audit::AuditOptions::default()
-            },
-        )
-        .map_err(|e| store_err(format!("audit trail: {e}")))?;
+        let audit_options = crate::audit::AuditOptions {
+            checkpoint_every: config.audit.checkpoint_every,
+            clock: clock.clone(),
+            key_dir: Some(config.audit.key_dir(data_dir)),
+            witness: Some(config.audit.witness(data_dir)),
+            ..Default::default()
+        };
+        let audit = AuditLog::open_with(&data_dir.join("audit"), db.clone(), audit_options)
+            .map_err(|e| store_err(format!("audit trail: {e}")))?;
         Ok(Self {
             config,
             tls,

@@ -180,10 +180,21 @@ impl CertAuthority {
 
     /// A CRL revoking the given serials, valid for 30 days, PEM.
     pub fn crl(&self, revoked: &[Vec<u8>], number: u64) -> Result<String, CertError> {
+        self.crl_until(revoked, number, Duration::days(30))
+    }
+
+    /// A CRL revoking the given serials whose `nextUpdate` is `next_update` from now (negative: stale), PEM.
+    pub fn crl_until(
+        &self,
+        revoked: &[Vec<u8>],
+        number: u64,
+        next_update: Duration,
+    ) -> Result<String, CertError> {
         let now = OffsetDateTime::now_utc();
+        let this_update = (now + next_update).min(now) - Duration::days(1);
         let params = CertificateRevocationListParams {
-            this_update: now - Duration::minutes(5),
-            next_update: now + Duration::days(30),
+            this_update,
+            next_update: now + next_update,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: revoked

@@ -126,6 +126,10 @@ pub enum AuditCommand {
         /// The broker's data dir (the trail is in its `audit/` folder).
         #[arg(long, default_value = "data/demo")]
         data_dir: PathBuf,
+        /// A witness kept outside the data dir (`audit.witness`, or saved `GET /admin/v1/audit/checkpoint`
+        /// answers, one per line): fail if the trail is shorter than, or diverges from, what it saw.
+        #[arg(long)]
+        witness: Option<PathBuf>,
     },
     /// Write entries as JSON Lines (for an archive or a SIEM), `--from` inclusive, `--to` exclusive.
     Export {
@@ -141,6 +145,23 @@ pub enum AuditCommand {
         /// Output file (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Ask a running broker to sign its head now and print it as one witness line (JSON) on standard
+    /// output: append it to a file kept off the broker host, for `audit verify --witness`.
+    Checkpoint {
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Sign the `base.json` of a trail pruned before bases were signed, so it verifies again. Check the
+    /// base against the archive that ends where it begins first: this vouches for it. Stopped broker.
+    SignBase {
+        /// The broker's data dir.
+        #[arg(long, default_value = "data/demo")]
+        data_dir: PathBuf,
+        /// The folder of the signing key (default: the data dir's sibling `<name>-keys`).
+        #[arg(long)]
+        key_dir: Option<PathBuf>,
     },
     /// Retention: move whole segments older than `--before` into an archive file and delete them; what is
     /// left still verifies (the archive carries the hash it continues from). Run on a stopped broker.
@@ -161,6 +182,10 @@ pub enum AuditCommand {
         /// Archive file to write (JSON Lines).
         #[arg(long)]
         archive: PathBuf,
+        /// The folder of the signing key (`audit.key_dir`; default: the data dir's sibling `<name>-keys`):
+        /// the base left by the prune is signed.
+        #[arg(long)]
+        key_dir: Option<PathBuf>,
     },
 }
 
@@ -366,9 +391,19 @@ pub async fn run(cli: Cli) -> i32 {
             },
             Err(e) => Err(e.into()),
         },
-        Command::CheckConfig { config } => Config::load(&config)
-            .map(|_| println!("{}: ok", config.display()))
-            .map_err(Into::into),
+        // The TLS material is checked as start-up would: certificates, key, every CRL's signature.
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(loaded) => crate::tls::build(&loaded.tls)
+                .map(|_| println!("{}: ok", config.display()))
+                .map_err(|e| {
+                    StartError::Config(crate::config::ConfigError {
+                        file: config.display().to_string(),
+                        key: "tls".into(),
+                        message: e.to_string(),
+                    })
+                }),
+            Err(e) => Err(e.into()),
+        },
         Command::Certs {
             action: CertsCommand::Init { dir, clients },
         } => {
@@ -390,7 +425,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Billing { admin, action } => return billing_command(admin, action).await,
         Command::Catalogue { admin, action } => return catalogue_command(admin, action).await,
         Command::Bench(args) => return crate::bench::run_cli(args).await,
-        Command::Audit { action } => return audit_command(action),
+        Command::Audit { action } => return audit_command(action).await,
     };
     match result {
         Ok(()) => 0,
@@ -476,6 +511,7 @@ async fn admin_call_with(
         eprintln!("lienthong: {e}");
         2
     })?;
+    // The admin API refuses a POST without a JSON content type (a cross-site form could send it).
     let (content_type, body) = match body {
         Some((content_type, body)) => (Some(content_type), body),
         None => (None, String::new()),
@@ -701,24 +737,54 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<chrono::DateTime
         .transpose()
 }
 
-fn audit_command(action: AuditCommand) -> i32 {
+async fn audit_command(action: AuditCommand) -> i32 {
     let fail = |code: i32, message: String| {
         eprintln!("lienthong: {message}");
         code
     };
     match action {
-        AuditCommand::Verify { data_dir } => {
+        AuditCommand::Checkpoint { admin } => {
+            match admin_call(&admin, Method::GET, "/admin/v1/audit/checkpoint", None).await {
+                Ok(resp) => {
+                    println!("{}", resp.json());
+                    0
+                }
+                Err(code) => code,
+            }
+        }
+        AuditCommand::SignBase { data_dir, key_dir } => {
+            let key_dir = key_dir.unwrap_or_else(|| crate::audit::default_key_dir(&data_dir));
+            match crate::audit::sign_base(&data_dir.join("audit"), &key_dir) {
+                Ok((seq, prev_hash)) => {
+                    println!("signed base.json: the trail starts at seq {seq} after {prev_hash}");
+                    0
+                }
+                Err(e) => fail(1, e.to_string()),
+            }
+        }
+        AuditCommand::Verify { data_dir, witness } => {
             let dir = data_dir.join("audit");
             if !dir.is_dir() {
                 return fail(2, format!("{}: no audit trail here", dir.display()));
             }
-            match crate::audit::verify_dir(&dir) {
+            let (verified, witnessed) = match &witness {
+                Some(path) => match crate::audit::check_witness(&dir, path) {
+                    Ok((r, n)) => (
+                        Ok(r),
+                        format!(", {n} witnessed checkpoints match {}", path.display()),
+                    ),
+                    Err(f) => (Err(f), String::new()),
+                },
+                None => (crate::audit::verify_dir(&dir), String::new()),
+            };
+            match verified {
                 Ok(r) => {
+                    // `count` is the seq of the last entry; after a prune fewer entries remain.
                     println!(
-                        "ok: {} entries (seq {}..={}), {} signed checkpoints, head {}{}",
-                        r.count,
+                        "ok: {} entries (seq {}..={}), {} signed checkpoints{witnessed}, head {}{}",
+                        (r.count + 1).saturating_sub(r.first_seq),
                         r.first_seq,
-                        r.first_seq + r.count.saturating_sub(1),
+                        r.count,
                         r.checkpoints,
                         r.head_hash,
                         if r.torn_tail {
@@ -766,6 +832,7 @@ fn audit_command(action: AuditCommand) -> i32 {
             before,
             older_than_days,
             archive,
+            key_dir,
         } => {
             let before = match (before, older_than_days) {
                 (_, Some(days)) => chrono::Utc::now() - chrono::Duration::days(i64::from(days)),
@@ -775,7 +842,8 @@ fn audit_command(action: AuditCommand) -> i32 {
                     Err(e) => return fail(2, e),
                 },
             };
-            match crate::audit::archive_and_prune(&data_dir.join("audit"), before, &archive) {
+            let key_dir = key_dir.unwrap_or_else(|| crate::audit::default_key_dir(&data_dir));
+            match crate::audit::archive_and_prune(&data_dir.join("audit"), &key_dir, before, &archive) {
                 Ok(n) => {
                     println!("archived {n} entries to {}", archive.display());
                     0

@@ -182,13 +182,37 @@ impl Default for LimitsConfig {
 pub struct AuditConfig {
     /// Sign a checkpoint of the chain head every this many entries (and on shutdown).
     pub checkpoint_every: u64,
+    /// Folder of the checkpoint signing key and the body-hash key (mode 0600), outside the data dir;
+    /// default: the data dir's sibling `<name>-keys`. The data dir keeps only the public key.
+    pub key_dir: Option<PathBuf>,
+    /// Witness file every signed checkpoint is also appended to, outside the data dir (ideally on
+    /// another volume); default `<key_dir>/witness.jsonl`. At start-up a trail behind it is refused.
+    pub witness: Option<PathBuf>,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             checkpoint_every: 1000,
+            key_dir: None,
+            witness: None,
         }
+    }
+}
+
+impl AuditConfig {
+    /// The key folder in force for `data_dir`.
+    pub fn key_dir(&self, data_dir: &Path) -> PathBuf {
+        self.key_dir
+            .clone()
+            .unwrap_or_else(|| crate::audit::default_key_dir(data_dir))
+    }
+
+    /// The witness file in force for `data_dir`.
+    pub fn witness(&self, data_dir: &Path) -> PathBuf {
+        self.witness
+            .clone()
+            .unwrap_or_else(|| self.key_dir(data_dir).join("witness.jsonl"))
     }
 }
 
@@ -238,6 +262,8 @@ impl Config {
             &mut self.catalogue.schema,
             &mut self.catalogue.purposes,
             &mut self.catalogue.connectors_dir,
+            &mut self.audit.key_dir,
+            &mut self.audit.witness,
         ]
         .into_iter()
         .flatten()
@@ -292,6 +318,22 @@ impl Config {
         }
         if self.storage.cache_mb == 0 {
             return Err(err("storage.cache_mb", "must be greater than 0".into()));
+        }
+        // The keys and the witness are there to survive someone who can rewrite the data dir.
+        let data_dir = &self.storage.data_dir;
+        for (key, path) in [
+            ("audit.key_dir", self.audit.key_dir(data_dir)),
+            ("audit.witness", self.audit.witness(data_dir)),
+        ] {
+            if path.starts_with(data_dir) {
+                return Err(err(
+                    key,
+                    format!(
+                        "{} is inside storage.data_dir; keep it apart from the trail",
+                        path.display()
+                    ),
+                ));
+            }
         }
         if self.limits.max_body_bytes == 0 {
             return Err(err("limits.max_body_bytes", "must be greater than 0".into()));

@@ -53,7 +53,7 @@ pub async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) 
         }
         (&Method::POST, ["admin", "console", "agencies", code, action @ ("suspend" | "resume")]) => {
             exchange.operation = format!("admin:{action}");
-            same_origin(req)?;
+            crate::admin::refuse_cross_site(req)?;
             let status = if *action == "suspend" {
                 AgencyStatus::Suspended
             } else {
@@ -102,37 +102,6 @@ fn page_reply(status: StatusCode, content_type: &'static str, body: bytes::Bytes
         ],
         error_code: None,
     }
-}
-
-/// A browser posting from another site sends its own `Origin` (or `Sec-Fetch-Site: cross-site`); the
-/// admin certificate would go along with it, so such posts are refused. Non-browser clients send
-/// neither header and are authenticated by their certificate alone.
-fn same_origin(req: &ReadRequest) -> Result<(), ApiError> {
-    let headers = &req.parts.headers;
-    let refuse = || ApiError::forbidden("cross_origin", "form posts must come from the console itself");
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.to_str(), Ok("same-origin") | Ok("none")) {
-            return Err(refuse());
-        }
-    }
-    if let Some(origin) = headers.get(hyper::header::ORIGIN) {
-        let host = req
-            .parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                headers
-                    .get(hyper::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
-            .ok_or_else(refuse)?;
-        if origin.to_str().ok() != Some(&format!("https://{host}")) {
-            return Err(refuse());
-        }
-    }
-    Ok(())
 }
 
 fn status_text(status: AgencyStatus) -> &'static str {
@@ -461,8 +430,8 @@ mod tests {
 
     #[test]
     fn cross_site_posts_are_refused() {
-        assert!(same_origin(&post(&[])).is_ok());
-        assert!(same_origin(&post(&[
+        assert!(crate::admin::refuse_cross_site(&post(&[])).is_ok());
+        assert!(crate::admin::refuse_cross_site(&post(&[
             ("origin", "https://127.0.0.1:8444"),
             ("sec-fetch-site", "same-origin")
         ]))
@@ -473,7 +442,9 @@ mod tests {
             &[("sec-fetch-site", "cross-site")][..],
             &[("sec-fetch-site", "same-site")][..],
         ] {
-            let err = same_origin(&post(headers)).err().map(|e| e.code);
+            let err = crate::admin::refuse_cross_site(&post(headers))
+                .err()
+                .map(|e| e.code);
             assert_eq!(err, Some("cross_origin"), "{headers:?}");
         }
     }

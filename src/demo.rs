@@ -131,11 +131,11 @@ pub fn curl_lines(certs: &Path, agency_addr: &str, admin_addr: &str) -> String {
         curl("admin")
     ));
     out.push_str(&format!(
-        "  {} -X POST https://{admin_addr}/admin/v1/agencies/pccovid/suspend\n",
+        "  {} -X POST -H 'content-type: application/json' https://{admin_addr}/admin/v1/agencies/pccovid/suspend\n",
         curl("admin")
     ));
     out.push_str(&format!(
-        "  {} -X POST https://{admin_addr}/admin/v1/agencies/pccovid/resume\n",
+        "  {} -X POST -H 'content-type: application/json' https://{admin_addr}/admin/v1/agencies/pccovid/resume\n",
         curl("admin")
     ));
     out.push_str("\nStop with Ctrl-C (in-flight requests finish, the store is flushed).\n");

@@ -15,6 +15,7 @@ use crate::policy::Purpose;
 /// Errors every authenticated agency route can answer, whatever it does.
 const COMMON_ERRORS: &[(u16, &str)] = &[
     (400, "bad_body"),
+    (400, "duplicate_parameter"),
     (403, "unknown_agency"),
     (403, "agency_suspended"),
     (408, "request_timeout"),
@@ -47,6 +48,7 @@ const WRITE_ERRORS: &[(u16, &str)] = &[
     (415, "unsupported_media_type"),
     (422, "schema_violation"),
     (422, "invalid_citizen_id"),
+    (422, "invalid_value"),
 ];
 
 const ACCESS_LOG_ERRORS: &[(u16, &str)] = &[(400, "invalid_query")];

@@ -19,7 +19,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -139,6 +138,16 @@ impl ReadRequest {
         query.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             (decode(k) == name).then(|| decode(v))
+        })
+    }
+
+    /// The `charset` parameter of `Content-Type`, lower-cased and unquoted, if given.
+    pub fn charset(&self) -> Option<String> {
+        let ct = self.parts.headers.get(CONTENT_TYPE)?.to_str().ok()?;
+        ct.split(';').skip(1).find_map(|param| {
+            let (name, value) = param.split_once('=')?;
+            (name.trim().eq_ignore_ascii_case("charset"))
+                .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
         })
     }
 
@@ -329,7 +338,10 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 let _permit = permit;
-                let acceptor = tokio_rustls::TlsAcceptor::from(broker.tls.current());
+                let acceptor = tokio_rustls::TlsAcceptor::from(match side {
+                    Side::Agency => broker.tls.current(),
+                    Side::Admin => broker.tls.admin(),
+                });
                 let handshake = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
                 let started = std::time::Instant::now();
                 let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
@@ -455,7 +467,7 @@ async fn handle(
                 Some(slot) => Some(slot),
                 None => {
                     exchange.operation = "concurrency_limit".into();
-                    exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+                    exchange.body_sha256 = broker.audit.body_hash(b"");
                     let mut err = ApiError::new(
                         StatusCode::TOO_MANY_REQUESTS,
                         "concurrency_limit",
@@ -562,7 +574,7 @@ async fn read_request(
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
     if head_bytes > limits.max_header_bytes {
-        exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+        exchange.body_sha256 = broker.audit.body_hash(b"");
         return Err(ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
@@ -571,6 +583,17 @@ async fn read_request(
                 limits.max_header_bytes
             ),
         ));
+    }
+    refuse_ambiguous_target(&parts.uri)?;
+    // A declared length over the limit is refused before a byte of the body is awaited.
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
+        exchange.body_sha256 = broker.audit.body_hash(b"");
+        return Err(body_too_large(limits.max_body_bytes));
     }
     let limited = Limited::new(body, limits.max_body_bytes);
     let collected = tokio::time::timeout(
@@ -581,15 +604,8 @@ async fn read_request(
     let body = match collected {
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            exchange.body_sha256 = hex::encode(Sha256::digest(b""));
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "the request body is over the limit of {} bytes",
-                    limits.max_body_bytes
-                ),
-            ));
+            exchange.body_sha256 = broker.audit.body_hash(b"");
+            return Err(body_too_large(limits.max_body_bytes));
         }
         Ok(Err(e)) => {
             return Err(ApiError::bad_request(
@@ -605,8 +621,46 @@ async fn read_request(
             ))
         }
     };
-    exchange.body_sha256 = hex::encode(Sha256::digest(&body));
+    exchange.body_sha256 = broker.audit.body_hash(&body);
     Ok(ReadRequest { parts, body })
+}
+
+fn body_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+}
+
+/// One rule for every route on both listeners, applied before routing: a path with an empty segment
+/// (`//v1/…`, `/v1/citizens/{id}/`) names no resource (404), and a query parameter given twice
+/// (`?purpose=a&purpose=b`) is refused (400 `duplicate_parameter`) rather than one of them picked.
+fn refuse_ambiguous_target(uri: &hyper::Uri) -> Result<(), ApiError> {
+    let path = uri.path();
+    if path != "/"
+        && path
+            .strip_prefix('/')
+            .is_none_or(|p| p.split('/').any(str::is_empty))
+    {
+        return Err(ApiError::not_found(
+            "not_found",
+            format!("no route for {}: empty path segment", mask_citizen_ids(path)),
+        ));
+    }
+    if let Some(query) = uri.query() {
+        let mut seen = std::collections::HashSet::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let name = decode(pair.split_once('=').map_or(pair, |(k, _)| k));
+            if !seen.insert(name.clone()) {
+                return Err(ApiError::bad_request(
+                    "duplicate_parameter",
+                    format!("query parameter {name} is given more than once"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How far back [`check_store_against_audit`] looks, in audit entries.
@@ -621,6 +675,17 @@ const HISTORIES: [&str; 4] = ["vaccinations", "test_results", "recoveries", "che
 /// *after* the store write succeeded, so every recent `201` entry naming a history list is a write the
 /// store must still hold: a store with fewer entries in that list is corrupt or rolled back.
 pub async fn check_store_against_audit(broker: &Broker) -> Result<(), String> {
+    // The other direction: the store outlived entries of the trail (a tail cut below what the store saw).
+    let high_water = crate::canonical::audit_high_water(&broker.db)?;
+    let head = broker.audit.head().0;
+    if head < high_water {
+        return Err(format!(
+            "audit trail {}: ends at seq {head}, but the store saw it reach seq {high_water} before a later \
+             write: entries were cut from its end. Refusing to start; restore the trail from a backup and run \
+             `lienthong audit verify --witness …`.",
+            broker.config.storage.data_dir.join("audit").display()
+        ));
+    }
     let filter = crate::audit::AuditFilter {
         status: Some(201),
         ..Default::default()
@@ -776,6 +841,10 @@ fn connection_event(
     let mut source = Some(err);
     while let Some(e) = source {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            // hyper answers an over-long request line 414 itself and tells it apart only in its message.
+            if h.is_parse_too_large() && h.to_string().contains("URI too long") {
+                return Some((414, "uri_too_long", "request URI over the size limit"));
+            }
             if h.is_parse_too_large() {
                 return Some((431, "headers_too_large", "request headers over the size limit"));
             }
@@ -823,7 +892,7 @@ async fn record_connection_event(
         operation: format!("connection:{code}"),
         citizen_id: None,
         fields: Vec::new(),
-        body_sha256: hex::encode(Sha256::digest(b"")),
+        body_sha256: broker.audit.body_hash(b""),
         bulk: false,
         route: "-".into(),
         metered: false,

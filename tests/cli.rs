@@ -57,6 +57,22 @@ fn the_example_config_is_valid() {
     );
 }
 
+/// Issue 20, item 2: a CRL under the CA's name but signed by another key is refused by `check-config`.
+#[test]
+fn check_config_refuses_a_crl_with_a_bad_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config_in(dir.path());
+    let forged = lienthong::certs::CertAuthority::generate("lienthong development CA")
+        .unwrap()
+        .crl(&[], 9)
+        .unwrap();
+    std::fs::write(dir.path().join("certs/demo/crl.pem"), forged).unwrap();
+    let out = lienthong(&["check-config", "-c", config.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("crl.pem") && err.contains("signature"), "{err}");
+}
+
 #[test]
 fn unknown_key_exits_2_naming_key_and_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -476,11 +476,11 @@ async fn archive_and_prune_keeps_the_rest_verifiable() {
     let archive = f.dir.parent().unwrap().join("archive-1.jsonl");
     // Nothing is old enough yet.
     let long_ago = entries[0].parsed_time().unwrap();
-    assert_eq!(archive_and_prune(&f.dir, long_ago, &archive).unwrap(), 0);
+    assert_eq!(archive_and_prune(&f.dir, &f.dir, long_ago, &archive).unwrap(), 0);
     assert!(!archive.exists());
 
     let later = Utc::now() + Duration::hours(1);
-    assert_eq!(archive_and_prune(&f.dir, later, &archive).unwrap(), 9);
+    assert_eq!(archive_and_prune(&f.dir, &f.dir, later, &archive).unwrap(), 9);
     assert_eq!(format::list_segments(&f.dir).unwrap().len(), 1);
     let archived = lines_of(&archive);
     let header: serde_json::Value = serde_json::from_str(&archived[0]).unwrap();
@@ -514,6 +514,20 @@ async fn archive_and_prune_keeps_the_rest_verifiable() {
     let report = verify_dir(&f.dir).unwrap();
     // The automatic one at 12 and the one asked for at 13.
     assert_eq!((report.first_seq, report.count, report.checkpoints), (10, 13, 2));
+
+    // The base a prune leaves is signed: one written by hand (to hide deleted older segments) is refused,
+    // by verify and at open.
+    let signed = fs::read_to_string(f.dir.join(format::BASE_FILE)).unwrap();
+    assert!(signed.contains("signature"), "{signed}");
+    let unsigned = serde_json::json!({ "seq": 10, "prev_hash": entries[8].hash }).to_string();
+    fs::write(f.dir.join(format::BASE_FILE), unsigned).unwrap();
+    let failure = verify_dir(&f.dir).unwrap_err();
+    assert!(failure.reason.contains("not signed"), "{failure}");
+    assert!(AuditLog::open(&f.dir, f.db.clone(), 0).is_err());
+    // A trail pruned before bases were signed is accepted again once the operator signs its base.
+    assert_eq!(sign_base(&f.dir, &f.dir).unwrap().0, 10);
+    assert_eq!(verify_dir(&f.dir).unwrap().count, 13);
+    fs::write(f.dir.join(format::BASE_FILE), signed).unwrap();
 
     // Deleting the base (or a segment) after pruning is caught.
     fs::remove_file(f.dir.join(format::BASE_FILE)).unwrap();

@@ -57,6 +57,8 @@ pub(crate) struct Writer {
     /// A failed checkpoint write could not be cut back yet.
     pub(crate) checkpoints_need_repair: bool,
     pub(crate) last_checkpoint_seq: u64,
+    /// The witness outside the data dir that every signed checkpoint is also appended to.
+    pub(crate) witness: Option<File>,
     pub(crate) shared: Arc<Shared>,
     /// To the indexer thread, in seq order.
     pub(crate) index_tx: std::sync::mpsc::Sender<Vec<IndexItem>>,
@@ -273,6 +275,14 @@ impl Writer {
         }
         self.checkpoints_len += line.len() as u64;
         self.last_checkpoint_seq = self.seq;
+        // The witness copy: the trail's folder is not trusted to keep its own checkpoints. A failed
+        // witness write fails the checkpoint (logged), not the requests; the next one tries again.
+        if let Some(witness) = &mut self.witness {
+            witness
+                .write_all(&line)
+                .and_then(|()| witness.sync_data())
+                .map_err(|e| unavailable(format!("audit witness: {e}")))?;
+        }
         Ok(())
     }
 }

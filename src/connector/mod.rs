@@ -174,6 +174,9 @@ async fn run(
     }
     let purpose = canonical::authorize(broker, exchange, agency, Some(&connector.purpose))?;
     let media = req.media_type().unwrap_or_default();
+    if connector.format == Format::Json {
+        crate::admin::refuse_non_utf8_charset(req)?;
+    }
     if !connector.content_types.contains(&media) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -287,6 +290,20 @@ fn extract(connector: &Connector, doc: &Doc) -> Result<Inputs, ApiError> {
         }
     }
     let mut inputs = Inputs::default();
+    if let Doc::Xml(root) = doc {
+        for m in &connector.request {
+            for at in &m.from {
+                if let Locator::Element { steps, .. } = at {
+                    if root.ambiguous(steps) {
+                        return Err(ApiError::bad_request(
+                            "duplicate_parameter",
+                            format!("{} appears more than once", describe(at)),
+                        ));
+                    }
+                }
+            }
+        }
+    }
     for m in &connector.request {
         let found = m
             .from

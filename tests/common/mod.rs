@@ -173,6 +173,19 @@ impl TestBroker {
         self.ca().issue_client(cn, "test agency", validity).unwrap()
     }
 
+    /// Issue a fresh client certificate and bind it to `agency` through the admin API.
+    pub async fn issue_bound(&self, agency: &str, cn: &str) -> IssuedCert {
+        let cert = self.issue(cn, Validity::days(30));
+        let r = self
+            .admin_post(
+                &format!("/admin/v1/agencies/{agency}/certificates"),
+                serde_json::json!({ "certificate_pem": cert.cert_pem }),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        cert
+    }
+
     /// Publish a CRL revoking `serials` and make the broker take it.
     pub async fn revoke(&self, serials: &[Vec<u8>]) {
         let crl = self.ca().crl(serials, 2).unwrap();
