@@ -3,6 +3,7 @@
 # The Rust toolchain itself (cargo, rustc, clippy, rustfmt) comes with the machine.
 #  - curl, openssl: the demo's curl lines, PKCS#12 for the console test
 #  - chromium, libnss3-tools (certutil, pk12util): the headless console test (tests/console.rs)
+#  - postgresql (initdb, pg_ctl; Debian keeps them in /usr/lib/postgresql/<version>/bin): the cluster tests
 #  - python3 + a venv in target/pyenv with openapi-spec-validator and schemathesis (scripts/schemathesis.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v certutil >/dev/null || need_apt+=(libnss3-tools)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
