@@ -36,6 +36,7 @@
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
 //! | [`metrics`] | Prometheus metrics (`GET /metrics` on the admin listener) |
 //! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
+//! | [`listener`] | before and after the handshake: a plain-text 400 for plaintext HTTP, hints in the log |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
 //! | [`supervisor`] | live recovery: reopens a failed database (full disk) without a restart |
 //! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
@@ -66,6 +67,7 @@ pub mod demo;
 pub mod error;
 pub mod identity;
 pub mod json;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod policy;

@@ -26,6 +26,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 use crate::broker::Broker;
+use crate::listener::Opening;
 use crate::error::ApiError;
 use crate::identity::PeerIdentity;
 
@@ -307,7 +308,7 @@ async fn accept_loop(
             _ = stop.changed() => break,
             permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
         };
-        let (tcp, remote) = tokio::select! {
+        let (mut tcp, remote) = tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -330,12 +331,26 @@ async fn accept_loop(
                 let acceptor = tokio_rustls::TlsAcceptor::from(broker.tls.current());
                 let handshake = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
                 let started = std::time::Instant::now();
+                match crate::listener::sniff_opening(&mut tcp, handshake).await {
+                    Opening::Handshake => {}
+                    Opening::AnsweredPlaintext => {
+                        broker.metrics.count_handshake_failure(side, "plaintext_http");
+                        return;
+                    }
+                    Opening::Silent => {
+                        broker.metrics.count_handshake_failure(side, "timeout");
+                        tracing::info!("TLS handshake timed out");
+                        return;
+                    }
+                }
+                let handshake = handshake.saturating_sub(started.elapsed());
                 let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         let reason = crate::metrics::handshake_failure_reason(&e);
                         broker.metrics.count_handshake_failure(side, reason);
-                        tracing::info!(error = %e, reason, "TLS handshake refused");
+                        let hint = crate::listener::handshake_hint(reason);
+                        tracing::info!(error = %e, reason, hint, "TLS handshake refused");
                         return;
                     }
                     Err(_) => {
@@ -358,6 +373,9 @@ async fn accept_loop(
                     None => return,
                 };
                 tracing::debug!(subject = %peer.subject, fingerprint = %peer.fingerprint_sha256, "connected");
+                if side == Side::Agency && broker.registry.by_fingerprint(&peer.fingerprint_sha256).is_none() {
+                    crate::listener::log_unbound_certificate(&peer);
+                }
                 let pending = Arc::new(AtomicU64::new(0));
                 let service = hyper::service::service_fn({
                     let (broker, peer, pending) = (broker.clone(), peer.clone(), pending.clone());
