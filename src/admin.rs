@@ -75,6 +75,10 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             })
         }
         (_, ["admin", "console", ..]) => crate::console::route(broker, exchange, req).await,
+        (&Method::POST, ["admin", "v1", "citizens", "import"]) => {
+            exchange.operation = "admin:import_citizens".into();
+            crate::import::import_batch(broker, req, &exchange.request_id).await
+        }
         (&Method::GET, ["admin", "v1", "agencies"]) => {
             exchange.operation = "admin:list_agencies".into();
             ok(json!({ "agencies": broker.registry.list() }))

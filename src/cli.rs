@@ -82,6 +82,15 @@ pub enum Command {
     },
     /// Benchmark the whole pipeline against a bare hyper + rustls baseline (see `BENCHMARKS.md`).
     Bench(crate::bench::BenchArgs),
+    /// Load citizens into a running broker through its admin API.
+    Citizens {
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminTarget,
+        /// What to do.
+        #[command(subcommand)]
+        action: CitizensCommand,
+    },
     /// Manage agencies through a running broker's admin API.
     Agency {
         /// How to reach the admin API.
@@ -104,6 +113,20 @@ pub enum CertsCommand {
         /// Client certificate names (agency codes and `admin`).
         #[arg(long = "client", default_values_t = ["moh".to_string(), "pccovid".into(), "dvc".into(), "admin".into()])]
         clients: Vec<String>,
+    },
+}
+
+/// `lienthong citizens …`
+#[derive(Debug, Subcommand)]
+pub enum CitizensCommand {
+    /// Import canonical records from a JSON Lines file (one record per line), validated against the
+    /// canonical schema; sent in batches, each written all or nothing; refused lines reported by number.
+    Import {
+        /// The JSON Lines file.
+        file: PathBuf,
+        /// Lines per batch (each batch must also fit `limits.max_body_bytes`).
+        #[arg(long, default_value_t = 500)]
+        batch_lines: usize,
     },
 }
 
@@ -283,8 +306,10 @@ pub fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Colour codes only for a person at a terminal: journald, files and pipes get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     let _ = if json {
         builder.json().try_init()
@@ -342,6 +367,10 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Agency { admin, action } => return agency_command(admin, action).await,
+        Command::Citizens {
+            admin,
+            action: CitizensCommand::Import { file, batch_lines },
+        } => return import_command(admin, &file, batch_lines).await,
         Command::Billing { admin, action } => return billing_command(admin, action).await,
         Command::Bench(args) => return crate::bench::run_cli(args).await,
         Command::Audit { action } => return audit_command(action),
@@ -373,20 +402,79 @@ pub async fn run_broker(broker: Arc<Broker>, banner: Option<String>) -> Result<(
             message,
         })
     })?;
-    let bind = |addr: SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| StartError::Other(format!("cannot listen on {addr}: {e}")))
+    // `flags` names what changes the address: the demo's flag and the config key.
+    let bind = |addr: SocketAddr, flags: &'static str| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    format!(" (another process, perhaps another lienthong, listens there; choose another with {flags})")
+                }
+                _ => String::new(),
+            };
+            StartError::Other(format!("cannot listen on {addr}: {e}{hint}"))
+        })
     };
-    let agency = bind(addrs.agency).await?;
-    let admin = bind(addrs.admin).await?;
+    let agency = bind(addrs.agency, "--agency-addr, or agency_listener.addr in the config").await?;
+    let admin = bind(addrs.admin, "--admin-addr, or admin_listener.addr in the config").await?;
     tracing::info!(agency = %addrs.agency, admin = %addrs.admin, "listening");
+    println!("{}", startup_summary(&broker, addrs.agency, addrs.admin));
     if let Some(banner) = banner {
         println!("{banner}");
     }
     crate::server::serve(broker, agency, admin, shutdown_signal())
         .await
         .map_err(|e| StartError::Other(e.to_string()))
+}
+
+/// What the operator needs to know once the broker listens (as Caddy and X-Road print it): where it
+/// listens, the console, what is registered and loaded, where the data lives, and what to do next when
+/// the registry or the store is empty.
+pub fn startup_summary(broker: &Broker, agency_addr: SocketAddr, admin_addr: SocketAddr) -> String {
+    let agencies = broker.registry.list();
+    let active = agencies
+        .iter()
+        .filter(|a| a.status == crate::registry::AgencyStatus::Active)
+        .count();
+    let codes: Vec<&str> = agencies.iter().map(|a| a.code.as_str()).collect();
+    let citizens = broker.store.count();
+    let purposes = broker.catalogue.all().len();
+    let connectors: Vec<&str> = broker.connectors.all().iter().map(|c| c.name.as_str()).collect();
+    let data_dir = broker.config.storage.data_dir.display();
+    let mut out = format!(
+        "lienthong {version} is serving\n\
+         \x20 agency API  https://{agency_addr}  (mTLS: client certificates chained to {ca})\n\
+         \x20 admin API   https://{admin_addr}  (certificates in tls.admin_certs)\n\
+         \x20 console     https://{admin_addr}/admin/console\n\
+         \x20 agencies    {n} registered, {active} active{list}\n\
+         \x20 citizens    {citizens}\n\
+         \x20 purposes    {purposes} ({purpose_source})\n\
+         \x20 connectors  {nc}{connector_list}\n\
+         \x20 storage     sled in {data_dir}/db (cache {cache} MiB), audit trail in {data_dir}/audit\n",
+        version = env!("CARGO_PKG_VERSION"),
+        ca = broker.config.tls.ca_bundle.display(),
+        n = agencies.len(),
+        list = if codes.is_empty() { String::new() } else { format!(": {}", codes.join(", ")) },
+        purpose_source = match &broker.config.catalogue.purposes {
+            Some(path) => path.display().to_string(),
+            None => "the catalogue embedded in the binary".into(),
+        },
+        nc = connectors.len(),
+        connector_list = if connectors.is_empty() { String::new() } else { format!(": {}", connectors.join(", ")) },
+        cache = broker.config.storage.cache_mb,
+    );
+    if agencies.is_empty() {
+        out.push_str(
+            "  next: no agency is registered, so every agency request gets 403 unknown_agency; register one:\n\
+             \x20       lienthong agency add CODE --name NAME --cert-file CODE.pem   (README: \"The operator's path\")\n",
+        );
+    }
+    if citizens == 0 {
+        out.push_str(
+            "  next: the store holds no citizens; load them through the admin API:\n\
+             \x20       lienthong citizens import citizens.jsonl\n",
+        );
+    }
+    out
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -438,6 +526,81 @@ async fn admin_call(
         return Err(1);
     }
     Ok(resp)
+}
+
+/// `lienthong citizens import FILE`: batches of whole lines (at most `batch_lines`, and under 512 KiB so
+/// that the default 1 MiB body limit holds), sent in order. The first refused batch stops the import:
+/// the batches before it are written, it and the rest are not, and its bad lines are printed with their
+/// line numbers in the file.
+async fn import_command(admin: AdminTarget, file: &std::path::Path, batch_lines: usize) -> i32 {
+    const BATCH_BYTES: usize = 512 * 1024;
+    let text = match std::fs::read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lienthong: {}: {e}", file.display());
+            return 2;
+        }
+    };
+    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    let total = lines.len();
+    let client = match MtlsClient::from_files(&admin.cacert, &admin.cert, &admin.key, Alpn::Both) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lienthong: {e}");
+            return 2;
+        }
+    };
+    let (mut start, mut imported) = (0usize, 0u64);
+    let mut last_report = std::time::Instant::now();
+    while start < total {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < total && end - start < batch_lines.max(1) && (end == start || bytes + lines[end].len() < BATCH_BYTES) {
+            bytes += lines[end].len() + 1;
+            end += 1;
+        }
+        let body = lines[start..end].join(&b'\n');
+        let resp = match client
+            .request(admin.admin_addr, Method::POST, "/admin/v1/citizens/import", Some("application/x-ndjson"), body)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("lienthong: cannot reach the admin API at {}: {e}", admin.admin_addr);
+                return 1;
+            }
+        };
+        let answer = resp.json();
+        if resp.status != 200 {
+            eprintln!(
+                "lienthong: {}: lines {}-{} refused ({} {}): {}",
+                file.display(),
+                start + 1,
+                end,
+                resp.status,
+                answer["error"]["code"].as_str().unwrap_or("?"),
+                answer["error"]["message"].as_str().unwrap_or(&resp.text())
+            );
+            for bad in answer["error"]["lines"].as_array().into_iter().flatten() {
+                let line = bad["line"].as_u64().unwrap_or(0) + start as u64;
+                eprintln!(
+                    "  line {line}: {} {}",
+                    bad["code"].as_str().unwrap_or("?"),
+                    bad["message"].as_str().unwrap_or("")
+                );
+            }
+            eprintln!("lienthong: {imported} citizens imported before line {}; fix the file and import from there", start + 1);
+            return 1;
+        }
+        imported += answer["imported"].as_u64().unwrap_or(0);
+        start = end;
+        if last_report.elapsed() >= std::time::Duration::from_secs(2) {
+            eprintln!("importing: line {start} of {total}, {imported} citizens so far");
+            last_report = std::time::Instant::now();
+        }
+    }
+    println!("imported {imported} citizens from {}", file.display());
+    0
 }
 
 fn pretty(resp: &crate::client::Response) -> String {

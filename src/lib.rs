@@ -32,6 +32,7 @@
 //! | [`sms`] | channel: SMS self-look-up through the telecom gateway (one reply for every failure) |
 //! | [`checkpoint`] | channel: checkpoint check-ins (CCCD QR scans) and contact tracing for the health authority |
 //! | [`api`] | the canonical API on the agency listener |
+//! | [`import`] | `POST /admin/v1/citizens/import`: JSON Lines of canonical records, all or nothing per batch |
 //! | [`admin`] | the admin API on the admin listener |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
 //! | [`metrics`] | Prometheus metrics (`GET /metrics` on the admin listener) |
@@ -66,6 +67,7 @@ pub mod console;
 pub mod demo;
 pub mod error;
 pub mod identity;
+pub mod import;
 pub mod json;
 pub mod listener;
 pub mod metrics;

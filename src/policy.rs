@@ -146,7 +146,10 @@ impl Purpose {
                 .parse::<FieldPath>()
                 .ok()
                 .filter(|f| schema.field_paths().contains(f.as_str()))
-                .ok_or_else(|| ApiError::bad_request("unknown_field", format!("unknown field {name:?}")))?;
+                .ok_or_else(|| {
+                    let hint = did_you_mean(name, schema.field_paths().iter().map(String::as_str));
+                    ApiError::bad_request("unknown_field", format!("unknown field {name:?}{hint}"))
+                })?;
             if !self.read.iter().any(|r| r.covers(&field)) {
                 return Err(ApiError::forbidden(
                     "forbidden_field",
@@ -295,6 +298,19 @@ pub struct Catalogue {
     purposes: Vec<Purpose>,
 }
 
+/// `; did you mean `full_name`?` when one of `known` is close to `name` (a typo, a missing `_` or `-`),
+/// else nothing. The names are the public catalogue's, so suggesting one reveals nothing.
+pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let squash = |s: &str| s.to_lowercase().replace(['_', '-', ' '], "");
+    let wanted = squash(name);
+    known
+        .map(|k| (strsim::damerau_levenshtein(&wanted, &squash(k)), k))
+        .filter(|(distance, k)| *distance <= (k.len() / 4).max(1))
+        .min()
+        .map(|(_, k)| format!("; did you mean `{k}`?"))
+        .unwrap_or_default()
+}
+
 impl Catalogue {
     /// Parses and checks a catalogue; `origin` names its file in errors.
     #[allow(clippy::should_implement_trait)] // needs `origin` and the schema, so it cannot be `FromStr`
@@ -416,7 +432,8 @@ impl Catalogue {
     /// The purpose, checked for this agency: 400 `unknown_purpose`, 403 `purpose_not_allowed`.
     pub fn authorize(&self, purpose: &str, agency: &str) -> Result<&Purpose, ApiError> {
         let p = self.get(purpose).ok_or_else(|| {
-            ApiError::bad_request("unknown_purpose", format!("unknown purpose {purpose:?}"))
+            let hint = did_you_mean(purpose, self.all().iter().map(|p| p.id.as_str()));
+            ApiError::bad_request("unknown_purpose", format!("unknown purpose {purpose:?}{hint}"))
         })?;
         if !p.agencies.iter().any(|a| a == agency) {
             return Err(ApiError::forbidden(
@@ -640,6 +657,13 @@ mod tests {
         let e = c.authorize("marketing", "pccovid").unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (400, "unknown_purpose"));
         assert!(e.message.contains("marketing"));
+        assert_eq!(
+            did_you_mean("fullname", ["full_name", "birth_date"].into_iter()),
+            "; did you mean `full_name`?"
+        );
+        assert_eq!(did_you_mean("salary", ["full_name", "birth_date"].into_iter()), "");
+        let e = c.authorize("covid-qr-stauts", "pccovid").unwrap_err();
+        assert!(e.message.ends_with("did you mean `covid-qr-status`?"), "{}", e.message);
     }
 
     #[test]
