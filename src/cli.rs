@@ -541,7 +541,10 @@ async fn import_command(admin: AdminTarget, file: &std::path::Path, batch_lines:
             return 2;
         }
     };
-    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop(); // the file's final newline ends the last line; it starts none
+    }
     let total = lines.len();
     let client = match MtlsClient::from_files(&admin.cacert, &admin.cert, &admin.key, Alpn::Both) {
         Ok(c) => c,

@@ -1,0 +1,283 @@
+//! A new operator's first hour: what the demo prints works as printed (every `curl` line of its banner is
+//! run against it), the start-up summary, clear refusals (a second broker on the same data dir or
+//! ports, plaintext HTTP on a TLS port, a typo in a field name), and loading citizens with
+//! `lienthong citizens import`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, TestBroker};
+use serde_json::{json, Value};
+
+fn lienthong() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lienthong"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+/// A demo child on fresh ports under `dir`, and its banner (stdout up to "Stop with Ctrl-C").
+fn demo_with_banner(dir: &Path) -> (Child, String, u16, u16) {
+    let (agency, admin) = (free_port(), free_port());
+    let mut child = lienthong()
+        .args(["demo", "--citizens", "300", "--certs-dir"])
+        .arg(dir.join("certs"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--agency-addr", &format!("127.0.0.1:{agency}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    let started = Instant::now();
+    while !banner.contains("Stop with Ctrl-C") {
+        assert!(started.elapsed() < Duration::from_secs(120), "no banner: {banner}");
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("the demo exited: {banner}");
+        }
+        banner.push_str(&line);
+    }
+    (child, banner, agency, admin)
+}
+
+/// The banner's `curl` commands, continuation lines joined.
+fn curl_commands(banner: &str) -> Vec<String> {
+    let joined = banner.replace(" \\\n", " ");
+    joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("curl "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A second `lienthong demo` with the given arguments: its exit code and stderr.
+fn second_demo(args: &[&str]) -> (i32, String) {
+    let mut child = lienthong()
+        .arg("demo")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return (status.code().unwrap_or(-1), err);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the second demo did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_demo_banner_works_as_printed_and_a_second_demo_is_told_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, banner, agency, admin) = demo_with_banner(dir.path());
+
+    // The start-up summary: where, what is loaded, where the data lives.
+    for expected in [
+        format!("agency API  https://127.0.0.1:{agency}"),
+        format!("console     https://127.0.0.1:{admin}/admin/console"),
+        "agencies    5 registered, 5 active: dvc, moh, pccovid, sms, vneid".to_string(),
+        "citizens    300".to_string(),
+        "connectors  5".to_string(),
+        "storage     sled in".to_string(),
+    ] {
+        assert!(banner.contains(&expected), "{expected:?} missing from:\n{banner}");
+    }
+
+    // Every curl line answers 2xx as printed (FHIR batch and SMS included).
+    let commands = curl_commands(&banner);
+    assert!(commands.len() >= 10, "{commands:?}");
+    for command in &commands {
+        let checked = command.replacen("curl ", "curl -sS --fail-with-body -o /dev/null ", 1);
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&checked)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("curl (scripts/install-deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{command}\nfailed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let certs = dir.path().join("certs");
+    let data = dir.path().join("data");
+    // The same data dir: told that another lienthong uses it.
+    let other_ports = [
+        "--agency-addr".to_string(),
+        format!("127.0.0.1:{}", free_port()),
+        "--admin-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let mut args: Vec<&str> = vec!["--certs-dir", certs.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
+    args.extend(other_ports.iter().map(String::as_str));
+    let (code, err) = second_demo(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("another lienthong is using data dir {}", data.display())),
+        "{err}"
+    );
+    assert!(!err.contains("WouldBlock"), "{err}");
+
+    // The same ports on another data dir: the flag to change is named.
+    let fresh = dir.path().join("data-2");
+    let agency_addr = format!("127.0.0.1:{agency}");
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let (code, err) = second_demo(&[
+        "--citizens",
+        "10",
+        "--certs-dir",
+        certs.to_str().unwrap(),
+        "--data-dir",
+        fresh.to_str().unwrap(),
+        "--agency-addr",
+        &agency_addr,
+        "--admin-addr",
+        &admin_addr,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("address already in use") || err.contains("Address already in use"), "{err}");
+    assert!(err.contains("--agency-addr"), "{err}");
+
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn plaintext_http_on_a_tls_port_gets_a_plain_400() {
+    let b = TestBroker::start().await;
+    for addr in [b.agency, b.admin] {
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            tcp.write_all(b"GET /v1/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            tcp.read_to_string(&mut answer).unwrap();
+            answer
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("content-type: text/plain"), "{answer}");
+        assert!(
+            answer.contains("This port speaks HTTPS with client certificates"),
+            "{answer}"
+        );
+    }
+    // TLS clients are served as before.
+    assert_eq!(b.get("dvc", "/v1/whoami").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_typo_in_a_field_or_purpose_gets_a_suggestion() {
+    let b = TestBroker::start().await;
+    let r = b
+        .get(
+            "dvc",
+            "/v1/citizens/001090000001?purpose=public-service-prefill&fields=fullname",
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "unknown_field");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("did you mean `full_name`?"), "{message}");
+    let r = b
+        .get("dvc", "/v1/citizens/001090000001?purpose=public-service-prefil")
+        .await;
+    assert_eq!(r.json()["error"]["code"], "unknown_purpose");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("did you mean `public-service-prefill`?"), "{message}");
+}
+
+/// `lienthong citizens import` against the test broker's admin API.
+fn import(b: &TestBroker, file: &Path) -> (i32, String, String) {
+    let certs = b.certs_dir();
+    let out = lienthong()
+        .args(["citizens", "import"])
+        .arg(file)
+        .args(["--admin-addr", &b.admin.to_string()])
+        .arg("--cacert")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("admin.pem"))
+        .arg("--key")
+        .arg(certs.join("admin.key"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn citizens_import_is_validated_numbered_and_all_or_nothing() {
+    let b = TestBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A record of the sample citizen, renamed: visible through a read once imported.
+    let mut record: Value = lienthong::population::generate(3, 2021).next().unwrap();
+    record["full_name"] = json!("Nguyễn Văn Nhập");
+    let id = record["citizen_id"].as_str().unwrap().to_string();
+    let path = format!("/v1/citizens/{id}?purpose=public-service-prefill&fields=full_name");
+
+    let bad = dir.path().join("bad.jsonl");
+    let lines = [
+        record.to_string(),
+        json!({ "citizen_id": "123" }).to_string(),
+        "{not json".to_string(),
+        record.to_string(),
+    ];
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let (code, _, err) = import(&b, &bad);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("lines 1-4 refused (422 invalid_import)"), "{err}");
+    assert!(err.contains("line 2: "), "{err}");
+    assert!(err.contains("line 3: invalid_json"), "{err}");
+    assert!(err.contains("line 4: duplicate_citizen the same citizen_id as line 1"), "{err}");
+    assert!(!err.contains("line 1: "), "{err}");
+    // Nothing from the refused batch was written.
+    assert_ne!(b.get("dvc", &path).await.json()["citizen"]["full_name"], json!("Nguyễn Văn Nhập"));
+
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(&good, record.to_string() + "\n").unwrap();
+    let (code, out, err) = import(&b, &good);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("imported 1 citizens"), "{out}");
+    assert_eq!(b.get("dvc", &path).await.json()["citizen"]["full_name"], json!("Nguyễn Văn Nhập"));
+
+    // Both attempts are in the audit trail.
+    let trail = b
+        .admin_get("/admin/v1/audit/entries?agency=admin&limit=50")
+        .await
+        .json();
+    let imports: Vec<(String, u64)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["operation"] == "admin:import_citizens")
+        .map(|e| (e["error_code"].as_str().unwrap_or("").to_string(), e["status"].as_u64().unwrap()))
+        .collect();
+    assert!(imports.contains(&("invalid_import".into(), 422)), "{imports:?}");
+    assert!(imports.contains(&(String::new(), 200)), "{imports:?}");
+}
