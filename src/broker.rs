@@ -116,6 +116,9 @@ impl Broker {
                 false => store_err(describe_sled_error(e)),
             })?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
+        for agency in registry.list() {
+            catalogue.set_grants(&agency.code, &agency.granted_purposes);
+        }
         let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let checkpoints =

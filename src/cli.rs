@@ -283,6 +283,20 @@ pub enum AgencyCommand {
         #[arg(long)]
         per_month: Option<u64>,
     },
+    /// Grant a purpose to an agency (audited, effective on its next request, kept across restarts).
+    Grant {
+        /// Agency code.
+        code: String,
+        /// Purpose id from the catalogue (`GET /v1/catalogue`, `schemas/purposes.toml`).
+        purpose: String,
+    },
+    /// Revoke a purpose granted with `grant` (grants written in the catalogue file stay).
+    Revoke {
+        /// Agency code.
+        code: String,
+        /// Purpose id.
+        purpose: String,
+    },
     /// Set the billing class: `billed` or `state-budget`.
     BillingClass {
         /// Agency code.
@@ -414,7 +428,11 @@ pub async fn run_broker(broker: Arc<Broker>, banner: Option<String>) -> Result<(
             StartError::Other(format!("cannot listen on {addr}: {e}{hint}"))
         })
     };
-    let agency = bind(addrs.agency, "--agency-addr, or agency_listener.addr in the config").await?;
+    let agency = bind(
+        addrs.agency,
+        "--agency-addr, or agency_listener.addr in the config",
+    )
+    .await?;
     let admin = bind(addrs.admin, "--admin-addr, or admin_listener.addr in the config").await?;
     tracing::info!(agency = %addrs.agency, admin = %addrs.admin, "listening");
     println!("{}", startup_summary(&broker, addrs.agency, addrs.admin));
@@ -453,13 +471,21 @@ pub fn startup_summary(broker: &Broker, agency_addr: SocketAddr, admin_addr: Soc
         version = env!("CARGO_PKG_VERSION"),
         ca = broker.config.tls.ca_bundle.display(),
         n = agencies.len(),
-        list = if codes.is_empty() { String::new() } else { format!(": {}", codes.join(", ")) },
+        list = if codes.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", codes.join(", "))
+        },
         purpose_source = match &broker.config.catalogue.purposes {
             Some(path) => path.display().to_string(),
             None => "the catalogue embedded in the binary".into(),
         },
         nc = connectors.len(),
-        connector_list = if connectors.is_empty() { String::new() } else { format!(": {}", connectors.join(", ")) },
+        connector_list = if connectors.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", connectors.join(", "))
+        },
         cache = broker.config.storage.cache_mb,
     );
     if agencies.is_empty() {
@@ -558,18 +584,30 @@ async fn import_command(admin: AdminTarget, file: &std::path::Path, batch_lines:
     while start < total {
         let mut end = start;
         let mut bytes = 0;
-        while end < total && end - start < batch_lines.max(1) && (end == start || bytes + lines[end].len() < BATCH_BYTES) {
+        while end < total
+            && end - start < batch_lines.max(1)
+            && (end == start || bytes + lines[end].len() < BATCH_BYTES)
+        {
             bytes += lines[end].len() + 1;
             end += 1;
         }
         let body = lines[start..end].join(&b'\n');
         let resp = match client
-            .request(admin.admin_addr, Method::POST, "/admin/v1/citizens/import", Some("application/x-ndjson"), body)
+            .request(
+                admin.admin_addr,
+                Method::POST,
+                "/admin/v1/citizens/import",
+                Some("application/x-ndjson"),
+                body,
+            )
             .await
         {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("lienthong: cannot reach the admin API at {}: {e}", admin.admin_addr);
+                eprintln!(
+                    "lienthong: cannot reach the admin API at {}: {e}",
+                    admin.admin_addr
+                );
                 return 1;
             }
         };
@@ -592,7 +630,10 @@ async fn import_command(admin: AdminTarget, file: &std::path::Path, batch_lines:
                     bad["message"].as_str().unwrap_or("")
                 );
             }
-            eprintln!("lienthong: {imported} citizens imported before line {}; fix the file and import from there", start + 1);
+            eprintln!(
+                "lienthong: {imported} citizens imported before line {}; fix the file and import from there",
+                start + 1
+            );
             return 1;
         }
         imported += answer["imported"].as_u64().unwrap_or(0);
@@ -692,6 +733,16 @@ async fn agency_command(admin: AdminTarget, action: AgencyCommand) -> i32 {
         AgencyCommand::Resume { code } => {
             Ok((Method::POST, format!("/admin/v1/agencies/{code}/resume"), None))
         }
+        AgencyCommand::Grant { code, purpose } => Ok((
+            Method::POST,
+            format!("/admin/v1/agencies/{code}/purposes/{purpose}"),
+            None,
+        )),
+        AgencyCommand::Revoke { code, purpose } => Ok((
+            Method::DELETE,
+            format!("/admin/v1/agencies/{code}/purposes/{purpose}"),
+            None,
+        )),
         AgencyCommand::Usage { code } => Ok((Method::GET, format!("/admin/v1/agencies/{code}/usage"), None)),
         AgencyCommand::BillingClass { code, class } => Ok((
             Method::PUT,

@@ -394,7 +394,8 @@ mod tests {
 
     fn error_for(edit: impl Fn(&str) -> String) -> (ConfigError, String) {
         let dir = tempfile::tempdir().unwrap();
-        let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lienthong.toml")).unwrap();
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lienthong.toml")).unwrap();
         let text = edit(&example);
         let path = dir.path().join("lienthong.toml");
         std::fs::write(&path, &text).unwrap();

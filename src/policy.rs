@@ -296,6 +296,27 @@ struct RawPurpose {
 #[derive(Debug, Clone, Serialize)]
 pub struct Catalogue {
     purposes: Vec<Purpose>,
+    /// Purposes an operator granted to agencies at run time, on top of each purpose's `agencies`.
+    #[serde(skip)]
+    grants: RuntimeGrants,
+}
+
+/// Run-time grants: agency code → purpose ids. The registry persists them with each agency (and its
+/// changes are audited); the broker copies them here at start and after every change, so that
+/// [`Catalogue::authorize`] keeps answering from memory.
+#[derive(Debug, Default)]
+struct RuntimeGrants(std::sync::RwLock<std::collections::HashMap<String, BTreeSet<String>>>);
+
+impl RuntimeGrants {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<String, BTreeSet<String>>> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Clone for RuntimeGrants {
+    fn clone(&self) -> Self {
+        Self(std::sync::RwLock::new(self.read().clone()))
+    }
 }
 
 /// `; did you mean `full_name`?` when one of `known` is close to `name` (a typo, a missing `_` or `-`),
@@ -393,7 +414,10 @@ impl Catalogue {
                 agencies,
             });
         }
-        Ok(Self { purposes })
+        Ok(Self {
+            purposes,
+            grants: RuntimeGrants::default(),
+        })
     }
 
     /// Loads the catalogue from `path`, or the embedded one when `None`.
@@ -421,21 +445,46 @@ impl Catalogue {
         &self.purposes
     }
 
-    /// The purposes this agency may use.
+    /// The purposes this agency may use (declared in the catalogue or granted at run time).
     pub fn for_agency(&self, agency: &str) -> Vec<&Purpose> {
+        let grants = self.grants.read();
+        let granted = grants.get(agency);
         self.purposes
             .iter()
-            .filter(|p| p.agencies.iter().any(|a| a == agency))
+            .filter(|p| p.agencies.iter().any(|a| a == agency) || granted.is_some_and(|g| g.contains(&p.id)))
             .collect()
+    }
+
+    /// Whether the catalogue file itself lists `agency` for `purpose` (such a grant cannot be revoked at
+    /// run time: it is part of the published catalogue).
+    pub fn declares(&self, purpose: &str, agency: &str) -> bool {
+        self.get(purpose)
+            .is_some_and(|p| p.agencies.iter().any(|a| a == agency))
+    }
+
+    /// Replace the run-time grants of one agency.
+    pub fn set_grants(&self, agency: &str, purposes: &[String]) {
+        let mut grants = self
+            .grants
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        grants.insert(agency.to_string(), purposes.iter().cloned().collect());
+    }
+
+    /// The purpose with this id, or 400 `unknown_purpose` suggesting the nearest id.
+    pub fn known(&self, purpose: &str) -> Result<&Purpose, ApiError> {
+        self.get(purpose).ok_or_else(|| {
+            let hint = did_you_mean(purpose, self.all().iter().map(|p| p.id.as_str()));
+            ApiError::bad_request("unknown_purpose", format!("unknown purpose {purpose:?}{hint}"))
+        })
     }
 
     /// The purpose, checked for this agency: 400 `unknown_purpose`, 403 `purpose_not_allowed`.
     pub fn authorize(&self, purpose: &str, agency: &str) -> Result<&Purpose, ApiError> {
-        let p = self.get(purpose).ok_or_else(|| {
-            let hint = did_you_mean(purpose, self.all().iter().map(|p| p.id.as_str()));
-            ApiError::bad_request("unknown_purpose", format!("unknown purpose {purpose:?}{hint}"))
-        })?;
-        if !p.agencies.iter().any(|a| a == agency) {
+        let p = self.known(purpose)?;
+        let granted = || self.grants.read().get(agency).is_some_and(|g| g.contains(&p.id));
+        if !p.agencies.iter().any(|a| a == agency) && !granted() {
             return Err(ApiError::forbidden(
                 "purpose_not_allowed",
                 format!("agency {agency:?} may not use purpose `{}`", p.id),
@@ -661,9 +710,16 @@ mod tests {
             did_you_mean("fullname", ["full_name", "birth_date"].into_iter()),
             "; did you mean `full_name`?"
         );
-        assert_eq!(did_you_mean("salary", ["full_name", "birth_date"].into_iter()), "");
+        assert_eq!(
+            did_you_mean("salary", ["full_name", "birth_date"].into_iter()),
+            ""
+        );
         let e = c.authorize("covid-qr-stauts", "pccovid").unwrap_err();
-        assert!(e.message.ends_with("did you mean `covid-qr-status`?"), "{}", e.message);
+        assert!(
+            e.message.ends_with("did you mean `covid-qr-status`?"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

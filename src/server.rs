@@ -26,9 +26,9 @@ use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 use crate::broker::Broker;
-use crate::listener::Opening;
 use crate::error::ApiError;
 use crate::identity::PeerIdentity;
+use crate::listener::Opening;
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,7 +373,8 @@ async fn accept_loop(
                     None => return,
                 };
                 tracing::debug!(subject = %peer.subject, fingerprint = %peer.fingerprint_sha256, "connected");
-                if side == Side::Agency && broker.registry.by_fingerprint(&peer.fingerprint_sha256).is_none() {
+                if side == Side::Agency && broker.registry.by_fingerprint(&peer.fingerprint_sha256).is_none()
+                {
                     crate::listener::log_unbound_certificate(&peer);
                 }
                 let pending = Arc::new(AtomicU64::new(0));

@@ -38,7 +38,10 @@ fn demo_with_banner(dir: &Path) -> (Child, String, u16, u16) {
     let mut banner = String::new();
     let started = Instant::now();
     while !banner.contains("Stop with Ctrl-C") {
-        assert!(started.elapsed() < Duration::from_secs(120), "no banner: {banner}");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no banner: {banner}"
+        );
         let mut line = String::new();
         if out.read_line(&mut line).unwrap() == 0 {
             panic!("the demo exited: {banner}");
@@ -128,7 +131,12 @@ fn the_demo_banner_works_as_printed_and_a_second_demo_is_told_why_not() {
         "--admin-addr".into(),
         format!("127.0.0.1:{}", free_port()),
     ];
-    let mut args: Vec<&str> = vec!["--certs-dir", certs.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
+    let mut args: Vec<&str> = vec![
+        "--certs-dir",
+        certs.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
     args.extend(other_ports.iter().map(String::as_str));
     let (code, err) = second_demo(&args);
     assert_eq!(code, 1, "{err}");
@@ -155,7 +163,10 @@ fn the_demo_banner_works_as_printed_and_a_second_demo_is_told_why_not() {
         &admin_addr,
     ]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("address already in use") || err.contains("Address already in use"), "{err}");
+    assert!(
+        err.contains("address already in use") || err.contains("Address already in use"),
+        "{err}"
+    );
     assert!(err.contains("--agency-addr"), "{err}");
 
     let _ = child.kill();
@@ -206,15 +217,18 @@ async fn a_typo_in_a_field_or_purpose_gets_a_suggestion() {
         .await;
     assert_eq!(r.json()["error"]["code"], "unknown_purpose");
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("did you mean `public-service-prefill`?"), "{message}");
+    assert!(
+        message.contains("did you mean `public-service-prefill`?"),
+        "{message}"
+    );
 }
 
-/// `lienthong citizens import` against the test broker's admin API.
-fn import(b: &TestBroker, file: &Path) -> (i32, String, String) {
+/// A `lienthong` admin command (`agency …`, `citizens …`) against the test broker's admin API: exit code,
+/// stdout, stderr.
+fn admin_cli(b: &TestBroker, args: &[&str]) -> (i32, String, String) {
     let certs = b.certs_dir();
     let out = lienthong()
-        .args(["citizens", "import"])
-        .arg(file)
+        .args(args)
         .args(["--admin-addr", &b.admin.to_string()])
         .arg("--cacert")
         .arg(certs.join("ca.pem"))
@@ -229,6 +243,108 @@ fn import(b: &TestBroker, file: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into(),
         String::from_utf8_lossy(&out.stderr).into(),
     )
+}
+
+fn import(b: &TestBroker, file: &Path) -> (i32, String, String) {
+    admin_cli(b, &["citizens", "import", file.to_str().unwrap()])
+}
+
+/// The README's operator's path, command by command: issue a certificate, register the agency, grant it
+/// a purpose, give it a plan; the grant is audited, applies at once, survives a restart and can be
+/// revoked (except where the catalogue file itself grants it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_agency_is_registered_granted_a_purpose_and_served() {
+    let b = TestBroker::start().await;
+    let certs = b.certs_dir();
+    let out = lienthong()
+        .args([
+            "certs",
+            "init",
+            "--dir",
+            certs.to_str().unwrap(),
+            "--client",
+            "bhxh",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(certs.join("bhxh.pem").is_file() && certs.join("bhxh.key").is_file());
+    let cert = certs.join("bhxh.pem");
+    let (code, _, err) = admin_cli(
+        &b,
+        &[
+            "agency",
+            "add",
+            "bhxh",
+            "--name",
+            "Bảo hiểm xã hội Việt Nam",
+            "--billing-class",
+            "state-budget",
+            "--cert-file",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let read = "/v1/citizens/001090000001?purpose=public-service-prefill";
+    let r = b.get("bhxh", read).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (403, json!("purpose_not_allowed"))
+    );
+
+    let (code, out, err) = admin_cli(&b, &["agency", "grant", "bhxh", "public-service-prefill"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"public-service-prefill\""), "{out}");
+    assert_eq!(b.get("bhxh", read).await.status, 200);
+    let purposes = b.get("bhxh", "/v1/purposes").await.json();
+    assert!(
+        purposes.to_string().contains("public-service-prefill"),
+        "{purposes}"
+    );
+    let (code, _, err) = admin_cli(
+        &b,
+        &[
+            "agency",
+            "plan",
+            "bhxh",
+            "--purpose",
+            "public-service-prefill",
+            "--per-day",
+            "1000",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    // A typo is refused with a suggestion; a catalogue grant is not revocable at run time.
+    let (code, _, err) = admin_cli(&b, &["agency", "grant", "bhxh", "public-service-prefil"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("did you mean `public-service-prefill`?"), "{err}");
+    let (code, _, err) = admin_cli(&b, &["agency", "revoke", "dvc", "public-service-prefill"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("purpose_in_catalogue"), "{err}");
+
+    let b = b.restart().await;
+    assert_eq!(
+        b.get("bhxh", read).await.status,
+        200,
+        "the grant survives a restart"
+    );
+    let (code, _, err) = admin_cli(&b, &["agency", "revoke", "bhxh", "public-service-prefill"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(b.get("bhxh", read).await.status, 403);
+
+    let trail = b
+        .admin_get("/admin/v1/audit/entries?agency=admin&limit=100")
+        .await
+        .json();
+    let ops: Vec<&str> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["operation"].as_str())
+        .collect();
+    assert!(ops.contains(&"admin:grant_purpose"), "{ops:?}");
+    assert!(ops.contains(&"admin:revoke_purpose"), "{ops:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,17 +370,26 @@ async fn citizens_import_is_validated_numbered_and_all_or_nothing() {
     assert!(err.contains("lines 1-4 refused (422 invalid_import)"), "{err}");
     assert!(err.contains("line 2: "), "{err}");
     assert!(err.contains("line 3: invalid_json"), "{err}");
-    assert!(err.contains("line 4: duplicate_citizen the same citizen_id as line 1"), "{err}");
+    assert!(
+        err.contains("line 4: duplicate_citizen the same citizen_id as line 1"),
+        "{err}"
+    );
     assert!(!err.contains("line 1: "), "{err}");
     // Nothing from the refused batch was written.
-    assert_ne!(b.get("dvc", &path).await.json()["citizen"]["full_name"], json!("Nguyễn Văn Nhập"));
+    assert_ne!(
+        b.get("dvc", &path).await.json()["citizen"]["full_name"],
+        json!("Nguyễn Văn Nhập")
+    );
 
     let good = dir.path().join("good.jsonl");
     std::fs::write(&good, record.to_string() + "\n").unwrap();
     let (code, out, err) = import(&b, &good);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("imported 1 citizens"), "{out}");
-    assert_eq!(b.get("dvc", &path).await.json()["citizen"]["full_name"], json!("Nguyễn Văn Nhập"));
+    assert_eq!(
+        b.get("dvc", &path).await.json()["citizen"]["full_name"],
+        json!("Nguyễn Văn Nhập")
+    );
 
     // Both attempts are in the audit trail.
     let trail = b
@@ -276,7 +401,12 @@ async fn citizens_import_is_validated_numbered_and_all_or_nothing() {
         .unwrap()
         .iter()
         .filter(|e| e["operation"] == "admin:import_citizens")
-        .map(|e| (e["error_code"].as_str().unwrap_or("").to_string(), e["status"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["error_code"].as_str().unwrap_or("").to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert!(imports.contains(&("invalid_import".into(), 422)), "{imports:?}");
     assert!(imports.contains(&(String::new(), 200)), "{imports:?}");
