@@ -580,7 +580,7 @@ async fn import_command(admin: AdminTarget, file: &std::path::Path, batch_lines:
         }
     };
     let (mut start, mut imported) = (0usize, 0u64);
-    let mut last_report = std::time::Instant::now();
+    let mut progress = crate::progress::Progress::start("importing citizens (lines)", Some(total as u64));
     while start < total {
         let mut end = start;
         let mut bytes = 0;
@@ -613,6 +613,7 @@ async fn import_command(admin: AdminTarget, file: &std::path::Path, batch_lines:
         };
         let answer = resp.json();
         if resp.status != 200 {
+            progress.bar_clear();
             eprintln!(
                 "lienthong: {}: lines {}-{} refused ({} {}): {}",
                 file.display(),
@@ -637,12 +638,10 @@ async fn import_command(admin: AdminTarget, file: &std::path::Path, batch_lines:
             return 1;
         }
         imported += answer["imported"].as_u64().unwrap_or(0);
+        progress.advance((end - start) as u64);
         start = end;
-        if last_report.elapsed() >= std::time::Duration::from_secs(2) {
-            eprintln!("importing: line {start} of {total}, {imported} citizens so far");
-            last_report = std::time::Instant::now();
-        }
     }
+    progress.finish();
     println!("imported {imported} citizens from {}", file.display());
     0
 }
@@ -810,7 +809,10 @@ fn audit_command(action: AuditCommand) -> i32 {
             if !dir.is_dir() {
                 return fail(2, format!("{}: no audit trail here", dir.display()));
             }
-            match crate::audit::verify_dir(&dir) {
+            let heartbeat = crate::progress::Heartbeat::start("verifying the audit trail");
+            let verified = crate::audit::verify_dir(&dir);
+            drop(heartbeat);
+            match verified {
                 Ok(r) => {
                     println!(
                         "ok: {} entries (seq {}..={}), {} signed checkpoints, head {}{}",
@@ -843,14 +845,18 @@ fn audit_command(action: AuditCommand) -> i32 {
                 (Ok(f), Ok(t)) => (f, t),
                 (Err(e), _) | (_, Err(e)) => return fail(2, e),
             };
-            let mut writer: Box<dyn std::io::Write> = match &out {
+            let writer: Box<dyn std::io::Write> = match &out {
                 Some(path) => match std::fs::File::create(path) {
                     Ok(f) => Box::new(std::io::BufWriter::new(f)),
                     Err(e) => return fail(1, format!("{}: {e}", path.display())),
                 },
                 None => Box::new(std::io::stdout().lock()),
             };
-            match crate::audit::export(&data_dir.join("audit"), from, to, &mut writer) {
+            let progress = crate::progress::Progress::start("exporting audit entries", None);
+            let mut writer = crate::progress::CountingLines::new(writer, progress);
+            let exported = crate::audit::export(&data_dir.join("audit"), from, to, &mut writer);
+            let mut writer = writer.finish();
+            match exported {
                 Ok(n) => {
                     let _ = writer.flush();
                     eprintln!("exported {n} entries");

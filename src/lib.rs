@@ -44,6 +44,7 @@
 //! | [`bench`] | `lienthong bench`: the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
 //! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |
+//! | [`progress`] | progress of long work: a bar on a terminal, a periodic log line otherwise |
 //! | [`population`] | a synthetic, deterministic population for the demo and benchmarks |
 //! | [`demo`] | `lienthong demo`: dev certificates, sample data and a running broker |
 //! | [`error`] | the one error type every stage answers with: status + stable `code` |
@@ -74,6 +75,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod policy;
 pub mod population;
+pub mod progress;
 pub mod qr;
 pub mod quota;
 pub mod record;
