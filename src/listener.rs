@@ -70,6 +70,40 @@ pub async fn sniff_opening(tcp: &mut TcpStream, patience: Duration) -> Opening {
     Opening::AnsweredPlaintext
 }
 
+/// Close a connection whose client certificate was refused so that the client sees why. In TLS 1.3 a
+/// client considers the handshake done once it has sent its certificate, and sends its request at
+/// once; closing straight away resets the connection under that request, and the client reports a
+/// socket error ("getpeername() failed") instead of the alert rustls sent (`certificate required`,
+/// `unknown ca`…). So read what it sends for a moment (at most 64 KiB, 500 ms), then close.
+pub async fn close_after_refusal(mut tcp: TcpStream, reason: &str) {
+    let certificate_refused = matches!(
+        reason,
+        "no_client_certificate"
+            | "unknown_ca"
+            | "certificate_expired"
+            | "certificate_not_yet_valid"
+            | "certificate_revoked"
+            | "bad_signature"
+            | "bad_certificate"
+    );
+    if !certificate_refused {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let _ = tcp.flush().await;
+        let mut buf = [0u8; 4096];
+        let mut drained = 0usize;
+        while drained < 64 * 1024 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+    let _ = tcp.shutdown().await;
+}
+
 /// What the operator should check after a refused handshake, by the reason counted in the metrics
 /// ([`crate::metrics::handshake_failure_reason`]).
 pub fn handshake_hint(reason: &str) -> &'static str {

@@ -344,13 +344,14 @@ async fn accept_loop(
                     }
                 }
                 let handshake = handshake.saturating_sub(started.elapsed());
-                let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp).into_fallible()).await {
                     Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
+                    Ok(Err((e, tcp))) => {
                         let reason = crate::metrics::handshake_failure_reason(&e);
                         broker.metrics.count_handshake_failure(side, reason);
                         let hint = crate::listener::handshake_hint(reason);
                         tracing::info!(error = %e, reason, hint, "TLS handshake refused");
+                        crate::listener::close_after_refusal(tcp, reason).await;
                         return;
                     }
                     Err(_) => {

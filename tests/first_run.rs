@@ -199,6 +199,25 @@ async fn plaintext_http_on_a_tls_port_gets_a_plain_400() {
     assert_eq!(b.get("dvc", "/v1/whoami").await.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_is_told_so_by_its_tls_library() {
+    let b = TestBroker::start().await;
+    let ca = b.certs_dir().join("ca.pem");
+    let url = format!("https://{}/v1/whoami", b.agency);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "--cacert", ca.to_str().unwrap(), &url])
+            .output()
+            .expect("curl (scripts/install-deps.sh installs it)")
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // The TLS alert reaches curl, not a reset ("getpeername() failed").
+    assert!(err.contains("alert certificate required"), "{err}");
+}
+
 #[tokio::test]
 async fn a_typo_in_a_field_or_purpose_gets_a_suggestion() {
     let b = TestBroker::start().await;
