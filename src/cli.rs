@@ -439,9 +439,39 @@ pub async fn run_broker(broker: Arc<Broker>, banner: Option<String>) -> Result<(
     if let Some(banner) = banner {
         println!("{banner}");
     }
-    crate::server::serve(broker, agency, admin, shutdown_signal())
+    let slot = crate::supervisor::BrokerSlot::new(&broker);
+    let reloads = tokio::spawn(reload_tls_on_sighup(slot.clone()));
+    let served = crate::supervisor::supervise(broker, agency, admin, shutdown_signal(), Some(slot))
         .await
-        .map_err(|e| StartError::Other(e.to_string()))
+        .map_err(|e| StartError::Other(e.to_string()));
+    reloads.abort();
+    served
+}
+
+/// SIGHUP re-reads the CA bundle, CRLs and server certificate, as `POST /admin/v1/tls/reload` does (that
+/// one is also recorded in the audit trail); systemd's `ExecReload=` sends it. A failed reload keeps
+/// the old config in force and says why.
+async fn reload_tls_on_sighup(slot: crate::supervisor::BrokerSlot) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match slot.current() {
+                Some(broker) => match broker.tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS reloaded (CA bundle, CRLs, server certificate)"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; the old config stays in force")
+                    }
+                },
+                None => tracing::warn!("SIGHUP: the database is being reopened; send it again in a moment"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
 }
 
 /// What the operator needs to know once the broker listens (as Caddy and X-Road print it): where it

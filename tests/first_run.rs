@@ -31,7 +31,7 @@ fn demo_with_banner(dir: &Path) -> (Child, String, u16, u16) {
         .args(["--agency-addr", &format!("127.0.0.1:{agency}")])
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("demo.log")).unwrap())
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -121,6 +121,26 @@ fn the_demo_banner_works_as_printed_and_a_second_demo_is_told_why_not() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    // SIGHUP reloads TLS (systemd's ExecReload); the log, written to a file, has no colour codes.
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let log_file = dir.path().join("demo.log");
+    let started = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&log_file).unwrap();
+        if log.contains("SIGHUP: TLS reloaded") || started.elapsed() > Duration::from_secs(10) {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(log.contains("SIGHUP: TLS reloaded"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape codes in a log file:\n{log}");
+    let whoami = Command::new("sh").arg("-c").arg(&commands[0]).output().unwrap();
+    assert!(whoami.status.success(), "not serving after SIGHUP");
 
     let certs = dir.path().join("certs");
     let data = dir.path().join("data");
