@@ -450,3 +450,43 @@ async fn citizens_import_is_validated_numbered_and_all_or_nothing() {
     assert!(imports.contains(&("invalid_import".into(), 422)), "{imports:?}");
     assert!(imports.contains(&(String::new(), 200)), "{imports:?}");
 }
+
+/// The README's `sh` blocks that call `curl`, as a user pastes them into a shell at the repo root, against
+/// a demo on free ports (the blocks' `certs/demo` and ports rewritten to the test's): every call answers
+/// 2xx.
+#[test]
+fn the_readme_curl_examples_work_against_the_demo() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("\n```").next())
+        .filter(|block| block.contains("curl "))
+        .collect();
+    assert!(blocks.len() >= 4, "README curl blocks: {}", blocks.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _, agency, admin) = demo_with_banner(dir.path());
+    let certs = dir.path().join("certs");
+    for block in blocks {
+        let script = block
+            .replace("certs/demo", certs.to_str().unwrap())
+            .replace("127.0.0.1:8443", &format!("127.0.0.1:{agency}"))
+            .replace("127.0.0.1:8444", &format!("127.0.0.1:{admin}"))
+            .replace("curl ", "curl -sS --fail-with-body -o /dev/null ");
+        let out = Command::new("sh")
+            .arg("-ec")
+            .arg(&script)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("sh and curl");
+        assert!(
+            out.status.success(),
+            "README block failed:\n{block}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
