@@ -62,6 +62,24 @@ fn curl_commands(banner: &str) -> Vec<String> {
         .collect()
 }
 
+/// Run a shell script of `curl` calls at the repo root, as a user pastes it, with each call made to fail
+/// on a non-2xx answer; panics naming the script if one fails.
+fn run_curls(script: &str) {
+    let checked = script.replace("curl ", "curl -sS --fail-with-body -o /dev/null ");
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(&checked)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("sh and curl (scripts/install-deps.sh installs curl)");
+    assert!(
+        out.status.success(),
+        "failed as printed:\n{script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A second `lienthong demo` with the given arguments: its exit code and stderr.
 fn second_demo(args: &[&str]) -> (i32, String) {
     let mut child = lienthong()
@@ -107,19 +125,7 @@ fn the_demo_banner_works_as_printed_and_a_second_demo_is_told_why_not() {
     let commands = curl_commands(&banner);
     assert!(commands.len() >= 10, "{commands:?}");
     for command in &commands {
-        let checked = command.replacen("curl ", "curl -sS --fail-with-body -o /dev/null ", 1);
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(&checked)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("curl (scripts/install-deps.sh installs it)");
-        assert!(
-            out.status.success(),
-            "{command}\nfailed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_curls(command);
     }
 
     // SIGHUP reloads TLS (systemd's ExecReload); the log, written to a file, has no colour codes.
@@ -372,18 +378,9 @@ async fn a_new_agency_is_registered_granted_a_purpose_and_served() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(b.get("bhxh", read).await.status, 403);
 
-    let trail = b
-        .admin_get("/admin/v1/audit/entries?agency=admin&limit=100")
-        .await
-        .json();
-    let ops: Vec<&str> = trail["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["operation"].as_str())
-        .collect();
-    assert!(ops.contains(&"admin:grant_purpose"), "{ops:?}");
-    assert!(ops.contains(&"admin:revoke_purpose"), "{ops:?}");
+    let ops = b.admin_operations().await;
+    assert!(ops.iter().any(|op| op == "admin:grant_purpose"), "{ops:?}");
+    assert!(ops.iter().any(|op| op == "admin:revoke_purpose"), "{ops:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,20 +469,8 @@ fn the_readme_curl_examples_work_against_the_demo() {
         let script = block
             .replace("certs/demo", certs.to_str().unwrap())
             .replace("127.0.0.1:8443", &format!("127.0.0.1:{agency}"))
-            .replace("127.0.0.1:8444", &format!("127.0.0.1:{admin}"))
-            .replace("curl ", "curl -sS --fail-with-body -o /dev/null ");
-        let out = Command::new("sh")
-            .arg("-ec")
-            .arg(&script)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("sh and curl");
-        assert!(
-            out.status.success(),
-            "README block failed:\n{block}\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .replace("127.0.0.1:8444", &format!("127.0.0.1:{admin}"));
+        run_curls(&script);
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -211,6 +211,20 @@ impl TestBroker {
         self.client("admin").get(self.admin, path).await.unwrap()
     }
 
+    /// The operations of the latest admin entries in the audit trail (`admin:suspend`, …).
+    pub async fn admin_operations(&self) -> Vec<String> {
+        let trail = self
+            .admin_get("/admin/v1/audit/entries?agency=admin&limit=100")
+            .await
+            .json();
+        trail["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["operation"].as_str().map(str::to_string))
+            .collect()
+    }
+
     pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> Response {
         self.client("admin")
             .post_json(self.admin, path, &body)
