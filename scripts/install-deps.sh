@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything the build, the demo and the tests need beyond the Rust toolchain. Idempotent.
+# Everything the build, the demo, the tests and CI need beyond the Rust toolchain. Idempotent.
+# `scripts/install-deps.sh --for-tests` installs only what `cargo test` needs (scripts/test.sh uses it).
 # The Rust toolchain itself (cargo, rustc, clippy, rustfmt) comes with the machine.
 #  - curl, openssl: the demo's curl lines, PKCS#12 for the console test
 #  - chromium, libnss3-tools (certutil, pk12util): the headless console test (tests/console.rs)
@@ -21,6 +22,9 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt || true
+
+# `--for-tests` (scripts/test.sh): the system packages above are all the tests need; stop here.
+[ "${1:-}" = "--for-tests" ] && exit 0
 
 # Python tools for the OpenAPI checks, in a venv under target/ (never the system Python).
 venv=target/pyenv

@@ -5,5 +5,5 @@
 # .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --for-tests
 exec cargo test --locked "$@"

@@ -77,6 +77,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         (_, ["admin", "console", ..]) => crate::console::route(broker, exchange, req).await,
         (&Method::POST, ["admin", "v1", "citizens", "import"]) => {
             exchange.operation = "admin:import_citizens".into();
+            exchange.bulk = true; // many citizens' records in one request
             crate::import::import_batch(broker, req, &exchange.request_id).await
         }
         (&Method::GET, ["admin", "v1", "agencies"]) => {

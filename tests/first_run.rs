@@ -475,3 +475,15 @@ fn the_readme_curl_examples_work_against_the_demo() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The PostgreSQL the cluster tests need is there after `scripts/install-deps.sh` (or this fails naming
+/// the missing tool).
+#[test]
+fn postgresql_server_tools_are_installed() {
+    for tool in ["initdb", "pg_ctl"] {
+        let path = common::postgres_tool(tool);
+        let out = Command::new(&path).arg("--version").output().unwrap();
+        assert!(out.status.success(), "{} --version failed", path.display());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("PostgreSQL"));
+    }
+}
