@@ -1,6 +1,7 @@
 //! The command line. `main.rs` only parses and calls [`run`]; every command lives here so that the
 //! tests can drive it too. Exit codes: 0 success, 1 failure, 2 bad configuration or usage.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -435,10 +436,14 @@ pub async fn run_broker(broker: Arc<Broker>, banner: Option<String>) -> Result<(
     .await?;
     let admin = bind(addrs.admin, "--admin-addr, or admin_listener.addr in the config").await?;
     tracing::info!(agency = %addrs.agency, admin = %addrs.admin, "listening");
-    println!("{}", startup_summary(&broker, addrs.agency, addrs.admin));
+    // A closed or full stdout (a pipe nobody reads any more) must not stop a broker: no `println!`.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", startup_summary(&broker, addrs.agency, addrs.admin));
     if let Some(banner) = banner {
-        println!("{banner}");
+        let _ = writeln!(stdout, "{banner}");
     }
+    let _ = stdout.flush();
+    drop(stdout);
     let slot = crate::supervisor::BrokerSlot::new(&broker);
     let reloads = tokio::spawn(reload_tls_on_sighup(slot.clone()));
     let served = crate::supervisor::supervise(broker, agency, admin, shutdown_signal(), Some(slot))

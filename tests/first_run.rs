@@ -48,6 +48,8 @@ fn demo_with_banner(dir: &Path) -> (Child, String, u16, u16) {
         }
         banner.push_str(&line);
     }
+    // Keep reading what it prints (its stdout stays open, as a terminal's would).
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     (child, banner, agency, admin)
 }
 
@@ -64,7 +66,7 @@ fn curl_commands(banner: &str) -> Vec<String> {
 
 /// Run a shell script of `curl` calls at the repo root, as a user pastes it, with each call made to fail
 /// on a non-2xx answer; panics naming the script if one fails.
-fn run_curls(script: &str) {
+fn run_curls(script: &str, demo_log: &Path) {
     let checked = script.replace("curl ", "curl -sS --fail-with-body -o /dev/null ");
     let out = Command::new("sh")
         .arg("-ec")
@@ -74,9 +76,10 @@ fn run_curls(script: &str) {
         .expect("sh and curl (scripts/install-deps.sh installs curl)");
     assert!(
         out.status.success(),
-        "failed as printed:\n{script}\n{}{}",
+        "failed as printed:\n{script}\n{}{}\nthe demo's log:\n{}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(demo_log).unwrap_or_default()
     );
 }
 
@@ -125,7 +128,7 @@ fn the_demo_banner_works_as_printed_and_a_second_demo_is_told_why_not() {
     let commands = curl_commands(&banner);
     assert!(commands.len() >= 10, "{commands:?}");
     for command in &commands {
-        run_curls(command);
+        run_curls(command, &dir.path().join("demo.log"));
     }
 
     // SIGHUP reloads TLS (systemd's ExecReload); the log, written to a file, has no colour codes.
@@ -470,7 +473,7 @@ fn the_readme_curl_examples_work_against_the_demo() {
             .replace("certs/demo", certs.to_str().unwrap())
             .replace("127.0.0.1:8443", &format!("127.0.0.1:{agency}"))
             .replace("127.0.0.1:8444", &format!("127.0.0.1:{admin}"));
-        run_curls(&script);
+        run_curls(&script, &dir.path().join("demo.log"));
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -486,4 +489,52 @@ fn postgresql_server_tools_are_installed() {
         assert!(out.status.success(), "{} --version failed", path.display());
         assert!(String::from_utf8_lossy(&out.stdout).contains("PostgreSQL"));
     }
+}
+
+/// A broker whose stdout nobody reads any more (a closed pipe) keeps serving: printing the summary and
+/// the banner must not be what stops it.
+#[test]
+fn a_demo_whose_stdout_is_closed_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let agency = free_port();
+    let mut child = lienthong()
+        .args(["demo", "--citizens", "50", "--certs-dir"])
+        .arg(dir.path().join("certs"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--agency-addr", &format!("127.0.0.1:{agency}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the read end closes before anything is printed
+    let certs = dir.path().join("certs");
+    let started = Instant::now();
+    let served = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(child.try_wait().unwrap().is_none(), "the demo exited");
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "-o", "/dev/null", "--cacert"])
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("dvc.pem"))
+            .arg("--key")
+            .arg(certs.join("dvc.key"))
+            .arg(format!("https://127.0.0.1:{agency}/v1/whoami"))
+            .output()
+            .unwrap();
+        if out.status.success() || started.elapsed() > Duration::from_secs(60) {
+            break out.status.success();
+        }
+    };
+    // Still alive after the summary and banner were written into the closed pipe.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the demo exited after printing"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(served, "the demo never served");
 }
