@@ -493,47 +493,57 @@ pub fn startup_summary(broker: &Broker, agency_addr: SocketAddr, admin_addr: Soc
     let purposes = broker.catalogue.all().len();
     let connectors: Vec<&str> = broker.connectors.all().iter().map(|c| c.name.as_str()).collect();
     let data_dir = broker.config.storage.data_dir.display();
-    let mut out = format!(
-        "lienthong {version} is serving\n\
-         \x20 agency API  https://{agency_addr}  (mTLS: client certificates chained to {ca})\n\
-         \x20 admin API   https://{admin_addr}  (certificates in tls.admin_certs)\n\
-         \x20 console     https://{admin_addr}/admin/console\n\
-         \x20 agencies    {n} registered, {active} active{list}\n\
-         \x20 citizens    {citizens}\n\
-         \x20 purposes    {purposes} ({purpose_source})\n\
-         \x20 connectors  {nc}{connector_list}\n\
-         \x20 storage     sled in {data_dir}/db (cache {cache} MiB), audit trail in {data_dir}/audit\n",
-        version = env!("CARGO_PKG_VERSION"),
-        ca = broker.config.tls.ca_bundle.display(),
-        n = agencies.len(),
-        list = if codes.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", codes.join(", "))
-        },
-        purpose_source = match &broker.config.catalogue.purposes {
-            Some(path) => path.display().to_string(),
-            None => "the catalogue embedded in the binary".into(),
-        },
-        nc = connectors.len(),
-        connector_list = if connectors.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", connectors.join(", "))
-        },
-        cache = broker.config.storage.cache_mb,
-    );
+    let named = |names: &[&str]| match names {
+        [] => String::new(),
+        names => format!(": {}", names.join(", ")),
+    };
+    let purpose_source = match &broker.config.catalogue.purposes {
+        Some(path) => path.display().to_string(),
+        None => "the catalogue embedded in the binary".into(),
+    };
+    let rows = [
+        (
+            "agency API",
+            format!(
+                "https://{agency_addr}  (mTLS: client certificates chained to {})",
+                broker.config.tls.ca_bundle.display()
+            ),
+        ),
+        (
+            "admin API",
+            format!("https://{admin_addr}  (certificates in tls.admin_certs)"),
+        ),
+        ("console", format!("https://{admin_addr}/admin/console")),
+        (
+            "agencies",
+            format!("{} registered, {active} active{}", agencies.len(), named(&codes)),
+        ),
+        ("citizens", citizens.to_string()),
+        ("purposes", format!("{purposes} ({purpose_source})")),
+        (
+            "connectors",
+            format!("{}{}", connectors.len(), named(&connectors)),
+        ),
+        (
+            "storage",
+            format!(
+                "sled in {data_dir}/db (cache {} MiB), audit trail in {data_dir}/audit",
+                broker.config.storage.cache_mb
+            ),
+        ),
+    ];
+    let mut out = format!("lienthong {} is serving\n", env!("CARGO_PKG_VERSION"));
+    for (label, value) in rows {
+        out.push_str(&format!("  {label:<11} {value}\n"));
+    }
     if agencies.is_empty() {
-        out.push_str(
-            "  next: no agency is registered, so every agency request gets 403 unknown_agency; register one:\n\
-             \x20       lienthong agency add CODE --name NAME --cert-file CODE.pem   (README: \"The operator's path\")\n",
-        );
+        out.push_str("  next: no agency is registered, so every agency request gets 403 unknown_agency;\n");
+        out.push_str("    register one: lienthong agency add CODE --name NAME --cert-file CODE.pem\n");
+        out.push_str("    (README, \"the operator's path\")\n");
     }
     if citizens == 0 {
-        out.push_str(
-            "  next: the store holds no citizens; load them through the admin API:\n\
-             \x20       lienthong citizens import citizens.jsonl\n",
-        );
+        out.push_str("  next: the store holds no citizens; load them through the admin API:\n");
+        out.push_str("    lienthong citizens import citizens.jsonl\n");
     }
     out
 }
