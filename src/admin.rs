@@ -223,6 +223,11 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             })
         }
         (_, ["admin", "console", ..]) => crate::console::route(broker, exchange, req).await,
+        (&Method::POST, ["admin", "v1", "citizens", "import"]) => {
+            exchange.operation = "admin:import_citizens".into();
+            exchange.bulk = true; // many citizens' records in one request
+            crate::import::import_batch(broker, req, &exchange.request_id).await
+        }
         (&Method::GET, ["admin", "v1", "agencies"]) => {
             exchange.operation = "admin:list_agencies".into();
             ok(json!({ "agencies": broker.registry.list() }))
@@ -272,6 +277,41 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 ));
             }
             ok(json!({ "agency": broker.registry.bind(code, &fingerprint).await? }))
+        }
+        (&Method::POST | &Method::DELETE, ["admin", "v1", "agencies", code, "purposes", purpose]) => {
+            let grant = method == Method::POST;
+            exchange.operation = if grant {
+                "admin:grant_purpose"
+            } else {
+                "admin:revoke_purpose"
+            }
+            .into();
+            let purpose = broker.catalogue().known(purpose)?.id.clone();
+            exchange.purpose = Some(purpose.clone());
+            if !grant && broker.catalogue().declares(&purpose, code) {
+                return Err(ApiError::conflict(
+                    "purpose_in_catalogue",
+                    format!("the purpose catalogue itself grants `{purpose}` to {code}; change the catalogue file"),
+                ));
+            }
+            let agency = broker
+                .registry
+                .update(code, |a| {
+                    a.granted_purposes.retain(|p| *p != purpose);
+                    if grant && !broker.catalogue().declares(&purpose, code) {
+                        a.granted_purposes.push(purpose.clone());
+                    }
+                    Ok(())
+                })
+                .await?;
+            broker.catalogues.set_grants(code, &agency.granted_purposes);
+            let catalogue = broker.catalogue();
+            let purposes: Vec<&str> = catalogue
+                .for_agency(code)
+                .iter()
+                .map(|p| p.id.as_str())
+                .collect();
+            ok(json!({ "agency": agency, "purposes": purposes }))
         }
         (&Method::DELETE, ["admin", "v1", "agencies", code, "certificates", fingerprint]) => {
             exchange.operation = "admin:unbind_certificate".into();

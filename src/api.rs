@@ -337,7 +337,9 @@ pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::br
     }
     let started = std::time::Instant::now();
     let mut batch = Vec::with_capacity(10_000);
+    let mut progress = crate::progress::Progress::start("seeding citizens", Some(citizens as u64));
     for record in crate::population::generate(citizens, 2021) {
+        progress.advance(1);
         canonical::validate_record(broker, &record).map_err(|e| {
             crate::broker::StartError::Other(format!("synthetic record invalid: {}", e.message))
         })?;
@@ -356,6 +358,7 @@ pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::br
         .put_many(batch)
         .await
         .map_err(|e| crate::broker::StartError::Other(e.message))?;
+    progress.finish();
     tracing::info!(
         citizens,
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -31,6 +31,13 @@ pub enum StartError {
         /// What went wrong.
         message: String,
     },
+    /// Another process holds the database's lock (sled allows one process per database).
+    #[error(
+        "another lienthong is using data dir {0}: stop it first, or give this one another data dir \
+         (`--data-dir` for the demo, `storage.data_dir` in the config); to change a running broker use its \
+         admin API (`lienthong agency …`, `lienthong citizens import …`)"
+    )]
+    DataDirLocked(PathBuf),
     /// Something else at start-up, with its source named.
     #[error("{0}")]
     Other(String),
@@ -110,7 +117,10 @@ impl Broker {
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(config.storage.cache_mb.saturating_mul(1 << 20))
             .open()
-            .map_err(|e| store_err(describe_sled_error(e)))?;
+            .map_err(|e| match is_lock_error(&e) {
+                true => StartError::DataDirLocked(data_dir.clone()),
+                false => store_err(describe_sled_error(e)),
+            })?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
@@ -122,6 +132,9 @@ impl Broker {
             &schema,
         )
         .map_err(|e| StartError::Other(format!("purpose catalogue: {e}")))?;
+        for agency in registry.list() {
+            catalogues.set_grants(&agency.code, &agency.granted_purposes);
+        }
         let clock = crate::clock::Clock::default();
         let audit_options = crate::audit::AuditOptions {
             checkpoint_every: config.audit.checkpoint_every,
@@ -175,6 +188,16 @@ impl Broker {
         if let Err(e) = crate::store::durable_flush(&self.db).await {
             tracing::error!(error = %e, "flushing the database on shutdown failed");
         }
+    }
+}
+
+/// sled reports a held lock as an `Other` I/O error "could not acquire lock on … WouldBlock".
+fn is_lock_error(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock")
+        }
+        _ => false,
     }
 }
 

@@ -184,6 +184,14 @@ impl Catalogues {
     }
 
     /// The version with this identifier.
+    /// Apply an agency's run-time purpose grants to every version held (grants are the registry's, not a
+    /// version's: a version switch keeps them).
+    pub fn set_grants(&self, agency: &str, purposes: &[String]) {
+        for version in self.list().iter() {
+            version.set_grants(agency, purposes);
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<CatalogueVersion>> {
         self.list().iter().find(|v| v.id == id).cloned()
     }
@@ -266,6 +274,9 @@ impl Catalogues {
             .insert(version.id.as_bytes(), bytes)
             .map_err(store_err)?;
         crate::store::durable_flush(&self.tree).await.map_err(store_err)?;
+        if let Some(current) = known.last() {
+            version.copy_grants_from(current);
+        }
         let version = Arc::new(version);
         let mut versions: Vec<Arc<CatalogueVersion>> = known.iter().cloned().collect();
         versions.push(Arc::clone(&version));

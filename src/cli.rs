@@ -1,6 +1,7 @@
 //! The command line. `main.rs` only parses and calls [`run`]; every command lives here so that the
 //! tests can drive it too. Exit codes: 0 success, 1 failure, 2 bad configuration or usage.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -92,6 +93,15 @@ pub enum Command {
     },
     /// Benchmark the whole pipeline against a bare hyper + rustls baseline (see `BENCHMARKS.md`).
     Bench(crate::bench::BenchArgs),
+    /// Load citizens into a running broker through its admin API.
+    Citizens {
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminTarget,
+        /// What to do.
+        #[command(subcommand)]
+        action: CitizensCommand,
+    },
     /// Manage agencies through a running broker's admin API.
     Agency {
         /// How to reach the admin API.
@@ -114,6 +124,20 @@ pub enum CertsCommand {
         /// Client certificate names (agency codes and `admin`).
         #[arg(long = "client", default_values_t = ["moh".to_string(), "pccovid".into(), "dvc".into(), "admin".into()])]
         clients: Vec<String>,
+    },
+}
+
+/// `lienthong citizens …`
+#[derive(Debug, Subcommand)]
+pub enum CitizensCommand {
+    /// Import canonical records from a JSON Lines file (one record per line), validated against the
+    /// canonical schema; sent in batches, each written all or nothing; refused lines reported by number.
+    Import {
+        /// The JSON Lines file.
+        file: PathBuf,
+        /// Lines per batch (each batch must also fit `limits.max_body_bytes`).
+        #[arg(long, default_value_t = 500)]
+        batch_lines: usize,
     },
 }
 
@@ -330,6 +354,20 @@ pub enum AgencyCommand {
         #[arg(long)]
         per_month: Option<u64>,
     },
+    /// Grant a purpose to an agency (audited, effective on its next request, kept across restarts).
+    Grant {
+        /// Agency code.
+        code: String,
+        /// Purpose id from the catalogue (`GET /v1/catalogue`, `schemas/purposes.toml`).
+        purpose: String,
+    },
+    /// Revoke a purpose granted with `grant` (grants written in the catalogue file stay).
+    Revoke {
+        /// Agency code.
+        code: String,
+        /// Purpose id.
+        purpose: String,
+    },
     /// Set the billing class: `billed` or `state-budget`.
     BillingClass {
         /// Agency code.
@@ -353,8 +391,10 @@ pub fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Colour codes only for a person at a terminal: journald, files and pipes get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     let _ = if json {
         builder.json().try_init()
@@ -422,6 +462,10 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Agency { admin, action } => return agency_command(admin, action).await,
+        Command::Citizens {
+            admin,
+            action: CitizensCommand::Import { file, batch_lines },
+        } => return import_command(admin, &file, batch_lines).await,
         Command::Billing { admin, action } => return billing_command(admin, action).await,
         Command::Catalogue { admin, action } => return catalogue_command(admin, action).await,
         Command::Bench(args) => return crate::bench::run_cli(args).await,
@@ -454,20 +498,135 @@ pub async fn run_broker(broker: Arc<Broker>, banner: Option<String>) -> Result<(
             message,
         })
     })?;
-    let bind = |addr: SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| StartError::Other(format!("cannot listen on {addr}: {e}")))
+    // `flags` names what changes the address: the demo's flag and the config key.
+    let bind = |addr: SocketAddr, flags: &'static str| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    format!(" (another process, perhaps another lienthong, listens there; choose another with {flags})")
+                }
+                _ => String::new(),
+            };
+            StartError::Other(format!("cannot listen on {addr}: {e}{hint}"))
+        })
     };
-    let agency = bind(addrs.agency).await?;
-    let admin = bind(addrs.admin).await?;
+    let agency = bind(
+        addrs.agency,
+        "--agency-addr, or agency_listener.addr in the config",
+    )
+    .await?;
+    let admin = bind(addrs.admin, "--admin-addr, or admin_listener.addr in the config").await?;
     tracing::info!(agency = %addrs.agency, admin = %addrs.admin, "listening");
+    // A closed or full stdout (a pipe nobody reads any more) must not stop a broker: no `println!`.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", startup_summary(&broker, addrs.agency, addrs.admin));
     if let Some(banner) = banner {
-        println!("{banner}");
+        let _ = writeln!(stdout, "{banner}");
     }
-    crate::server::serve(broker, agency, admin, shutdown_signal())
+    let _ = stdout.flush();
+    drop(stdout);
+    let slot = crate::supervisor::BrokerSlot::new(&broker);
+    let reloads = tokio::spawn(reload_tls_on_sighup(slot.clone()));
+    let served = crate::supervisor::supervise(broker, agency, admin, shutdown_signal(), Some(slot))
         .await
-        .map_err(|e| StartError::Other(e.to_string()))
+        .map_err(|e| StartError::Other(e.to_string()));
+    reloads.abort();
+    served
+}
+
+/// SIGHUP re-reads the CA bundle, CRLs and server certificate, as `POST /admin/v1/tls/reload` does (that
+/// one is also recorded in the audit trail); systemd's `ExecReload=` sends it. A failed reload keeps
+/// the old config in force and says why.
+async fn reload_tls_on_sighup(slot: crate::supervisor::BrokerSlot) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match slot.current() {
+                Some(broker) => match broker.tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS reloaded (CA bundle, CRLs, server certificate)"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; the old config stays in force")
+                    }
+                },
+                None => tracing::warn!("SIGHUP: the database is being reopened; send it again in a moment"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
+}
+
+/// What the operator needs to know once the broker listens (as Caddy and X-Road print it): where it
+/// listens, the console, what is registered and loaded, where the data lives, and what to do next when
+/// the registry or the store is empty.
+pub fn startup_summary(broker: &Broker, agency_addr: SocketAddr, admin_addr: SocketAddr) -> String {
+    let agencies = broker.registry.list();
+    let active = agencies
+        .iter()
+        .filter(|a| a.status == crate::registry::AgencyStatus::Active)
+        .count();
+    let codes: Vec<&str> = agencies.iter().map(|a| a.code.as_str()).collect();
+    let citizens = broker.store.count();
+    let purposes = broker.catalogue().all().len();
+    let connectors: Vec<&str> = broker.connectors.all().iter().map(|c| c.name.as_str()).collect();
+    let data_dir = broker.config.storage.data_dir.display();
+    let named = |names: &[&str]| match names {
+        [] => String::new(),
+        names => format!(": {}", names.join(", ")),
+    };
+    let purpose_source = match &broker.config.catalogue.purposes {
+        Some(path) => path.display().to_string(),
+        None => "the catalogue embedded in the binary".into(),
+    };
+    let rows = [
+        (
+            "agency API",
+            format!(
+                "https://{agency_addr}  (mTLS: client certificates chained to {})",
+                broker.config.tls.ca_bundle.display()
+            ),
+        ),
+        (
+            "admin API",
+            format!("https://{admin_addr}  (certificates in tls.admin_certs)"),
+        ),
+        ("console", format!("https://{admin_addr}/admin/console")),
+        (
+            "agencies",
+            format!("{} registered, {active} active{}", agencies.len(), named(&codes)),
+        ),
+        ("citizens", citizens.to_string()),
+        ("purposes", format!("{purposes} ({purpose_source})")),
+        (
+            "connectors",
+            format!("{}{}", connectors.len(), named(&connectors)),
+        ),
+        (
+            "storage",
+            format!(
+                "sled in {data_dir}/db (cache {} MiB), audit trail in {data_dir}/audit",
+                broker.config.storage.cache_mb
+            ),
+        ),
+    ];
+    let mut out = format!("lienthong {} is serving\n", env!("CARGO_PKG_VERSION"));
+    for (label, value) in rows {
+        out.push_str(&format!("  {label:<11} {value}\n"));
+    }
+    if agencies.is_empty() {
+        out.push_str("  next: no agency is registered, so every agency request gets 403 unknown_agency;\n");
+        out.push_str("    register one: lienthong agency add CODE --name NAME --cert-file CODE.pem\n");
+        out.push_str("    (README, \"the operator's path\")\n");
+    }
+    if citizens == 0 {
+        out.push_str("  next: the store holds no citizens; load them through the admin API:\n");
+        out.push_str("    lienthong citizens import citizens.jsonl\n");
+    }
+    out
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -531,6 +690,98 @@ async fn admin_call_with(
         return Err(1);
     }
     Ok(resp)
+}
+
+/// `lienthong citizens import FILE`: batches of whole lines (at most `batch_lines`, and under 512 KiB so
+/// that the default 1 MiB body limit holds), sent in order. The first refused batch stops the import:
+/// the batches before it are written, it and the rest are not, and its bad lines are printed with their
+/// line numbers in the file.
+async fn import_command(admin: AdminTarget, file: &std::path::Path, batch_lines: usize) -> i32 {
+    const BATCH_BYTES: usize = 512 * 1024;
+    let text = match std::fs::read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lienthong: {}: {e}", file.display());
+            return 2;
+        }
+    };
+    let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop(); // the file's final newline ends the last line; it starts none
+    }
+    let total = lines.len();
+    let client = match MtlsClient::from_files(&admin.cacert, &admin.cert, &admin.key, Alpn::Both) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lienthong: {e}");
+            return 2;
+        }
+    };
+    let (mut start, mut imported) = (0usize, 0u64);
+    let mut progress = crate::progress::Progress::start("importing citizens (lines)", Some(total as u64));
+    while start < total {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < total
+            && end - start < batch_lines.max(1)
+            && (end == start || bytes + lines[end].len() < BATCH_BYTES)
+        {
+            bytes += lines[end].len() + 1;
+            end += 1;
+        }
+        let body = lines[start..end].join(&b'\n');
+        let resp = match client
+            .request(
+                admin.admin_addr,
+                Method::POST,
+                "/admin/v1/citizens/import",
+                Some("application/x-ndjson"),
+                body,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "lienthong: cannot reach the admin API at {}: {e}",
+                    admin.admin_addr
+                );
+                return 1;
+            }
+        };
+        let answer = resp.json();
+        if resp.status != 200 {
+            progress.bar_clear();
+            eprintln!(
+                "lienthong: {}: lines {}-{} refused ({} {}): {}",
+                file.display(),
+                start + 1,
+                end,
+                resp.status,
+                answer["error"]["code"].as_str().unwrap_or("?"),
+                answer["error"]["message"].as_str().unwrap_or(&resp.text())
+            );
+            for bad in answer["error"]["lines"].as_array().into_iter().flatten() {
+                let line = bad["line"].as_u64().unwrap_or(0) + start as u64;
+                eprintln!(
+                    "  line {line}: {} {}",
+                    bad["code"].as_str().unwrap_or("?"),
+                    bad["message"].as_str().unwrap_or("")
+                );
+            }
+            eprintln!(
+                "lienthong: {imported} citizens imported before line {}; fix the file and import from there",
+                start + 1
+            );
+            return 1;
+        }
+        imported += answer["imported"].as_u64().unwrap_or(0);
+        progress.advance((end - start) as u64);
+        start = end;
+    }
+    progress.finish();
+    println!("imported {imported} citizens from {}", file.display());
+    0
 }
 
 fn pretty(resp: &crate::client::Response) -> String {
@@ -681,6 +932,16 @@ async fn agency_command(admin: AdminTarget, action: AgencyCommand) -> i32 {
         AgencyCommand::Resume { code } => {
             Ok((Method::POST, format!("/admin/v1/agencies/{code}/resume"), None))
         }
+        AgencyCommand::Grant { code, purpose } => Ok((
+            Method::POST,
+            format!("/admin/v1/agencies/{code}/purposes/{purpose}"),
+            None,
+        )),
+        AgencyCommand::Revoke { code, purpose } => Ok((
+            Method::DELETE,
+            format!("/admin/v1/agencies/{code}/purposes/{purpose}"),
+            None,
+        )),
         AgencyCommand::Usage { code } => Ok((Method::GET, format!("/admin/v1/agencies/{code}/usage"), None)),
         AgencyCommand::BillingClass { code, class } => Ok((
             Method::PUT,
@@ -767,6 +1028,7 @@ async fn audit_command(action: AuditCommand) -> i32 {
             if !dir.is_dir() {
                 return fail(2, format!("{}: no audit trail here", dir.display()));
             }
+            let heartbeat = crate::progress::Heartbeat::start("verifying the audit trail");
             let (verified, witnessed) = match &witness {
                 Some(path) => match crate::audit::check_witness(&dir, path) {
                     Ok((r, n)) => (
@@ -777,6 +1039,7 @@ async fn audit_command(action: AuditCommand) -> i32 {
                 },
                 None => (crate::audit::verify_dir(&dir), String::new()),
             };
+            drop(heartbeat);
             match verified {
                 Ok(r) => {
                     // `count` is the seq of the last entry; after a prune fewer entries remain.
@@ -811,14 +1074,18 @@ async fn audit_command(action: AuditCommand) -> i32 {
                 (Ok(f), Ok(t)) => (f, t),
                 (Err(e), _) | (_, Err(e)) => return fail(2, e),
             };
-            let mut writer: Box<dyn std::io::Write> = match &out {
+            let writer: Box<dyn std::io::Write> = match &out {
                 Some(path) => match std::fs::File::create(path) {
                     Ok(f) => Box::new(std::io::BufWriter::new(f)),
                     Err(e) => return fail(1, format!("{}: {e}", path.display())),
                 },
                 None => Box::new(std::io::stdout().lock()),
             };
-            match crate::audit::export(&data_dir.join("audit"), from, to, &mut writer) {
+            let progress = crate::progress::Progress::start("exporting audit entries", None);
+            let mut writer = crate::progress::CountingLines::new(writer, progress);
+            let exported = crate::audit::export(&data_dir.join("audit"), from, to, &mut writer);
+            let mut writer = writer.finish();
+            match exported {
                 Ok(n) => {
                     let _ = writer.flush();
                     eprintln!("exported {n} entries");

@@ -234,10 +234,13 @@ impl Config {
             key: "(file)".into(),
             message: format!("cannot read: {e}"),
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError {
-            file: file.clone(),
-            key: key_of_toml_error(&e),
-            message: e.message().to_string() + &line_of(&text, e.span()),
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            let (key, line) = locate_toml_error(&text, &e);
+            ConfigError {
+                file: file.clone(),
+                key,
+                message: e.message().to_string() + &line.map(|n| format!(" (line {n})")).unwrap_or_default(),
+            }
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -371,29 +374,93 @@ impl Config {
     }
 }
 
-/// The dotted key a TOML error is about, read from serde's message where it names one.
-fn key_of_toml_error(e: &toml::de::Error) -> String {
-    let msg = e.message();
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        if let Some(end) = rest.find('`') {
-            return rest[..end].to_string();
+/// The dotted key (`storage.cache_mb`) and the 1-based line a TOML error is about. toml reports an unknown
+/// field with the span of its whole table and a type error with the span of the value, so the key is
+/// read from serde's message where it names one, else from the line the span starts on; the table is the
+/// nearest `[header]` above.
+fn locate_toml_error(text: &str, e: &toml::de::Error) -> (String, Option<usize>) {
+    let named = ["unknown field `", "missing field `"].iter().find_map(|prefix| {
+        let rest = e.message().strip_prefix(prefix)?;
+        Some(rest[..rest.find('`')?].to_string())
+    });
+    let Some(span) = e.span() else {
+        return (named.unwrap_or_else(|| "(syntax)".into()), None);
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let start_line = text[..span.start.min(text.len())].matches('\n').count();
+    let table_at = |line: usize| {
+        lines[..=line.min(lines.len().saturating_sub(1))]
+            .iter()
+            .rev()
+            .find_map(|l| table_header(l))
+            .unwrap_or_default()
+    };
+    let dotted = |table: &str, key: &str| match table {
+        "" => key.to_string(),
+        t => format!("{t}.{key}"),
+    };
+    match named {
+        Some(key) => {
+            // The key's own line inside the reported table, if it is written there.
+            let table = table_at(start_line);
+            let line = (start_line..lines.len())
+                .take_while(|&n| n == start_line || table_header(lines[n]).is_none())
+                .find(|&n| key_of_line(lines[n]) == Some(key.as_str()));
+            (dotted(&table, &key), Some(line.unwrap_or(start_line) + 1))
         }
+        None => match lines.get(start_line).and_then(|l| key_of_line(l)) {
+            Some(key) => (dotted(&table_at(start_line), key), Some(start_line + 1)),
+            None => ("(syntax)".into(), Some(start_line + 1)),
+        },
     }
-    if let Some(rest) = msg.strip_prefix("missing field `") {
-        if let Some(end) = rest.find('`') {
-            return rest[..end].to_string();
-        }
-    }
-    "(syntax)".into()
 }
 
-/// ` (line N)` for the start of a span, or nothing.
-fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    match span {
-        Some(s) => format!(
-            " (line {})",
-            text[..s.start.min(text.len())].lines().count().max(1)
-        ),
-        None => String::new(),
+/// `storage` for a `[storage]` line.
+fn table_header(line: &str) -> Option<String> {
+    let t = line.trim();
+    let inner = t.strip_prefix('[')?.split(']').next()?;
+    (!inner.starts_with('[')).then(|| inner.trim().to_string())
+}
+
+/// `cache_mb` for a `cache_mb = 256` line.
+fn key_of_line(line: &str) -> Option<&str> {
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with('#') && !key.starts_with('[')).then_some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn error_for(edit: impl Fn(&str) -> String) -> (ConfigError, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lienthong.toml")).unwrap();
+        let text = edit(&example);
+        let path = dir.path().join("lienthong.toml");
+        std::fs::write(&path, &text).unwrap();
+        (Config::load(&path).unwrap_err(), text)
+    }
+
+    fn line_of_text(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).unwrap() + 1
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_on_its_own_line_with_its_table() {
+        let (e, text) = error_for(|t| t.replace("max_body_bytes", "max_body_byte"));
+        assert_eq!(e.key, "limits.max_body_byte");
+        let line = line_of_text(&text, "max_body_byte =");
+        assert!(e.message.ends_with(&format!("(line {line})")), "{}", e.message);
+    }
+
+    #[test]
+    fn a_type_error_names_the_dotted_key() {
+        let (e, text) = error_for(|t| t.replace("cache_mb = 256", "cache_mb = \"256\""));
+        assert_eq!(e.key, "storage.cache_mb");
+        let line = line_of_text(&text, "cache_mb =");
+        assert!(e.message.ends_with(&format!("(line {line})")), "{}", e.message);
     }
 }

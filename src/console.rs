@@ -223,9 +223,9 @@ async fn render(broker: &Broker, req: &ReadRequest) -> Result<String, ApiError> 
             None => r.status.to_string(),
         };
         entry_rows.push_str(&format!(
-            "<tr{class}><td class=\"num\">{seq}</td><td>{time}</td><td>{agency}</td><td>{purpose}</td>\
+            "<tr{class}><td class=\"num\">{seq}</td><td class=\"time\">{time}</td><td>{agency}</td><td>{purpose}</td>\
              <td>{channel}</td><td>{operation}</td><td>{citizen}</td><td>{fields}</td><td>{status}</td>\
-             <td><code>{request_id}</code></td></tr>",
+             <td><code class=\"rid\" title=\"{request_id}\">{request_id}</code></td></tr>",
             seq = e.seq,
             time = escape(&e.time),
             agency = escape(r.agency.as_deref().unwrap_or("-")),

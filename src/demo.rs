@@ -114,6 +114,15 @@ pub async fn prepare_with(
             .await
             .map_err(|e| StartError::Other(format!("registering {code}: {}", e.message)))?;
     }
+    let already = broker.store.count();
+    if already > 0 && opts.citizens > 0 && opts.citizens != already {
+        tracing::warn!(
+            "{} already holds {already} citizens: --citizens {} is ignored (the demo seeds only an empty \
+             store; give another --data-dir for a fresh population)",
+            opts.data_dir.display(),
+            opts.citizens
+        );
+    }
     crate::api::seed_demo(&broker, opts.citizens).await?;
     Ok(broker)
 }
@@ -137,6 +146,26 @@ pub fn curl_lines(certs: &Path, agency_addr: &str, admin_addr: &str) -> String {
     out.push_str(&format!(
         "  {} -X POST -H 'content-type: application/json' https://{admin_addr}/admin/v1/agencies/pccovid/resume\n",
         curl("admin")
+    ));
+    let phone = crate::population::sample_phone(0).unwrap_or_default();
+    out.push_str(&format!(
+        "\nSMS self-look-up (the sender's number is the one on 001090000001's record):\n\n  {} \\\n    \
+         -H 'content-type: application/json' 'https://{agency_addr}/v1/sms/inbound?purpose=citizen-self-sms' \\\n    \
+         -d '{{\"from\":\"{phone}\",\"text\":\"TTCD 001090000001\"}}'\n",
+        curl("sms")
+    ));
+    out.push_str(&format!(
+        "\nCheckpoints (register one, then check a citizen in):\n\n  {} \\\n    \
+         -H 'content-type: application/json' 'https://{agency_addr}/v1/checkpoints?purpose=checkpoint-checkin' \\\n    \
+         -d '{{\"id\":\"coopmart-cong-quynh\",\"name\":\"Co.opmart Cống Quỳnh\",\"address\":\"189C Cống Quỳnh, Quận 1\",\"kind\":\"supermarket\"}}'\n  {} \\\n    \
+         -H 'content-type: application/json' 'https://{agency_addr}/v1/checkpoints/coopmart-cong-quynh/checkins?purpose=checkpoint-checkin' \\\n    \
+         -d '{{\"citizen_id\":\"001090000001\"}}'\n",
+        curl("vneid"),
+        curl("vneid")
+    ));
+    out.push_str(&format!(
+        "\nConsole: https://{admin_addr}/admin/console in a browser holding {c}/admin.pem and admin.key \
+         (as PKCS#12: openssl pkcs12 -export -in {c}/admin.pem -inkey {c}/admin.key -out admin.p12)\n"
     ));
     out.push_str("\nStop with Ctrl-C (in-flight requests finish, the store is flushed).\n");
     out

@@ -33,16 +33,19 @@
 //! | [`sms`] | channel: SMS self-look-up through the telecom gateway (one reply for every failure) |
 //! | [`checkpoint`] | channel: checkpoint check-ins (CCCD QR scans) and contact tracing for the health authority |
 //! | [`api`] | the canonical API on the agency listener |
+//! | [`import`] | `POST /admin/v1/citizens/import`: JSON Lines of canonical records, all or nothing per batch |
 //! | [`admin`] | the admin API on the admin listener |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
 //! | [`metrics`] | Prometheus metrics (`GET /metrics` on the admin listener) |
 //! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
+//! | [`listener`] | before and after the handshake: a plain-text 400 for plaintext HTTP, hints in the log |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
 //! | [`supervisor`] | live recovery: reopens a failed database (full disk) without a restart |
 //! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit`, `billing`, `catalogue` |
 //! | [`bench`] | `lienthong bench`: the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
 //! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |
+//! | [`progress`] | progress of long work: a bar on a terminal, a periodic log line otherwise |
 //! | [`population`] | a synthetic, deterministic population for the demo and benchmarks |
 //! | [`demo`] | `lienthong demo`: dev certificates, sample data and a running broker |
 //! | [`clock`] | the broker's clock, which dates every decision a bill depends on (tests move it) |
@@ -69,11 +72,14 @@ pub mod console;
 pub mod demo;
 pub mod error;
 pub mod identity;
+pub mod import;
 pub mod json;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod policy;
 pub mod population;
+pub mod progress;
 pub mod qr;
 pub mod quota;
 pub mod record;

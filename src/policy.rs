@@ -146,7 +146,10 @@ impl Purpose {
                 .parse::<FieldPath>()
                 .ok()
                 .filter(|f| schema.field_paths().contains(f.as_str()))
-                .ok_or_else(|| ApiError::bad_request("unknown_field", format!("unknown field {name:?}")))?;
+                .ok_or_else(|| {
+                    let hint = did_you_mean(name, schema.field_paths().iter().map(String::as_str));
+                    ApiError::bad_request("unknown_field", format!("unknown field {name:?}{hint}"))
+                })?;
             if !self.read.iter().any(|r| r.covers(&field)) {
                 return Err(ApiError::forbidden(
                     "forbidden_field",
@@ -342,6 +345,40 @@ pub struct Catalogue {
     #[serde(skip)]
     release: Option<Release>,
     purposes: Vec<Purpose>,
+    /// Purposes an operator granted to agencies at run time, on top of each purpose's `agencies`.
+    #[serde(skip)]
+    grants: RuntimeGrants,
+}
+
+/// Run-time grants: agency code → purpose ids. The registry persists them with each agency (and its
+/// changes are audited); the broker copies them here at start and after every change, so that
+/// [`Catalogue::authorize`] keeps answering from memory.
+#[derive(Debug, Default)]
+struct RuntimeGrants(std::sync::RwLock<std::collections::HashMap<String, BTreeSet<String>>>);
+
+impl RuntimeGrants {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<String, BTreeSet<String>>> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Clone for RuntimeGrants {
+    fn clone(&self) -> Self {
+        Self(std::sync::RwLock::new(self.read().clone()))
+    }
+}
+
+/// `; did you mean `full_name`?` when one of `known` is close to `name` (a typo, a missing `_` or `-`),
+/// else nothing. The names are the public catalogue's, so suggesting one reveals nothing.
+pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let squash = |s: &str| s.to_lowercase().replace(['_', '-', ' '], "");
+    let wanted = squash(name);
+    known
+        .map(|k| (strsim::damerau_levenshtein(&wanted, &squash(k)), k))
+        .filter(|(distance, k)| *distance <= (k.len() / 4).max(1))
+        .min()
+        .map(|(_, k)| format!("; did you mean `{k}`?"))
+        .unwrap_or_default()
 }
 
 impl Catalogue {
@@ -470,7 +507,11 @@ impl Catalogue {
                 agencies,
             });
         }
-        Ok(Self { release, purposes })
+        Ok(Self {
+            release,
+            purposes,
+            grants: RuntimeGrants::default(),
+        })
     }
 
     /// The `[release]` table, when the file has one.
@@ -503,20 +544,55 @@ impl Catalogue {
         &self.purposes
     }
 
-    /// The purposes this agency may use.
+    /// The purposes this agency may use (declared in the catalogue or granted at run time).
     pub fn for_agency(&self, agency: &str) -> Vec<&Purpose> {
+        let grants = self.grants.read();
+        let granted = grants.get(agency);
         self.purposes
             .iter()
-            .filter(|p| p.agencies.iter().any(|a| a == agency))
+            .filter(|p| p.agencies.iter().any(|a| a == agency) || granted.is_some_and(|g| g.contains(&p.id)))
             .collect()
+    }
+
+    /// Whether the catalogue file itself lists `agency` for `purpose` (such a grant cannot be revoked at
+    /// run time: it is part of the published catalogue).
+    pub fn declares(&self, purpose: &str, agency: &str) -> bool {
+        self.get(purpose)
+            .is_some_and(|p| p.agencies.iter().any(|a| a == agency))
+    }
+
+    /// Replace the run-time grants of one agency.
+    /// Take over another catalogue's run-time grants (a new version keeps what operators granted).
+    pub fn copy_grants_from(&self, other: &Catalogue) {
+        let grants = other.grants.read().clone();
+        match self.grants.0.write() {
+            Ok(mut guard) => *guard = grants,
+            Err(poisoned) => *poisoned.into_inner() = grants,
+        }
+    }
+
+    pub fn set_grants(&self, agency: &str, purposes: &[String]) {
+        let mut grants = self
+            .grants
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        grants.insert(agency.to_string(), purposes.iter().cloned().collect());
+    }
+
+    /// The purpose with this id, or 400 `unknown_purpose` suggesting the nearest id.
+    pub fn known(&self, purpose: &str) -> Result<&Purpose, ApiError> {
+        self.get(purpose).ok_or_else(|| {
+            let hint = did_you_mean(purpose, self.all().iter().map(|p| p.id.as_str()));
+            ApiError::bad_request("unknown_purpose", format!("unknown purpose {purpose:?}{hint}"))
+        })
     }
 
     /// The purpose, checked for this agency: 400 `unknown_purpose`, 403 `purpose_not_allowed`.
     pub fn authorize(&self, purpose: &str, agency: &str) -> Result<&Purpose, ApiError> {
-        let p = self.get(purpose).ok_or_else(|| {
-            ApiError::bad_request("unknown_purpose", format!("unknown purpose {purpose:?}"))
-        })?;
-        if !p.agencies.iter().any(|a| a == agency) {
+        let p = self.known(purpose)?;
+        let granted = || self.grants.read().get(agency).is_some_and(|g| g.contains(&p.id));
+        if !p.agencies.iter().any(|a| a == agency) && !granted() {
             return Err(ApiError::forbidden(
                 "purpose_not_allowed",
                 format!("agency {agency:?} may not use purpose `{}`", p.id),
@@ -738,6 +814,20 @@ mod tests {
         let e = c.authorize("marketing", "pccovid").unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (400, "unknown_purpose"));
         assert!(e.message.contains("marketing"));
+        assert_eq!(
+            did_you_mean("fullname", ["full_name", "birth_date"].into_iter()),
+            "; did you mean `full_name`?"
+        );
+        assert_eq!(
+            did_you_mean("salary", ["full_name", "birth_date"].into_iter()),
+            ""
+        );
+        let e = c.authorize("covid-qr-stauts", "pccovid").unwrap_err();
+        assert!(
+            e.message.ends_with("did you mean `covid-qr-status`?"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

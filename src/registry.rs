@@ -48,6 +48,9 @@ pub struct Agency {
     /// Quota plan (set by the admin API; interpreted by the quota stage). Empty = unlimited.
     #[serde(default)]
     pub plan: serde_json::Value,
+    /// Purposes an operator granted at run time, beyond those the catalogue lists it for.
+    #[serde(default)]
+    pub granted_purposes: Vec<String>,
     /// When it was registered, RFC 3339.
     pub created_at: String,
     /// When it last changed, RFC 3339.
@@ -271,6 +274,7 @@ impl Registry {
             fingerprints,
             billing_class: new.billing_class,
             plan: serde_json::Value::Null,
+            granted_purposes: Vec::new(),
             created_at: at.clone(),
             updated_at: at,
         };

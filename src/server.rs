@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::broker::Broker;
 use crate::error::ApiError;
 use crate::identity::PeerIdentity;
+use crate::listener::Opening;
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,7 +319,7 @@ async fn accept_loop(
             _ = stop.changed() => break,
             permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
         };
-        let (tcp, remote) = tokio::select! {
+        let (mut tcp, remote) = tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -344,12 +345,27 @@ async fn accept_loop(
                 });
                 let handshake = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
                 let started = std::time::Instant::now();
-                let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                match crate::listener::sniff_opening(&mut tcp, handshake).await {
+                    Opening::Handshake => {}
+                    Opening::AnsweredPlaintext => {
+                        broker.metrics.count_handshake_failure(side, "plaintext_http");
+                        return;
+                    }
+                    Opening::Silent => {
+                        broker.metrics.count_handshake_failure(side, "timeout");
+                        tracing::info!("TLS handshake timed out");
+                        return;
+                    }
+                }
+                let handshake = handshake.saturating_sub(started.elapsed());
+                let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp).into_fallible()).await {
                     Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
+                    Ok(Err((e, tcp))) => {
                         let reason = crate::metrics::handshake_failure_reason(&e);
                         broker.metrics.count_handshake_failure(side, reason);
-                        tracing::info!(error = %e, reason, "TLS handshake refused");
+                        let hint = crate::listener::handshake_hint(reason);
+                        tracing::info!(error = %e, reason, hint, "TLS handshake refused");
+                        crate::listener::close_after_refusal(tcp, reason).await;
                         return;
                     }
                     Err(_) => {
@@ -372,6 +388,10 @@ async fn accept_loop(
                     None => return,
                 };
                 tracing::debug!(subject = %peer.subject, fingerprint = %peer.fingerprint_sha256, "connected");
+                if side == Side::Agency && broker.registry.by_fingerprint(&peer.fingerprint_sha256).is_none()
+                {
+                    crate::listener::log_unbound_certificate(&peer);
+                }
                 let pending = Arc::new(AtomicU64::new(0));
                 let service = hyper::service::service_fn({
                     let (broker, peer, pending) = (broker.clone(), peer.clone(), pending.clone());

@@ -159,3 +159,47 @@ async fn agency_commands_drive_the_admin_api() {
     let out = run(&["show", "nosuch"]).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn serve_on_an_empty_data_dir_prints_a_summary_and_the_next_steps() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config_in(dir.path());
+    let (agency, admin) = (common::free_port(), common::free_port());
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{agency}"))
+        .replace("127.0.0.1:8444", &format!("127.0.0.1:{admin}"));
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lienthong"))
+        .args(["serve", "-c", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut summary = String::new();
+    while !summary.contains("citizens import") {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        summary.push_str(&line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for expected in [
+        format!("agency API  https://127.0.0.1:{agency}"),
+        format!("console     https://127.0.0.1:{admin}/admin/console"),
+        "agencies    0 registered, 0 active".to_string(),
+        "citizens    0".to_string(),
+        "lienthong agency add CODE".to_string(),
+        "lienthong citizens import citizens.jsonl".to_string(),
+    ] {
+        assert!(
+            summary.contains(&expected),
+            "{expected:?} missing from:\n{summary}"
+        );
+    }
+}

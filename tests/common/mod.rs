@@ -224,6 +224,20 @@ impl TestBroker {
         self.client("admin").get(self.admin, path).await.unwrap()
     }
 
+    /// The operations of the latest admin entries in the audit trail (`admin:suspend`, …).
+    pub async fn admin_operations(&self) -> Vec<String> {
+        let trail = self
+            .admin_get("/admin/v1/audit/entries?agency=admin&limit=100")
+            .await
+            .json();
+        trail["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["operation"].as_str().map(str::to_string))
+            .collect()
+    }
+
     pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> Response {
         self.client("admin")
             .post_json(self.admin, path, &body)
@@ -284,4 +298,29 @@ pub fn demo_child(dir: &Path, agency: u16, admin: u16) -> std::process::Child {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// A PostgreSQL server program (`initdb`, `pg_ctl`, `postgres`): on the PATH, or where Debian keeps it
+/// (`/usr/lib/postgresql/<version>/bin`, newest first). A missing one fails the test naming it — tests
+/// never skip: `scripts/install-deps.sh` installs Debian's `postgresql`.
+pub fn postgres_tool(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.is_file())
+        .collect();
+    debian.sort_by_key(|p| {
+        p.components()
+            .nth(4)
+            .and_then(|v| v.as_os_str().to_str()?.parse::<u32>().ok())
+    });
+    on_path.or_else(|| debian.pop()).unwrap_or_else(|| {
+        panic!("`{name}` (PostgreSQL) is not installed; run scripts/install-deps.sh (Debian's postgresql)")
+    })
 }
