@@ -62,6 +62,7 @@ pub mod client;
 pub mod config;
 pub mod connector;
 pub mod console;
+pub mod dcc;
 pub mod demo;
 pub mod error;
 pub mod identity;
