@@ -77,6 +77,7 @@ pub mod record;
 pub mod registry;
 pub mod schema;
 pub mod server;
+pub mod signed_answer;
 pub mod sms;
 pub mod store;
 pub mod supervisor;
