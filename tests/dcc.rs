@@ -4,18 +4,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use common::realdata;
 use lienthong::dcc::{self, Refusal, TrustList};
 use serde_json::Value;
-
-fn realdata(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/realdata")
-        .join(path)
-}
 
 struct Vector {
     json: Value,
