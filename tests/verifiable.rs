@@ -371,3 +371,54 @@ async fn rotated_keys_keep_old_answers_verifiable() {
     assert_eq!(signed["kid"], jwks["keys"][0]["kid"]);
     assert_ne!(signed["kid"], jwks["keys"][1]["kid"]);
 }
+
+#[tokio::test]
+async fn the_catalogue_publishes_the_keys_and_the_certificate_routes() {
+    let b = TestBroker::start().await;
+    let doc = b.get("moh", "/v1/catalogue").await.json();
+    let jwks = b.get("moh", "/.well-known/jwks.json").await.json();
+    assert_eq!(doc["x-answer-signing"]["jwks"], jwks);
+    assert_eq!(doc["x-answer-signing"]["header"], "x-jws-signature");
+    let issue = &doc["paths"]["/v1/citizens/{citizen_id}/covid-certificate"]["get"];
+    assert_eq!(issue["x-purposes"], json!(["covid-certificate"]));
+    assert!(doc["paths"]["/v1/dcc/verify"]["post"].is_object());
+    assert!(doc["paths"]["/.well-known/jwks.json"]["get"].is_object());
+}
+
+#[tokio::test]
+async fn dcc_verify_command_checks_an_issued_certificate_offline() {
+    let b = TestBroker::start().await;
+    let hc1 = b.get("moh", &certificate_path("001090000001")).await.json()["hc1"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dsc = b.certs_dir().join("dcc-dsc.pem");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lienthong"))
+            .args(["dcc", "verify"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let (code, text) = run(&[&hc1, "--trust", dsc.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("valid") && text.contains("NGUYEN"), "{text}");
+    let (code, text) = run(&[&hc1[4..], "--trust", dsc.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("bad_prefix"), "{text}");
+    // A year and a day later the certificate has expired.
+    let later = (chrono::Utc::now() + chrono::Duration::days(366)).to_rfc3339();
+    let (code, text) = run(&[&hc1, "--trust", dsc.to_str().unwrap(), "--at", &later]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("expired"), "{text}");
+    // Someone else's Document Signer.
+    let (code, text) = run(&[
+        &hc1,
+        "--trust",
+        b.certs_dir().join("server.pem").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("unknown_kid"), "{text}");
+}

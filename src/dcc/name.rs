@@ -33,12 +33,8 @@ pub fn icao_transliteration(name: &str) -> String {
         match c {
             'A'..='Z' => out.push(c),
             'a'..='z' => out.push(c.to_ascii_uppercase()),
-            ' ' | '-' => {
-                // Runs of separators become one `<`; none at the start.
-                if !out.is_empty() && !out.ends_with('<') {
-                    out.push('<');
-                }
-            }
+            // Runs of separators become one `<`; none at the start.
+            ' ' | '-' if !out.is_empty() && !out.ends_with('<') => out.push('<'),
             'Đ' | 'đ' | 'Ð' | 'ð' => out.push('D'),
             'Æ' | 'æ' => out.push_str("AE"),
             'Ø' | 'ø' | 'Œ' | 'œ' => out.push_str("OE"),
