@@ -32,13 +32,15 @@
 //! | [`sms`] | channel: SMS self-look-up through the telecom gateway (one reply for every failure) |
 //! | [`checkpoint`] | channel: checkpoint check-ins (CCCD QR scans) and contact tracing for the health authority |
 //! | [`api`] | the canonical API on the agency listener |
+//! | [`signed_answer`] | every agency-listener answer signed: detached JWS (Ed25519), key rotation, the JWKS |
+//! | [`dcc`] | EU Digital COVID Certificates: issue (`HC1:` + QR) and verify offline |
 //! | [`admin`] | the admin API on the admin listener |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
 //! | [`metrics`] | Prometheus metrics (`GET /metrics` on the admin listener) |
 //! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
 //! | [`supervisor`] | live recovery: reopens a failed database (full disk) without a restart |
-//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
+//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit`, `dcc`, `verify-response`, `answer-keys` |
 //! | [`bench`] | `lienthong bench`: the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
 //! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |

@@ -265,11 +265,33 @@ fn dcc_verify() -> Value {
                 "certificate": { "type": "object" },
             },
         })))],
-        &[COMMON_ERRORS, &[(400, "invalid_json"), (415, "unsupported_media_type"), (422, "schema_violation")]],
+        &[
+            COMMON_ERRORS,
+            &[
+                (400, "invalid_json"),
+                (400, "too_deep"),
+                (415, "unsupported_media_type"),
+                (422, "schema_violation"),
+            ],
+        ],
     ) })
 }
 
 fn jwks_route() -> Value {
+    let mut jwks = ok_response(
+        "A JSON Web Key Set.",
+        json!({
+            "type": "object",
+            "required": ["keys"],
+            "properties": { "keys": { "type": "array", "items": { "type": "object" } } },
+        }),
+    );
+    // Served as application/jwk-set+json (RFC 7517, section 8.5).
+    if let Some(content) = jwks["content"].as_object_mut() {
+        if let Some(schema) = content.remove("application/json") {
+            content.insert("application/jwk-set+json".into(), schema);
+        }
+    }
     json!({ "get": operation(
         "answerSigningKeys",
         "meta",
@@ -278,12 +300,8 @@ fn jwks_route() -> Value {
          rotation so that saved answers still verify."
             .into(),
         vec![],
-        &[(200, ok_response("A JSON Web Key Set.", json!({
-            "type": "object",
-            "required": ["keys"],
-            "properties": { "keys": { "type": "array", "items": { "type": "object" } } },
-        })))],
-        &[],
+        &[(200, jwks)],
+        &[COMMON_ERRORS],
     ) })
 }
 

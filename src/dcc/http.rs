@@ -85,7 +85,7 @@ pub async fn issue(
             }),
         ),
         Format::Hc1 => Reply {
-            content_type: "text/plain; charset=utf-8",
+            content_type: "text/plain",
             body: issued.hc1.into(),
             ..Reply::json(StatusCode::OK, &json!(null))
         },
