@@ -247,7 +247,7 @@ fn covid_certificate(purposes: &[Purpose]) -> Value {
 }
 
 fn dcc_verify() -> Value {
-    json!({ "post": operation(
+    let mut op = operation(
         "verifyCovidCertificate",
         "citizens",
         "Verify an `HC1:` string against the broker's trust list of Document Signer certificates",
@@ -274,7 +274,16 @@ fn dcc_verify() -> Value {
                 (422, "schema_violation"),
             ],
         ],
-    ) })
+    );
+    op["requestBody"] = json!({
+        "required": true,
+        "content": { "application/json": { "schema": {
+            "type": "object",
+            "required": ["hc1"],
+            "properties": { "hc1": { "type": "string", "description": "The QR code's text, `HC1:…`" } },
+        } } },
+    });
+    json!({ "post": op })
 }
 
 fn jwks_route() -> Value {
