@@ -280,7 +280,12 @@ fn dcc_verify() -> Value {
         "content": { "application/json": { "schema": {
             "type": "object",
             "required": ["hc1"],
-            "properties": { "hc1": { "type": "string", "description": "The QR code's text, `HC1:…`" } },
+            "properties": {
+                "hc1": { "type": "string", "description": "The QR code's text, `HC1:…`" },
+                "trust_list": { "type": "array", "items": { "type": "string", "contentEncoding": "base64" },
+                                "description": "Document Signer certificates (base64 DER) to trust instead of the broker's" },
+                "at": { "type": "string", "format": "date-time", "description": "Check at this instant instead of now" },
+            },
         } } },
     });
     json!({ "post": op })

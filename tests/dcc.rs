@@ -95,3 +95,46 @@ fn shipped_schema_is_the_shared_copy() {
         assert_eq!(dcc::schema_errors(&json), None, "{example}");
     }
 }
+
+#[tokio::test]
+async fn the_verify_operation_checks_the_real_vectors_with_their_own_trust_list() {
+    let b = common::TestBroker::start().await;
+    for (name, valid, reason) in [
+        ("AT_2DCode_raw_1.json", true, None),
+        ("DE_2DCode_raw_1.json", true, None),
+        ("common_2DCode_raw_DGC6.json", true, None),
+        ("common_2DCode_raw_DGC2.json", false, Some("schema_violation")),
+    ] {
+        let text = std::fs::read_to_string(realdata(&format!("dgc-testdata/{name}"))).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let body = serde_json::json!({
+            "hc1": v["PREFIX"],
+            "trust_list": [v["TESTCTX"]["CERTIFICATE"]],
+            "at": v["TESTCTX"]["VALIDATIONCLOCK"],
+        });
+        let r = b.post("moh", "/v1/dcc/verify", body.clone()).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let answer = r.json();
+        assert_eq!(answer["valid"], valid, "{name}: {answer}");
+        assert_eq!(answer["reason"].as_str(), reason, "{name}: {answer}");
+        if valid {
+            assert_eq!(answer["certificate"]["dcc"], v["JSON"], "{name}");
+        }
+        // The broker's own trust list does not hold these signers.
+        let r = b
+            .post("moh", "/v1/dcc/verify", serde_json::json!({ "hc1": v["PREFIX"] }))
+            .await;
+        assert_eq!(r.json()["reason"], "unknown_kid", "{name}");
+    }
+    let r = b
+        .post(
+            "moh",
+            "/v1/dcc/verify",
+            serde_json::json!({ "hc1": "HC1:", "trust_list": ["%%"] }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_deref()),
+        (422, Some("schema_violation"))
+    );
+}

@@ -1,5 +1,6 @@
 //! The DCC operations on the agency listener: issue a citizen's certificate, verify an `HC1:` string.
 
+use base64::Engine;
 use hyper::StatusCode;
 use serde_json::json;
 
@@ -97,18 +98,47 @@ pub async fn issue(
     })
 }
 
-/// `POST /v1/dcc/verify` with `{"hc1": "HC1:…"}`: 200 `{"valid": true, …}` with the DCC, or 200
-/// `{"valid": false, "reason": code, "message"}`. Checked against the broker's trust list, now.
+/// `POST /v1/dcc/verify` with `{"hc1": "HC1:…"}`: 200 `{"valid": true, "certificate"}`, or 200
+/// `{"valid": false, "reason": code, "message"}`. Checked against the broker's trust list, now — or against
+/// `trust_list` (base64 DER Document Signer certificates) and at `at` (RFC 3339) when the request gives them.
 pub fn verify(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> Result<Reply, ApiError> {
     exchange.operation = "dcc_verify".into();
     let body: serde_json::Value = crate::admin::json_body(req)?;
-    let hc1 = body["hc1"].as_str().ok_or_else(|| {
-        ApiError::unprocessable(
-            "schema_violation",
-            "/hc1: a string starting with HC1: is required",
-        )
-    })?;
-    let answer = match super::verify(hc1, &broker.dcc_trust, chrono::Utc::now()) {
+    let invalid =
+        |pointer: &str, what: &str| ApiError::unprocessable("schema_violation", format!("{pointer}: {what}"));
+    let hc1 = body["hc1"]
+        .as_str()
+        .ok_or_else(|| invalid("/hc1", "a string starting with HC1: is required"))?;
+    let at = match body.get("at") {
+        None => chrono::Utc::now(),
+        Some(at) => at
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok_or_else(|| invalid("/at", "an RFC 3339 date-time"))?,
+    };
+    let given;
+    let trust = match body.get("trust_list") {
+        None => &broker.dcc_trust,
+        Some(list) => {
+            let mut trust = super::TrustList::default();
+            let items = list
+                .as_array()
+                .ok_or_else(|| invalid("/trust_list", "an array of base64 DER certificates"))?;
+            for (i, item) in items.iter().enumerate() {
+                let der = item
+                    .as_str()
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .ok_or_else(|| invalid(&format!("/trust_list/{i}"), "not base64"))?;
+                trust
+                    .add_der(&der)
+                    .map_err(|e| invalid(&format!("/trust_list/{i}"), &e))?;
+            }
+            given = trust;
+            &given
+        }
+    };
+    let answer = match super::verify(hc1, trust, at) {
         Ok(verified) => json!({ "valid": true, "certificate": verified }),
         Err(refusal) => json!({
             "valid": false,
