@@ -3,6 +3,7 @@
 
 use hyper::{Method, StatusCode};
 use serde_json::json;
+use sha2::Digest;
 
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -46,6 +47,13 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
     let path = req.path().to_string();
     if let Some(health) = crate::server::health(broker, exchange, &path) {
         return Ok(health);
+    }
+    // The answer-signing keys are public: any connected client may fetch them to check a signature.
+    if method == Method::GET && path == crate::signed_answer::JWKS_PATH {
+        exchange.operation = "jwks".into();
+        let mut reply = Reply::json(StatusCode::OK, broker.answer_keys.jwks());
+        reply.content_type = "application/jwk-set+json";
+        return Ok(reply);
     }
     let agency = authenticate(broker, exchange)?;
     match (&method, path.as_str()) {
@@ -164,6 +172,10 @@ async fn route_resources(
                 &json!({ "purpose": purpose.id, "fields": fields }),
             ))
         }
+        (&Method::GET, ["v1", "citizens", id, "covid-certificate"]) => {
+            crate::dcc::http::issue(broker, exchange, agency, req, id).await
+        }
+        (&Method::POST, ["v1", "dcc", "verify"]) => crate::dcc::http::verify(broker, exchange, req),
         (&Method::GET, ["v1", "citizens", id]) => {
             let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             let id = canonical::citizen_id(exchange, id)?;
@@ -226,7 +238,47 @@ async fn route_resources(
 /// Record the exchange in the audit trail, then hand back the reply to send. If the trail cannot be
 /// written the reply is replaced by 503 `audit_unavailable`: nothing leaves unaccounted.
 /// Health checks on the admin listener are not recorded (they touch no data and no registry).
-pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Reply) -> Reply {
+/// On the agency listener the final answer is signed ([`crate::signed_answer`]) over its body, the
+/// request id, agency, purpose and the audit entry's time.
+pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, reply: Reply) -> Reply {
+    let (reply, time) = record_in_trail(broker, side, exchange, reply).await;
+    match side {
+        Side::Agency => sign(broker, exchange, reply, &time),
+        Side::Admin => reply,
+    }
+}
+
+/// Add the detached JWS of `reply` to its headers.
+fn sign(broker: &Broker, exchange: &Exchange, mut reply: Reply, time: &str) -> Reply {
+    let signature = broker.answer_keys.sign(
+        &reply.body,
+        crate::signed_answer::Exchange {
+            request_id: &exchange.request_id,
+            agency: exchange.agency.as_deref(),
+            purpose: exchange.purpose.as_deref(),
+            time,
+        },
+    );
+    match hyper::header::HeaderValue::from_str(&signature) {
+        Ok(value) => reply.headers.push((
+            hyper::header::HeaderName::from_static(crate::signed_answer::SIGNATURE_HEADER),
+            value,
+        )),
+        // base64url and dots only: always a valid header value.
+        Err(e) => tracing::error!(error = %e, "answer signature is not a header value"),
+    }
+    reply
+}
+
+/// [`record`] without the signature: the reply to send and the time to sign it with (the audit entry's,
+/// or now when nothing was recorded).
+async fn record_in_trail(
+    broker: &Broker,
+    side: Side,
+    exchange: &Exchange,
+    mut reply: Reply,
+) -> (Reply, String) {
+    let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     // Metrics scrapes and the console's CSS/JS touch no data and come often: no trail entry each.
     if side == Side::Admin
         && matches!(
@@ -234,7 +286,7 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
             "health" | "admin:metrics" | crate::console::ASSET_OPERATION
         )
     {
-        return reply;
+        return (reply, now());
     }
     if let Some(rate) = &exchange.rate {
         reply.headers.extend(rate.headers());
@@ -264,6 +316,7 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
         bulk: exchange.bulk,
         metered: exchange.metered,
         catalogue_version: Some(exchange.catalogue.id.clone()),
+        answer_sha256: Some(hex::encode(sha2::Sha256::digest(&reply.body))),
     };
     // A bulk answer is recorded once per citizen it concerns (same request id, not metered again), then as a
     // whole; any failure withholds the answer.
@@ -276,13 +329,7 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
             };
             if let Err(e) = broker.audit.append(per_citizen).await {
                 tracing::error!(error = %e, "audit append failed; withholding the answer");
-                return Reply::error(
-                    &ApiError::unavailable(
-                        "audit_unavailable",
-                        "the audit trail cannot be written; nothing was released",
-                    ),
-                    &exchange.request_id,
-                );
+                return (audit_unavailable(exchange), now());
             }
         }
     }
@@ -308,19 +355,23 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
                     tracing::error!(error = %e.message, "billing counter not updated; `billing reconcile` will show it");
                 }
             }
-            reply
+            (reply, entry.time)
         }
         Err(e) => {
             tracing::error!(error = %e, "audit append failed; withholding the answer");
-            Reply::error(
-                &ApiError::unavailable(
-                    "audit_unavailable",
-                    "the audit trail cannot be written; nothing was released",
-                ),
-                &exchange.request_id,
-            )
+            (audit_unavailable(exchange), now())
         }
     }
+}
+
+fn audit_unavailable(exchange: &Exchange) -> Reply {
+    Reply::error(
+        &ApiError::unavailable(
+            "audit_unavailable",
+            "the audit trail cannot be written; nothing was released",
+        ),
+        &exchange.request_id,
+    )
 }
 
 /// Work to do once the last request has been answered: a final signed audit checkpoint.

@@ -77,6 +77,12 @@ pub struct Broker {
     pub metrics: crate::metrics::Metrics,
     /// Client certificates already read, by their hash.
     pub identities: crate::identity::IdentityCache,
+    /// The key every agency-listener answer is signed with, and the published keys.
+    pub answer_keys: crate::signed_answer::AnswerKeys,
+    /// The EU DCC Document Signer, when `[dcc]` names one.
+    pub dcc_signer: Option<crate::dcc::DocumentSigner>,
+    /// The Document Signer certificates `POST /v1/dcc/verify` trusts (the broker's own and `dcc.trust_list`).
+    pub dcc_trust: crate::dcc::TrustList,
 }
 
 impl Broker {
@@ -145,6 +151,9 @@ impl Broker {
         };
         let audit = AuditLog::open_with(&data_dir.join("audit"), db.clone(), audit_options)
             .map_err(|e| store_err(format!("audit trail: {e}")))?;
+        let answer_keys = crate::signed_answer::AnswerKeys::open(data_dir)
+            .map_err(|e| store_err(format!("answer-signing key: {e}")))?;
+        let (dcc_signer, dcc_trust) = open_dcc(&config.dcc).map_err(StartError::Other)?;
         Ok(Self {
             config,
             tls,
@@ -162,6 +171,9 @@ impl Broker {
             db,
             metrics: crate::metrics::Metrics::new(),
             identities: Default::default(),
+            answer_keys,
+            dcc_signer,
+            dcc_trust,
         })
     }
 
@@ -199,6 +211,30 @@ fn is_lock_error(e: &sled::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// The Document Signer (if configured) and the verifier's trust list: the signer's own DSC first.
+fn open_dcc(
+    config: &crate::config::DccConfig,
+) -> Result<(Option<crate::dcc::DocumentSigner>, crate::dcc::TrustList), String> {
+    let signer = match (&config.dsc_cert, &config.dsc_key) {
+        (Some(cert), Some(key)) => {
+            Some(crate::dcc::DocumentSigner::load(cert, key).map_err(|e| format!("dcc.dsc_cert: {e}"))?)
+        }
+        _ => None,
+    };
+    let mut trust = crate::dcc::TrustList::default();
+    if let Some(signer) = &signer {
+        trust
+            .add_der(signer.certificate_der())
+            .map_err(|e| format!("dcc.dsc_cert: {e}"))?;
+    }
+    for path in &config.trust_list {
+        trust
+            .add_pem_file(path)
+            .map_err(|e| format!("dcc.trust_list: {e}"))?;
+    }
+    Ok((signer, trust))
 }
 
 fn describe_sled_error(e: sled::Error) -> String {

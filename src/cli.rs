@@ -102,6 +102,21 @@ pub enum Command {
         #[command(subcommand)]
         action: CitizensCommand,
     },
+    /// EU Digital COVID Certificates, offline.
+    Dcc {
+        /// What to do.
+        #[command(subcommand)]
+        action: DccCommand,
+    },
+    /// Check a saved agency-listener answer against its `x-jws-signature` header and the broker's published
+    /// keys (the JWKS from `/.well-known/jwks.json`), offline: exit 0 valid, 1 not, with the reason.
+    VerifyResponse(VerifyResponseArgs),
+    /// The key that signs every agency-listener answer.
+    AnswerKeys {
+        /// What to do.
+        #[command(subcommand)]
+        action: AnswerKeysCommand,
+    },
     /// Manage agencies through a running broker's admin API.
     Agency {
         /// How to reach the admin API.
@@ -210,6 +225,72 @@ pub enum AuditCommand {
         /// the base left by the prune is signed.
         #[arg(long)]
         key_dir: Option<PathBuf>,
+    },
+}
+
+/// `lienthong dcc …`
+#[derive(Debug, Subcommand)]
+pub enum DccCommand {
+    /// Verify an `HC1:` string against a trust list of Document Signer certificates: exit 0 valid (the
+    /// DCC JSON is printed), 1 invalid with the reason (bad_prefix, base45, zlib, cose_structure,
+    /// unknown_kid, bad_signature, expired, schema_violation), 2 usage.
+    Verify {
+        /// The `HC1:` string (or give --file).
+        #[arg(required_unless_present = "file")]
+        hc1: Option<String>,
+        /// A file holding the `HC1:` string.
+        #[arg(long, conflicts_with = "hc1")]
+        file: Option<PathBuf>,
+        /// Trusted Document Signer certificates (PEM files), e.g. certs/demo/dcc-dsc.pem.
+        #[arg(long = "trust", required = true)]
+        trust: Vec<PathBuf>,
+        /// Check at this RFC 3339 instant instead of now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+/// `lienthong verify-response …`
+#[derive(Debug, Args)]
+pub struct VerifyResponseArgs {
+    /// The answer body exactly as received.
+    #[arg(long)]
+    pub body: PathBuf,
+    /// The `x-jws-signature` header value (or give --signature-file).
+    #[arg(long, required_unless_present = "signature_file")]
+    pub signature: Option<String>,
+    /// A file holding the `x-jws-signature` header value.
+    #[arg(long, conflicts_with = "signature")]
+    pub signature_file: Option<PathBuf>,
+    /// The broker's published keys (saved from `GET /.well-known/jwks.json`).
+    #[arg(long)]
+    pub jwks: PathBuf,
+    /// The `x-request-id` the answer came with: it must be the one signed.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// The agency expected in the signature.
+    #[arg(long)]
+    pub agency: Option<String>,
+    /// The purpose expected in the signature.
+    #[arg(long)]
+    pub purpose: Option<String>,
+}
+
+/// `lienthong answer-keys …`
+#[derive(Debug, Subcommand)]
+pub enum AnswerKeysCommand {
+    /// Make a new answer-signing key; the old public key stays published so earlier answers still verify.
+    /// Run on a stopped broker (it takes effect at the next start).
+    Rotate {
+        /// The broker's data dir (the keys are in its `answer-keys/` folder).
+        #[arg(long, default_value = "data/demo")]
+        data_dir: PathBuf,
+    },
+    /// Print the published keys (JWKS), current first.
+    Show {
+        /// The broker's data dir.
+        #[arg(long, default_value = "data/demo")]
+        data_dir: PathBuf,
     },
 }
 
@@ -470,6 +551,9 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Catalogue { admin, action } => return catalogue_command(admin, action).await,
         Command::Bench(args) => return crate::bench::run_cli(args).await,
         Command::Audit { action } => return audit_command(action).await,
+        Command::Dcc { action } => return dcc_command(action),
+        Command::VerifyResponse(args) => return verify_response_command(args),
+        Command::AnswerKeys { action } => return answer_keys_command(action),
     };
     match result {
         Ok(()) => 0,
@@ -996,6 +1080,121 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<chrono::DateTime
                 .map_err(|e| format!("--{name} {v:?}: not an RFC 3339 time ({e})"))
         })
         .transpose()
+}
+
+fn dcc_command(action: DccCommand) -> i32 {
+    let fail = |code: i32, message: String| {
+        eprintln!("lienthong: {message}");
+        code
+    };
+    let DccCommand::Verify { hc1, file, trust, at } = action;
+    let hc1 = match (hc1, file) {
+        (Some(text), _) => text,
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => return fail(2, format!("{}: {e}", path.display())),
+        },
+        (None, None) => return fail(2, "give the HC1: string or --file".into()),
+    };
+    let at = match parse_time("at", at.as_deref()) {
+        Ok(at) => at.unwrap_or_else(chrono::Utc::now),
+        Err(e) => return fail(2, e),
+    };
+    let mut trust_list = crate::dcc::TrustList::default();
+    for path in &trust {
+        if let Err(e) = trust_list.add_pem_file(path) {
+            return fail(2, e);
+        }
+    }
+    match crate::dcc::verify(&hc1, &trust_list, at) {
+        Ok(verified) => {
+            println!(
+                "valid: signed by kid {}, expires {}",
+                verified.kid,
+                verified.expires.as_deref().unwrap_or("never")
+            );
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&verified.dcc).unwrap_or_default()
+            );
+            0
+        }
+        Err(refusal) => fail(1, format!("invalid ({}): {refusal}", refusal.code())),
+    }
+}
+
+fn verify_response_command(args: VerifyResponseArgs) -> i32 {
+    let fail = |code: i32, message: String| {
+        eprintln!("lienthong: {message}");
+        code
+    };
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let body = match read(&args.body) {
+        Ok(b) => b,
+        Err(e) => return fail(2, e),
+    };
+    let signature = match (args.signature, &args.signature_file) {
+        (Some(s), _) => s,
+        (None, Some(path)) => match read(path) {
+            Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+            Err(e) => return fail(2, e),
+        },
+        (None, None) => return fail(2, "give --signature or --signature-file".into()),
+    };
+    let jwks: serde_json::Value = match read(&args.jwks).map(|b| serde_json::from_slice(&b)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return fail(2, format!("{}: not JSON ({e})", args.jwks.display())),
+        Err(e) => return fail(2, e),
+    };
+    let signed = match crate::signed_answer::verify(&signature, &body, &jwks) {
+        Ok(signed) => signed,
+        Err(reason) => return fail(1, format!("invalid: {reason}")),
+    };
+    for (what, expected) in [
+        ("request_id", &args.request_id),
+        ("agency", &args.agency),
+        ("purpose", &args.purpose),
+    ] {
+        if let Some(expected) = expected {
+            if signed[what] != expected.as_str() {
+                return fail(
+                    1,
+                    format!(
+                        "invalid: the signature is for {what} {}, not {expected:?}",
+                        signed[what]
+                    ),
+                );
+            }
+        }
+    }
+    println!(
+        "valid: signed by key {} at {} for request {}, agency {}, purpose {}",
+        signed["kid"].as_str().unwrap_or("?"),
+        signed["time"].as_str().unwrap_or("?"),
+        signed["request_id"].as_str().unwrap_or("?"),
+        signed["agency"].as_str().unwrap_or("-"),
+        signed["purpose"].as_str().unwrap_or("-"),
+    );
+    0
+}
+
+fn answer_keys_command(action: AnswerKeysCommand) -> i32 {
+    let result = match action {
+        AnswerKeysCommand::Rotate { data_dir } => crate::signed_answer::AnswerKeys::rotate(&data_dir)
+            .map(|kid| format!("new answer-signing key {kid}; the broker uses it from its next start")),
+        AnswerKeysCommand::Show { data_dir } => crate::signed_answer::AnswerKeys::open(&data_dir)
+            .map(|keys| serde_json::to_string_pretty(keys.jwks()).unwrap_or_default()),
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("lienthong: {e}");
+            1
+        }
+    }
 }
 
 async fn audit_command(action: AuditCommand) -> i32 {

@@ -38,6 +38,37 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Audit trail settings.
     pub audit: AuditConfig,
+    /// EU Digital COVID Certificates: the Document Signer and the verifier's trust list.
+    pub dcc: DccConfig,
+}
+
+/// EU DCC issuing and verifying. Without `dsc_cert` and `dsc_key` the broker issues no certificates
+/// (503 `dcc_not_configured`); it still verifies against `trust_list`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DccConfig {
+    /// The Document Signer certificate (PEM), issued by the country signing CA.
+    pub dsc_cert: Option<PathBuf>,
+    /// Its P-256 private key (PEM, PKCS#8).
+    pub dsc_key: Option<PathBuf>,
+    /// The certificate issuer (`is`), at most 80 characters.
+    pub issuer: String,
+    /// How long an issued certificate is valid (CWT `exp` − `iat`), in days.
+    pub validity_days: u32,
+    /// Further Document Signer certificates (PEM files) the verifier trusts besides the broker's own.
+    pub trust_list: Vec<PathBuf>,
+}
+
+impl Default for DccConfig {
+    fn default() -> Self {
+        Self {
+            dsc_cert: None,
+            dsc_key: None,
+            issuer: "Bộ Y tế (Ministry of Health of Viet Nam)".into(),
+            validity_days: 365,
+            trust_list: Vec::new(),
+        }
+    }
 }
 
 /// The agency listener.
@@ -261,12 +292,15 @@ impl Config {
         self.tls.crls.iter_mut().for_each(fix);
         self.tls.admin_certs.iter_mut().for_each(fix);
         fix(&mut self.storage.data_dir);
+        self.dcc.trust_list.iter_mut().for_each(fix);
         for p in [
             &mut self.catalogue.schema,
             &mut self.catalogue.purposes,
             &mut self.catalogue.connectors_dir,
             &mut self.audit.key_dir,
             &mut self.audit.witness,
+            &mut self.dcc.dsc_cert,
+            &mut self.dcc.dsc_key,
         ]
         .into_iter()
         .flatten()
@@ -352,6 +386,25 @@ impl Config {
         }
         if self.audit.checkpoint_every == 0 {
             return Err(err("audit.checkpoint_every", "must be greater than 0".into()));
+        }
+        match (&self.dcc.dsc_cert, &self.dcc.dsc_key) {
+            (Some(cert), Some(key)) => {
+                must_exist("dcc.dsc_cert", cert)?;
+                must_exist("dcc.dsc_key", key)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(err("dcc.dsc_key", "dcc.dsc_cert needs its key".into())),
+            (None, Some(_)) => return Err(err("dcc.dsc_cert", "dcc.dsc_key needs its certificate".into())),
+        }
+        for p in &self.dcc.trust_list {
+            must_exist("dcc.trust_list", p)?;
+        }
+        let issuer_chars = self.dcc.issuer.chars().count();
+        if issuer_chars == 0 || issuer_chars > 80 {
+            return Err(err("dcc.issuer", "must be 1 to 80 characters".into()));
+        }
+        if self.dcc.validity_days == 0 {
+            return Err(err("dcc.validity_days", "must be greater than 0".into()));
         }
         Ok(())
     }

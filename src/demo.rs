@@ -65,6 +65,8 @@ pub fn demo_config(opts: &DemoOptions) -> Config {
     config.tls.crls = vec![c.join("crl.pem")];
     config.tls.admin_certs = vec![c.join("admin.pem")];
     config.storage.data_dir = opts.data_dir.clone();
+    config.dcc.dsc_cert = Some(c.join("dcc-dsc.pem"));
+    config.dcc.dsc_key = Some(c.join("dcc-dsc.key"));
     config
 }
 

@@ -34,6 +34,8 @@
 //! | [`checkpoint`] | channel: checkpoint check-ins (CCCD QR scans) and contact tracing for the health authority |
 //! | [`api`] | the canonical API on the agency listener |
 //! | [`import`] | `POST /admin/v1/citizens/import`: JSON Lines of canonical records, all or nothing per batch |
+//! | [`signed_answer`] | every agency-listener answer signed: detached JWS (Ed25519), key rotation, the JWKS |
+//! | [`dcc`] | EU Digital COVID Certificates: issue (`HC1:` + QR) and verify offline |
 //! | [`admin`] | the admin API on the admin listener |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
 //! | [`metrics`] | Prometheus metrics (`GET /metrics` on the admin listener) |
@@ -41,7 +43,7 @@
 //! | [`listener`] | before and after the handshake: a plain-text 400 for plaintext HTTP, hints in the log |
 //! | [`server`] | the listeners, per-connection identity, routing and graceful shutdown |
 //! | [`supervisor`] | live recovery: reopens a failed database (full disk) without a restart |
-//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit`, `billing`, `catalogue` |
+//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `citizens`, `audit`, `billing`, `catalogue`, `dcc`, `verify-response`, `answer-keys` |
 //! | [`bench`] | `lienthong bench`: the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
 //! | [`certs`] | rcgen-made development PKI (`demo`, `certs init`) |
@@ -69,6 +71,7 @@ pub mod clock;
 pub mod config;
 pub mod connector;
 pub mod console;
+pub mod dcc;
 pub mod demo;
 pub mod error;
 pub mod identity;
@@ -86,6 +89,7 @@ pub mod record;
 pub mod registry;
 pub mod schema;
 pub mod server;
+pub mod signed_answer;
 pub mod sms;
 pub mod store;
 pub mod supervisor;

@@ -117,6 +117,12 @@ pub fn document(broker: &Broker, version: &crate::catalogue::CatalogueVersion) -
         checkins(purposes),
     );
     paths.insert("/v1/sms/inbound".into(), sms_inbound(purposes));
+    paths.insert(
+        "/v1/citizens/{citizen_id}/covid-certificate".into(),
+        covid_certificate(purposes),
+    );
+    paths.insert("/v1/dcc/verify".into(), dcc_verify());
+    paths.insert(crate::signed_answer::JWKS_PATH.into(), jwks_route());
     for c in broker.connectors.all() {
         let route = connector_route(purposes, c);
         match paths.get_mut(&c.path).and_then(Value::as_object_mut) {
@@ -140,7 +146,10 @@ pub fn document(broker: &Broker, version: &crate::catalogue::CatalogueVersion) -
                 for citizen data, a declared purpose from the catalogue below. Each purpose releases only its listed \
                 fields and is billed at its price per served call (agencies funded by the state budget are exempt). \
                 Every request is written to a hash-chained audit trail before the answer leaves. Errors are \
-                `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable `code`.",
+                `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable `code`. Every answer, errors \
+                included, carries `x-jws-signature`: a JWS with detached payload (RFC 7515 Appendix F, EdDSA/Ed25519) \
+                over the exact body bytes, with `request_id`, `agency`, `purpose` and `time` in its protected header; \
+                the keys are published at `/.well-known/jwks.json` and under `x-answer-signing` below.",
             "license": { "name": "Apache-2.0", "identifier": "Apache-2.0" },
         },
         "servers": [{ "url": "/", "description": "this broker's agency listener (mutual TLS)" }],
@@ -156,6 +165,12 @@ pub fn document(broker: &Broker, version: &crate::catalogue::CatalogueVersion) -
             "effective_at": crate::catalogue::vietnam_time(version.effective_at),
         },
         "x-purposes": purposes.iter().map(describe_purpose).collect::<Vec<_>>(),
+        "x-answer-signing": {
+            "header": crate::signed_answer::SIGNATURE_HEADER,
+            "format": "JWS compact serialization with detached payload (RFC 7515 Appendix F); alg EdDSA",
+            "jwks_path": crate::signed_answer::JWKS_PATH,
+            "jwks": broker.answer_keys.jwks(),
+        },
         "paths": paths,
         "security": [{ "agencyCertificate": [] }],
         "components": {
@@ -171,9 +186,145 @@ pub fn document(broker: &Broker, version: &crate::catalogue::CatalogueVersion) -
                     "description": "The request id, also in the error body and the audit entry.",
                     "schema": { "type": "string" },
                 },
+                "AnswerSignature": {
+                    "description": "Detached JWS over the body bytes, request id, agency, purpose and time (see x-answer-signing).",
+                    "schema": { "type": "string" },
+                },
             },
         },
     })
+}
+
+/// Errors of issuing a DCC.
+const DCC_ISSUE_ERRORS: &[(u16, &str)] = &[
+    (400, "unknown_format"),
+    (403, "forbidden_field"),
+    (422, "no_vaccination"),
+    (422, "vaccine_not_in_value_set"),
+    (503, "dcc_not_configured"),
+];
+
+fn covid_certificate(purposes: &[Purpose]) -> Value {
+    let issuers: Vec<&Purpose> = purposes
+        .iter()
+        .filter(|p| {
+            crate::dcc::SOURCE_FIELDS.iter().all(|f| {
+                f.parse::<crate::policy::FieldPath>()
+                    .is_ok_and(|f| p.read.iter().any(|r| r.covers(&f)))
+            })
+        })
+        .collect();
+    let mut ok = ok_response(
+        "The certificate: DCC JSON, `HC1:` string and facts; or with `format=hc1` the string as text/plain, \
+         with `format=png` the QR code as image/png.",
+        json!({
+            "type": "object",
+            "required": ["citizen_id", "uvci", "kid", "issued_at", "expires", "dcc", "hc1"],
+            "properties": {
+                "citizen_id": { "type": "string" },
+                "uvci": { "type": "string" },
+                "kid": { "type": "string", "description": "Document Signer key id, hex" },
+                "issued_at": { "type": "string" },
+                "expires": { "type": "string" },
+                "dcc": { "type": "object", "description": "EU DCC JSON, schema 1.3.3" },
+                "hc1": { "type": "string" },
+            },
+        }),
+    );
+    ok["content"]["text/plain"] = json!({ "schema": { "type": "string", "pattern": "^HC1:" } });
+    ok["content"]["image/png"] = json!({ "schema": { "type": "string", "contentMediaType": "image/png" } });
+    let mut op = operation(
+        "issueCovidCertificate",
+        "citizens",
+        "An EU Digital COVID Certificate for the citizen's latest vaccination",
+        "COSE_Sign1 (ES256) by the broker's Document Signer certificate, CWT claims iss/iat/exp/hcert, zlib, \
+         base45, `HC1:`. The UVCI's opaque part is the request id. Verify offline with the Document Signer \
+         certificate, or with `POST /v1/dcc/verify`."
+            .into(),
+        vec![
+            citizen_param(),
+            purpose_param("query", &issuers),
+            json!({ "name": "format", "in": "query", "required": false,
+                    "schema": { "type": "string", "enum": ["json", "hc1", "png"], "default": "json" } }),
+        ],
+        &[(200, ok)],
+        &[COMMON_ERRORS, PURPOSE_ERRORS, CITIZEN_ERRORS, DCC_ISSUE_ERRORS],
+    );
+    op["x-purposes"] = json!(issuers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>());
+    json!({ "get": op })
+}
+
+fn dcc_verify() -> Value {
+    let mut op = operation(
+        "verifyCovidCertificate",
+        "citizens",
+        "Verify an `HC1:` string against the broker's trust list of Document Signer certificates",
+        "Always 200 for a readable request: `valid` true with the certificate, or false with `reason` one of \
+         bad_prefix, base45, zlib, cose_structure, unknown_kid, bad_signature, expired, schema_violation."
+            .into(),
+        vec![],
+        &[(200, ok_response("The verdict.", json!({
+            "type": "object",
+            "required": ["valid"],
+            "properties": {
+                "valid": { "type": "boolean" },
+                "reason": { "type": "string" },
+                "message": { "type": "string" },
+                "certificate": { "type": "object" },
+            },
+        })))],
+        &[
+            COMMON_ERRORS,
+            &[
+                (400, "invalid_json"),
+                (400, "too_deep"),
+                (415, "unsupported_media_type"),
+                (422, "schema_violation"),
+            ],
+        ],
+    );
+    op["requestBody"] = json!({
+        "required": true,
+        "content": { "application/json": { "schema": {
+            "type": "object",
+            "required": ["hc1"],
+            "properties": {
+                "hc1": { "type": "string", "description": "The QR code's text, `HC1:…`" },
+                "trust_list": { "type": "array", "items": { "type": "string", "contentEncoding": "base64" },
+                                "description": "Document Signer certificates (base64 DER) to trust instead of the broker's" },
+                "at": { "type": "string", "format": "date-time", "description": "Check at this instant instead of now" },
+            },
+        } } },
+    });
+    json!({ "post": op })
+}
+
+fn jwks_route() -> Value {
+    let mut jwks = ok_response(
+        "A JSON Web Key Set.",
+        json!({
+            "type": "object",
+            "required": ["keys"],
+            "properties": { "keys": { "type": "array", "items": { "type": "object" } } },
+        }),
+    );
+    // Served as application/jwk-set+json (RFC 7517, section 8.5).
+    if let Some(content) = jwks["content"].as_object_mut() {
+        if let Some(schema) = content.remove("application/json") {
+            content.insert("application/jwk-set+json".into(), schema);
+        }
+    }
+    json!({ "get": operation(
+        "answerSigningKeys",
+        "meta",
+        "The keys that sign every answer (JWKS), current first",
+        "Ed25519 public keys as OKP JWKs; `kid` is the RFC 7638 thumbprint. Earlier keys stay listed after a \
+         rotation so that saved answers still verify."
+            .into(),
+        vec![],
+        &[(200, jwks)],
+        &[COMMON_ERRORS],
+    ) })
 }
 
 fn history_segment(history: History) -> &'static str {
@@ -415,7 +566,10 @@ fn error_responses(lists: &[&[(u16, &str)]]) -> Map<String, Value> {
 fn ok_response(description: &str, schema: Value) -> Value {
     json!({
         "description": description,
-        "headers": { "x-request-id": { "$ref": "#/components/headers/RequestId" } },
+        "headers": {
+            "x-request-id": { "$ref": "#/components/headers/RequestId" },
+            "x-jws-signature": { "$ref": "#/components/headers/AnswerSignature" },
+        },
         "content": { "application/json": { "schema": schema } },
     })
 }

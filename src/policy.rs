@@ -747,7 +747,8 @@ mod tests {
                 "recovery-sync",
                 "citizen-self-sms",
                 "checkpoint-checkin",
-                "contact-tracing"
+                "contact-tracing",
+                "covid-certificate"
             ]
         );
         let sync = c.get("vaccination-sync").unwrap();

@@ -74,6 +74,10 @@ pub struct AuditRecord {
     /// entries written before versions existed keep their encoding and their hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catalogue_version: Option<String>,
+    /// Hex SHA-256 of the answer body sent (the bytes an agency holds and the answer signature covers).
+    /// Absent from entries written before it existed, and then left out of their hash too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_sha256: Option<String>,
 }
 
 /// One line of the trail.
@@ -81,8 +85,9 @@ pub struct AuditRecord {
 /// `hash = hex(SHA-256(prev_hash_hex ‖ canonical))`, where `canonical` is the compact serde_json encoding of
 /// the entry without `hash`, fields in this order: `seq, time, agency, cert_fingerprint, purpose, channel,
 /// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered,
-/// [catalogue_version,] prev_hash` (`None` as `null`, except `catalogue_version`, which is left out when
-/// `None`). The stored line is the same encoding with `hash` appended.
+/// [catalogue_version,] [answer_sha256,] prev_hash` (`None` as `null`, except `catalogue_version` and
+/// `answer_sha256`, which are left out when absent so that entries written before they existed hash as
+/// they did). The stored line is the same encoding with `hash` appended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEntry {
     /// 1-based position in the chain.

@@ -50,7 +50,28 @@ fn record(i: u64, citizen: Option<&str>) -> AuditRecord {
         bulk: false,
         metered: false,
         catalogue_version: None,
+        answer_sha256: None,
     }
+}
+
+#[test]
+fn answer_hash_is_additive_and_old_entries_hash_as_before() {
+    let time = "2026-01-01T00:00:00.000Z".to_string();
+    let (old, old_line) = AuditEntry::seal(1, time.clone(), record(1, None), GENESIS_HASH.into()).unwrap();
+    // An entry written before the field existed carries no such key, and still hashes the same.
+    assert!(!old_line.contains("answer_sha256"), "{old_line}");
+    let parsed = AuditEntry::from_line(old_line.as_bytes()).unwrap();
+    assert_eq!(parsed.record.answer_sha256, None);
+    assert_eq!(parsed.compute_hash().unwrap(), old.hash);
+    let answered = AuditRecord {
+        answer_sha256: Some("cd".repeat(32)),
+        ..record(1, None)
+    };
+    let (new, new_line) = AuditEntry::seal(1, time, answered, GENESIS_HASH.into()).unwrap();
+    assert!(new_line.contains(&format!("\"answer_sha256\":\"{}\"", "cd".repeat(32))));
+    assert_ne!(new.hash, old.hash, "the answer hash is covered by the entry hash");
+    let parsed = AuditEntry::from_line(new_line.as_bytes()).unwrap();
+    assert_eq!(parsed.compute_hash().unwrap(), new.hash);
 }
 
 async fn fill(log: &AuditLog, n: u64) -> Vec<AuditEntry> {
