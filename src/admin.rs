@@ -146,6 +146,15 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             let plan = serde_json::to_value(plan).map_err(ApiError::internal)?;
             ok(json!({ "agency": broker.registry.update(code, |a| { a.plan = plan; Ok(()) }).await? }))
         }
+        (&Method::PUT, ["admin", "v1", "agencies", code, "xroad"]) => {
+            exchange.operation = "admin:set_xroad".into();
+            let id: crate::xroad::ClientId = json_body(req)?;
+            ok(json!({ "agency": broker.registry.set_xroad(code, Some(id)).await? }))
+        }
+        (&Method::DELETE, ["admin", "v1", "agencies", code, "xroad"]) => {
+            exchange.operation = "admin:clear_xroad".into();
+            ok(json!({ "agency": broker.registry.set_xroad(code, None).await? }))
+        }
         (&Method::PUT, ["admin", "v1", "agencies", code, "billing-class"]) => {
             exchange.operation = "admin:set_billing_class".into();
             #[derive(Deserialize)]

@@ -47,7 +47,13 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
     if let Some(health) = crate::server::health(broker, exchange, &path) {
         return Ok(health);
     }
+    if let Some(protocol) = crate::xroad::Protocol::of(&path) {
+        return Ok(crate::xroad::handle(broker, exchange, protocol, req).await);
+    }
     let agency = authenticate(broker, exchange)?;
+    let declared = crate::accountability::from_headers(&req.parts.headers)?;
+    exchange.accountability = declared.record;
+    exchange.bulk |= declared.bulk;
     match (&method, path.as_str()) {
         (&Method::GET, "/v1/whoami") => {
             exchange.operation = "whoami".into();
@@ -79,7 +85,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
 }
 
 /// What an agency sees of a purpose.
-fn describe_purpose(p: &crate::policy::Purpose) -> serde_json::Value {
+pub(crate) fn describe_purpose(p: &crate::policy::Purpose) -> serde_json::Value {
     json!({
         "id": p.id, "title_vi": p.title_vi, "title_en": p.title_en, "legal_basis": p.legal_basis,
         "read": p.read, "write": p.write, "price_vnd": p.price_vnd,
@@ -216,7 +222,9 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
         request_sha256: exchange.body_sha256.clone(),
         bulk: exchange.bulk,
         metered: exchange.metered,
+        accountability: (!exchange.accountability.is_empty()).then(|| exchange.accountability.clone()),
     };
+    let hidden = reply.status.is_success() && exchange.accountability.hidden_until.is_some();
     // A bulk answer is recorded once per citizen it concerns (same request id, not metered again), then as a
     // whole; any failure withholds the answer.
     if reply.status.is_success() {
@@ -243,6 +251,12 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
     broker.metrics.observe_since(Stage::AuditFlush, started);
     match appended {
         Ok(entry) => {
+            if hidden {
+                // Oversight sees how much is hidden, whatever the citizens cannot see yet.
+                broker
+                    .metrics
+                    .count_hidden_access(exchange.purpose.as_deref().unwrap_or("-"));
+            }
             // Billing totals follow the audit trail: counted only once the entry is durable.
             let outcome = if served {
                 Some("served")

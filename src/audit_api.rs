@@ -91,6 +91,8 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
                 citizen_id: req.query("citizen_id"),
                 from: time_param(req, "from")?,
                 to: time_param(req, "to")?,
+                user_id: req.query("user_id"),
+                issue: req.query("issue"),
             };
             let (before, limit) = page_params(req)?;
             let entries = broker.audit.search(&filter, before, limit).await?;
@@ -100,9 +102,11 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
     }
 }
 
-/// The citizen's view of one entry: when, who, why, what — no certificate fingerprints or hashes.
-fn citizen_view(e: &AuditEntry) -> Value {
-    json!({
+/// The citizen's view of one entry: when, who, why, what — no certificate fingerprints or hashes. The
+/// official's ID is shown as the purpose's `official_id_shown` says (masked by default); the legal basis
+/// the official declared is shown as declared.
+fn citizen_view(broker: &Broker, e: &AuditEntry) -> Value {
+    let mut view = json!({
         "time": e.time,
         "agency": e.record.agency,
         "purpose": e.record.purpose,
@@ -110,12 +114,47 @@ fn citizen_view(e: &AuditEntry) -> Value {
         "operation": e.record.operation,
         "fields": e.record.fields,
         "status": e.record.status,
-    })
+    });
+    if let Some(acc) = &e.record.accountability {
+        let shown = e
+            .record
+            .purpose
+            .as_deref()
+            .and_then(|p| broker.catalogue.get(p))
+            .map(|p| p.official_id_shown)
+            .unwrap_or_default();
+        if let Some(official) = acc.user_id.as_deref().and_then(|u| shown.show(u)) {
+            view["official"] = json!(official);
+        }
+        if let Some(basis) = &acc.legal_basis {
+            view["legal_basis"] = json!(basis);
+        }
+    }
+    view
 }
 
-/// Entries about one citizen, newest first, paginated.
+/// Entries about one citizen, newest first, paginated. An access hidden for an investigation is left
+/// out until its date has come (by the broker's clock); it stays in the chain and in operator searches.
 pub async fn access_log(broker: &Broker, req: &ReadRequest, id: &CitizenId) -> Result<Value, ApiError> {
     let (before, limit) = page_params(req)?;
     let entries = broker.audit.for_citizen(id.as_str(), before, limit).await?;
-    Ok(page(entries, limit, citizen_view))
+    // The cursor follows what was read, so a page thinned by hidden entries still leads to the next one.
+    let next = if entries.len() == limit {
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    let now = broker.clock.now();
+    let visible: Vec<Value> = entries
+        .iter()
+        .filter(|e| {
+            e.record
+                .accountability
+                .as_ref()
+                .and_then(|a| a.hidden_until_time())
+                .is_none_or(|until| until <= now)
+        })
+        .map(|e| citizen_view(broker, e))
+        .collect();
+    Ok(json!({ "entries": visible, "next_before": next }))
 }

@@ -68,6 +68,10 @@ pub struct Broker {
     pub metrics: crate::metrics::Metrics,
     /// Client certificates already read, by their hash.
     pub identities: crate::identity::IdentityCache,
+    /// "Now" for calendar decisions (hidden accesses); tests move it.
+    pub clock: crate::clock::Clock,
+    /// X-Road service codes and what they map to.
+    pub xroad_services: crate::xroad::ServiceMap,
 }
 
 impl Broker {
@@ -90,6 +94,7 @@ impl Broker {
             &catalogue,
         )
         .map_err(|e| StartError::Other(format!("connector {e}")))?;
+        let xroad_services = crate::xroad::ServiceMap::load(&config.xroad, &catalogue)?;
         let data_dir = &config.storage.data_dir;
         let store_err = |message: String| StartError::Store {
             path: data_dir.clone(),
@@ -128,6 +133,8 @@ impl Broker {
             db,
             metrics: crate::metrics::Metrics::new(),
             identities: Default::default(),
+            clock: Default::default(),
+            xroad_services,
         })
     }
 

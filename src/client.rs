@@ -181,6 +181,21 @@ impl MtlsClient {
         conn.send(method, path, content_type, body.into()).await
     }
 
+    /// One request with extra headers (e.g. X-Road's) on a fresh connection.
+    pub async fn request_with_headers(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        content_type: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> Result<Response, ClientError> {
+        let mut conn = self.connect(addr).await?;
+        conn.send_with_headers(method, path, headers, content_type, body.into())
+            .await
+    }
+
     /// GET on a fresh connection.
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Response, ClientError> {
         self.request(addr, Method::GET, path, None, Bytes::new()).await
@@ -228,6 +243,19 @@ impl Connection {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<Response, ClientError> {
+        self.send_with_headers(method, path, &[], content_type, body)
+            .await
+    }
+
+    /// [`Connection::send`] with extra request headers.
+    pub async fn send_with_headers(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<Response, ClientError> {
         let mut builder = Request::builder().method(method);
         builder = match self {
             // HTTP/2 needs an absolute URI (the :authority pseudo-header); HTTP/1.1 sends a Host header.
@@ -236,6 +264,9 @@ impl Connection {
         };
         if let Some(ct) = content_type {
             builder = builder.header(CONTENT_TYPE, ct);
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         let request = builder.body(Full::new(body))?;
         let response = match self {

@@ -38,6 +38,29 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Audit trail settings.
     pub audit: AuditConfig,
+    /// The X-Road channel: which service codes map to which operation and purpose.
+    pub xroad: XRoadConfig,
+}
+
+/// The X-Road channel (SOAP at `POST /xroad`, REST at `/r1/…`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct XRoadConfig {
+    /// One entry per X-Road service lienthong provides.
+    pub services: Vec<XRoadServiceConfig>,
+}
+
+/// One X-Road service: its identifier and the lienthong operation behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XRoadServiceConfig {
+    /// `INSTANCE/CLASS/MEMBER[/SUBSYSTEM]/SERVICECODE`, as X-Road REST writes a service id.
+    pub service: String,
+    /// `read` (a citizen, for the purpose) or `list_purposes` (the purposes open to the client's agency).
+    pub operation: String,
+    /// The purpose a `read` is made under.
+    #[serde(default)]
+    pub purpose: Option<String>,
 }
 
 /// The agency listener.

@@ -31,6 +31,9 @@
 //! | [`audit_api`] | the audit trail for operators (head, verify, search) and citizens (who read my data) |
 //! | [`sms`] | channel: SMS self-look-up through the telecom gateway (one reply for every failure) |
 //! | [`checkpoint`] | channel: checkpoint check-ins (CCCD QR scans) and contact tracing for the health authority |
+//! | [`accountability`] | the person behind a request and the reason (official, issue, legal basis, consent, bulk, hidden-until) |
+//! | [`xroad`] | channel: X-Road message protocol for SOAP (`POST /xroad`) and REST (`/r1/…`) |
+//! | [`clock`] | "now" for calendar decisions (hidden accesses), movable in tests |
 //! | [`api`] | the canonical API on the agency listener |
 //! | [`admin`] | the admin API on the admin listener |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
@@ -46,6 +49,7 @@
 //! | [`demo`] | `lienthong demo`: dev certificates, sample data and a running broker |
 //! | [`error`] | the one error type every stage answers with: status + stable `code` |
 
+pub mod accountability;
 pub mod admin;
 pub mod api;
 pub mod audit;
@@ -59,6 +63,7 @@ pub mod checkpoint;
 pub mod citizen_id;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod connector;
 pub mod console;
@@ -80,3 +85,4 @@ pub mod sms;
 pub mod store;
 pub mod supervisor;
 pub mod tls;
+pub mod xroad;

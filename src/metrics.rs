@@ -123,6 +123,12 @@ pub struct Metrics {
     handshake_failures: Family<HandshakeLabels, Counter>,
     store_available: Gauge,
     store_reopens: Counter,
+    hidden_accesses: Family<PurposeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PurposeLabels {
+    purpose: String,
 }
 
 impl Default for Metrics {
@@ -151,6 +157,12 @@ impl Metrics {
         let store_available = Gauge::default();
         store_available.set(1);
         let store_reopens = Counter::default();
+        let hidden_accesses = Family::<PurposeLabels, Counter>::default();
+        registry.register(
+            "hidden_accesses",
+            "Accesses served hidden from the citizen's access log until a date (investigations), by purpose",
+            hidden_accesses.clone(),
+        );
         registry.register(
             "requests",
             "Answered requests by listener, agency, purpose, connector and HTTP status",
@@ -208,7 +220,17 @@ impl Metrics {
             handshake_failures,
             store_available,
             store_reopens,
+            hidden_accesses,
         }
+    }
+
+    /// Count one access served hidden from the citizen.
+    pub fn count_hidden_access(&self, purpose: &str) {
+        self.hidden_accesses
+            .get_or_create(&PurposeLabels {
+                purpose: purpose.to_string(),
+            })
+            .inc();
     }
 
     /// Whether the database accepts writes (set by the supervisor).

@@ -1182,6 +1182,9 @@ mod tests {
             write: vec![],
             price_vnd: 0,
             agencies: vec![],
+            consent_based: false,
+            max_hidden_days: 0,
+            official_id_shown: Default::default(),
         };
         let projected = project_schema(schema.raw(), &p);
         let addr = &projected["properties"]["permanent_address"];

@@ -48,6 +48,9 @@ pub struct Agency {
     /// Quota plan (set by the admin API; interpreted by the quota stage). Empty = unlimited.
     #[serde(default)]
     pub plan: serde_json::Value,
+    /// The agency's X-Road member or subsystem: the only X-Road client its certificates may name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xroad: Option<crate::xroad::ClientId>,
     /// When it was registered, RFC 3339.
     pub created_at: String,
     /// When it last changed, RFC 3339.
@@ -233,6 +236,7 @@ impl Registry {
             fingerprints,
             billing_class: new.billing_class,
             plan: serde_json::Value::Null,
+            xroad: None,
             created_at: at.clone(),
             updated_at: at,
         };
@@ -291,6 +295,29 @@ impl Registry {
                     "that certificate is not bound to this agency",
                 ));
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Set (or with `None` clear) the agency's X-Road identity: 409 `xroad_id_bound` if another agency
+    /// holds it.
+    pub async fn set_xroad(&self, code: &str, id: Option<crate::xroad::ClientId>) -> RegistryResult<Agency> {
+        let id = id.map(crate::xroad::ClientId::validated).transpose()?;
+        if let Some(id) = &id {
+            if let Some(owner) = self
+                .list()
+                .into_iter()
+                .find(|a| a.code != code && a.xroad.as_ref() == Some(id))
+            {
+                return Err(ApiError::conflict(
+                    "xroad_id_bound",
+                    format!("X-Road client {id} is already bound to agency {}", owner.code),
+                ));
+            }
+        }
+        self.update(code, |a| {
+            a.xroad = id;
             Ok(())
         })
         .await

@@ -69,6 +69,8 @@ pub struct Exchange {
     pub rate: Option<crate::quota::RateInfo>,
     /// Other citizens a bulk answer released data about; each gets an audit entry of their own.
     pub also_concerns: Vec<String>,
+    /// The person behind the request and the reason, as declared ([`crate::accountability`]).
+    pub accountability: crate::accountability::Accountability,
 }
 
 /// An answer before it becomes an HTTP response.
@@ -425,6 +427,7 @@ async fn handle(
         metered: false,
         rate: None,
         also_concerns: Vec::new(),
+        accountability: Default::default(),
     };
     let span = tracing::info_span!(
         "request",
@@ -826,6 +829,7 @@ async fn record_connection_event(
         metered: false,
         rate: None,
         also_concerns: Vec::new(),
+        accountability: Default::default(),
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut reply = Reply::error(&ApiError::new(status, code, message), &exchange.request_id);

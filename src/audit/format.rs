@@ -66,14 +66,19 @@ pub struct AuditRecord {
     /// counts served calls from this).
     #[serde(default)]
     pub metered: bool,
+    /// The person behind the request and the reason (end user, case, legal basis, consent, hiding), when
+    /// the client declared them. Absent from the encoding when `None`, so entries written before this
+    /// field existed hash exactly as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accountability: Option<crate::accountability::Accountability>,
 }
 
 /// One line of the trail.
 ///
 /// `hash = hex(SHA-256(prev_hash_hex ‖ canonical))`, where `canonical` is the compact serde_json encoding of
 /// the entry without `hash`, fields in this order: `seq, time, agency, cert_fingerprint, purpose, channel,
-/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered, prev_hash`
-/// (`None` as `null`). The stored line is the same encoding with `hash` appended.
+/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered,
+/// [accountability,] prev_hash` (`None` as `null`, except `accountability`, left out when `None`). The stored line is the same encoding with `hash` appended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEntry {
     /// 1-based position in the chain.

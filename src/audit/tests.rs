@@ -49,7 +49,36 @@ fn record(i: u64, citizen: Option<&str>) -> AuditRecord {
         request_sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
         bulk: false,
         metered: false,
+        accountability: None,
     }
+}
+
+#[test]
+fn entries_without_accountability_encode_as_before() {
+    // The stored line of an entry written before `accountability` existed: same bytes, same hash.
+    let (entry, line) = AuditEntry::seal(
+        1,
+        "2026-11-23T12:00:00.000Z".into(),
+        record(1, None),
+        GENESIS_HASH.into(),
+    )
+    .unwrap();
+    assert!(!line.contains("accountability"), "{line}");
+    assert!(line.contains("\"metered\":false,\"prev_hash\""), "{line}");
+    let parsed = AuditEntry::from_line(line.as_bytes()).unwrap();
+    assert_eq!(parsed.compute_hash().unwrap(), entry.hash);
+    let with = AuditRecord {
+        accountability: Some(crate::accountability::Accountability {
+            user_id: Some("EE37702211234".into()),
+            ..Default::default()
+        }),
+        ..record(1, None)
+    };
+    let (entry, line) =
+        AuditEntry::seal(1, "2026-11-23T12:00:00.000Z".into(), with, GENESIS_HASH.into()).unwrap();
+    let parsed = AuditEntry::from_line(line.as_bytes()).unwrap();
+    assert_eq!(parsed.record.accountability, entry.record.accountability);
+    assert_eq!(parsed.compute_hash().unwrap(), entry.hash);
 }
 
 async fn fill(log: &AuditLog, n: u64) -> Vec<AuditEntry> {
