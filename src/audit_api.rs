@@ -133,6 +133,30 @@ fn citizen_view(broker: &Broker, e: &AuditEntry) -> Value {
     view
 }
 
+/// Is this entry still hidden from the citizen at `now`? Only under a purpose that may hide, and never
+/// longer than that purpose's cap from the time of the access, whatever the request asked: a refused
+/// request under a purpose that may not hide stays visible.
+fn hidden_from_citizen(broker: &Broker, e: &AuditEntry, now: DateTime<Utc>) -> bool {
+    let Some(until) = e
+        .record
+        .accountability
+        .as_ref()
+        .and_then(|a| a.hidden_until_time())
+    else {
+        return false;
+    };
+    let cap_days = e
+        .record
+        .purpose
+        .as_deref()
+        .and_then(|p| broker.catalogue.get(p))
+        .map_or(0, |p| p.max_hidden_days);
+    let Some(at) = e.parsed_time() else {
+        return false;
+    };
+    cap_days > 0 && now < until.min(at + chrono::Duration::days(i64::from(cap_days)))
+}
+
 /// Entries about one citizen, newest first, paginated. An access hidden for an investigation is left
 /// out until its date has come (by the broker's clock); it stays in the chain and in operator searches.
 pub async fn access_log(broker: &Broker, req: &ReadRequest, id: &CitizenId) -> Result<Value, ApiError> {
@@ -147,13 +171,7 @@ pub async fn access_log(broker: &Broker, req: &ReadRequest, id: &CitizenId) -> R
     let now = broker.clock.now();
     let visible: Vec<Value> = entries
         .iter()
-        .filter(|e| {
-            e.record
-                .accountability
-                .as_ref()
-                .and_then(|a| a.hidden_until_time())
-                .is_none_or(|until| until <= now)
-        })
+        .filter(|e| !hidden_from_citizen(broker, e, now))
         .map(|e| citizen_view(broker, e))
         .collect();
     Ok(json!({ "entries": visible, "next_before": next }))

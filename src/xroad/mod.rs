@@ -371,8 +371,9 @@ async fn soap_exchange(
     }
     let envelope = soap::read_envelope(req)?;
     let message = soap::parse(&envelope)?;
-    check_client(agency, &message.header.client)?;
+    // The claim goes on the record before it is checked.
     soap::account(exchange, &message.header)?;
+    check_client(agency, &message.header.client)?;
     let operation = broker.xroad_services.find(&message.header.service)?;
     let citizen = soap::body_value(message.body, "citizenId");
     let fields = soap::body_value(message.body, "fields").map(|f| field_list(&f));
