@@ -89,6 +89,7 @@ pub(crate) fn describe_purpose(p: &crate::policy::Purpose) -> serde_json::Value 
     json!({
         "id": p.id, "title_vi": p.title_vi, "title_en": p.title_en, "legal_basis": p.legal_basis,
         "read": p.read, "write": p.write, "price_vnd": p.price_vnd,
+        "consent_based": p.consent_based, "max_hidden_days": p.max_hidden_days,
     })
 }
 

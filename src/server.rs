@@ -49,7 +49,7 @@ pub struct Exchange {
     pub agency: Option<String>,
     /// Declared purpose.
     pub purpose: Option<String>,
-    /// `canonical`, a connector name, or `admin`.
+    /// `canonical`, a connector name, `xroad-soap`, `xroad-rest` or `admin`.
     pub channel: String,
     /// What was attempted: `read`, `write`, `admin:suspend`, …
     pub operation: String,

@@ -636,7 +636,10 @@ async fn the_canonical_api_records_the_official_and_the_citizen_sees_it_masked()
     let r = canonical(
         &b,
         &consented,
-        &[("X-Road-PDU-Consent-Ref", "VNeID-consent-5521")],
+        &[
+            ("X-Road-PDU-Consent-Ref", "VNeID-consent-5521"),
+            ("X-Road-PDU-Bulk", "true"),
+        ],
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -645,6 +648,12 @@ async fn the_canonical_api_records_the_official_and_the_citizen_sees_it_masked()
         with_consent[0]["accountability"]["consent_ref"],
         "VNeID-consent-5521"
     );
+    assert_eq!(with_consent[0]["bulk"], true);
+    let r = b.get("dvc", "/v1/purposes").await;
+    let listed = r.json()["purposes"].as_array().unwrap().clone();
+    let consent = listed.iter().find(|p| p["id"] == "consented-check").unwrap();
+    assert_eq!(consent["consent_based"], true);
+    assert_eq!(consent["max_hidden_days"], 0);
     verify(&b).await;
 }
 

@@ -44,7 +44,7 @@ pub struct AuditRecord {
     pub cert_fingerprint: Option<String>,
     /// Declared purpose.
     pub purpose: Option<String>,
-    /// `"canonical"`, a connector name, or `"admin"`.
+    /// `"canonical"`, a connector name, `"xroad-soap"`, `"xroad-rest"` or `"admin"`.
     pub channel: String,
     /// `"read"`, `"write"`, `"admin:<action>"`, …
     pub operation: String,
