@@ -519,6 +519,37 @@ async fn an_x_road_rest_client_reads_a_citizen_with_the_fields_of_its_purpose() 
 }
 
 #[tokio::test]
+async fn hostile_xml_on_the_x_road_channel_is_a_fault_never_a_crash() {
+    let b = broker().await;
+    let laughs = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>
+<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://schemas.xmlsoap.org/soap/envelope/"><SOAP-ENV:Body>&lol2;</SOAP-ENV:Body></SOAP-ENV:Envelope>"#;
+    let deep = format!("{}{}", "<a>".repeat(10_000), "</a>".repeat(10_000));
+    for body in [
+        laughs.as_bytes().to_vec(),
+        deep.into_bytes(),
+        b"<r>\xff</r>".to_vec(),
+        b"not xml".to_vec(),
+    ] {
+        let r = soap(&b, "dvc", body).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(
+            fault_code(&r.text()).as_deref(),
+            Some("Client.InvalidXml"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(lienthong_code(&r.text()).as_deref(), Some("xroad_invalid_xml"));
+    }
+    let r = soap(&b, "dvc", b"<html/>".to_vec()).await;
+    assert_eq!(fault_code(&r.text()).as_deref(), Some("Client.InvalidSoap"));
+    let trail = entries(&b, "agency=dvc&status=400").await;
+    assert_eq!(trail.len(), 5);
+    assert!(trail
+        .iter()
+        .all(|e| e["channel"] == "xroad-soap" && e["fields"] == json!([])));
+}
+
+#[tokio::test]
 async fn x_road_identities_are_unique_and_well_formed() {
     let b = broker().await;
     let r = set_xroad(
@@ -728,4 +759,28 @@ async fn a_hidden_access_stays_out_of_the_citizens_log_until_its_date_and_in_the
     assert!(shown.get("official").is_none());
     assert_eq!(shown["fields"], json!(["citizen_id", "full_name"]));
     verify(&b).await;
+}
+
+#[tokio::test]
+async fn the_demo_speaks_x_road_rest_out_of_the_box() {
+    let b = TestBroker::start().await;
+    let path = format!("/r1/{}/{AN}", lienthong::demo::DEMO_XROAD_READ);
+    let r = rest(
+        &b,
+        "dvc",
+        &path,
+        &[("X-Road-Client", lienthong::demo::DEMO_DVC_XROAD)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["purpose"], "public-service-prefill");
+    let r = rest(
+        &b,
+        "moh",
+        &path,
+        &[("X-Road-Client", lienthong::demo::DEMO_DVC_XROAD)],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.headers["x-road-error"], "Client.InvalidClientIdentifier");
 }
