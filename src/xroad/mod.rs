@@ -347,7 +347,7 @@ pub async fn handle(
         exchange.accountability = declared.record;
         exchange.bulk |= declared.bulk;
         match protocol {
-            Protocol::Soap => soap_exchange(broker, exchange, &agency, req).await,
+            Protocol::Soap => soap::exchange(broker, exchange, &agency, req).await,
             Protocol::Rest => rest::exchange(broker, exchange, &agency, req).await,
         }
     }
@@ -357,28 +357,6 @@ pub async fn handle(
         (Err(e), Protocol::Soap) => soap::fault_reply(&e, &exchange.request_id),
         (Err(e), Protocol::Rest) => rest::error_reply(&e, exchange, req),
     }
-}
-
-async fn soap_exchange(
-    broker: &Broker,
-    exchange: &mut Exchange,
-    agency: &Agency,
-    req: &ReadRequest,
-) -> Result<Reply, ApiError> {
-    exchange.operation = "xroad".into();
-    if req.parts.method != hyper::Method::POST {
-        return Err(ApiError::method_not_allowed(&req.parts.method, req.path()));
-    }
-    let envelope = soap::read_envelope(req)?;
-    let message = soap::parse(&envelope)?;
-    // The claim goes on the record before it is checked.
-    soap::account(exchange, &message.header)?;
-    check_client(agency, &message.header.client)?;
-    let operation = broker.xroad_services.find(&message.header.service)?;
-    let citizen = soap::body_value(message.body, "citizenId");
-    let fields = soap::body_value(message.body, "fields").map(|f| field_list(&f));
-    let value = perform(broker, exchange, agency, operation, citizen.as_deref(), fields).await?;
-    Ok(soap::answer(&message, &req.body, &value))
 }
 
 /// `fields=a,b` as a list.

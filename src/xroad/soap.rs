@@ -14,9 +14,11 @@ use hyper::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha512};
 
-use super::{ClientId, ServiceId};
+use super::{check_client, field_list, perform, ClientId, ServiceId};
+use crate::broker::Broker;
 use crate::connector::xml::{self, escape, Element};
 use crate::error::ApiError;
+use crate::registry::Agency;
 use crate::server::{Exchange, ReadRequest, Reply};
 
 /// SOAP 1.1 envelope namespace.
@@ -277,6 +279,29 @@ pub fn parse(root: &Element) -> Result<Message<'_>, ApiError> {
         header_elements: &header_el.children,
         body,
     })
+}
+
+/// Serve one X-Road SOAP request for `agency`.
+pub async fn exchange(
+    broker: &Broker,
+    exchange: &mut Exchange,
+    agency: &Agency,
+    req: &ReadRequest,
+) -> Result<Reply, ApiError> {
+    exchange.operation = "xroad".into();
+    if req.parts.method != hyper::Method::POST {
+        return Err(ApiError::method_not_allowed(&req.parts.method, req.path()));
+    }
+    let envelope = read_envelope(req)?;
+    let message = parse(&envelope)?;
+    // The claim goes on the record before it is checked.
+    account(exchange, &message.header)?;
+    check_client(agency, &message.header.client)?;
+    let operation = broker.xroad_services.find(&message.header.service)?;
+    let citizen = body_value(message.body, "citizenId");
+    let fields = body_value(message.body, "fields").map(|f| field_list(&f));
+    let value = perform(broker, exchange, agency, operation, citizen.as_deref(), fields).await?;
+    Ok(answer(&message, &req.body, &value))
 }
 
 /// Read the request body as an X-Road SOAP message: 415 `xroad_invalid_content_type` unless `text/xml`;
