@@ -94,7 +94,7 @@ impl Broker {
             &catalogue,
         )
         .map_err(|e| StartError::Other(format!("connector {e}")))?;
-        let xroad_services = crate::xroad::ServiceMap::load(&config.xroad, &catalogue)?;
+        let xroad_services = crate::xroad::ServiceMap::load(&config.xroad, &catalogue, &connectors)?;
         let data_dir = &config.storage.data_dir;
         let store_err = |message: String| StartError::Store {
             path: data_dir.clone(),

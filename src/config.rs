@@ -56,11 +56,15 @@ pub struct XRoadConfig {
 pub struct XRoadServiceConfig {
     /// `INSTANCE/CLASS/MEMBER[/SUBSYSTEM]/SERVICECODE`, as X-Road REST writes a service id.
     pub service: String,
-    /// `read` (a citizen, for the purpose) or `list_purposes` (the purposes open to the client's agency).
+    /// `read` (a citizen, for the purpose), `list_purposes` (the purposes open to the client's agency) or
+    /// `connector` (the message, as received, to the connector named by `connector`).
     pub operation: String,
     /// The purpose a `read` is made under.
     #[serde(default)]
     pub purpose: Option<String>,
+    /// The connector (its `name`) a `connector` service hands the message to.
+    #[serde(default)]
+    pub connector: Option<String>,
 }
 
 /// The agency listener.

@@ -70,11 +70,13 @@ pub fn demo_config(opts: &DemoOptions) -> Config {
             service: DEMO_XROAD_READ.into(),
             operation: "read".into(),
             purpose: Some("public-service-prefill".into()),
+            connector: None,
         },
         crate::config::XRoadServiceConfig {
             service: "VN/GOV/lienthong/citizens/listPurposes".into(),
             operation: "list_purposes".into(),
             purpose: None,
+            connector: None,
         },
     ];
     config

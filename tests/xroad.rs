@@ -47,6 +47,14 @@ fn service(id: &str, operation: &str, purpose: Option<&str>) -> XRoadServiceConf
         service: id.into(),
         operation: operation.into(),
         purpose: purpose.map(str::to_string),
+        connector: None,
+    }
+}
+
+fn connector_service(id: &str, connector: &str) -> XRoadServiceConfig {
+    XRoadServiceConfig {
+        connector: Some(connector.into()),
+        ..service(id, "connector", None)
     }
 }
 
@@ -88,6 +96,8 @@ async fn broker() -> Fixture {
                 Some("public-service-prefill"),
             ),
             service("VN/GOV/lienthong/citizens/purposes", "list_purposes", None),
+            connector_service("EE/BUSINESS/producer/TraCuuThongTinCongDan", "dvc-citizen-info"),
+            connector_service("VN/GOV/lienthong/citizens/qrStatus", "pccovid-qr-status"),
         ];
     })
     .await;
@@ -783,4 +793,72 @@ async fn the_demo_speaks_x_road_rest_out_of_the_box() {
     .await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.headers["x-road-error"], "Client.InvalidClientIdentifier");
+}
+
+#[tokio::test]
+async fn x_road_services_can_map_to_connectors() {
+    let b = broker().await;
+    // The portal's own QCVN 109 envelope, with an X-Road header: the connector answers under the echoed header.
+    let portal = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/connectors/examples/dvc-tra-cuu.xml"
+    ))
+    .unwrap();
+    let header = r#"<soap:Header xmlns:xrd="http://x-road.eu/xsd/xroad.xsd" xmlns:id="http://x-road.eu/xsd/identifiers">
+    <xrd:client id:objectType="MEMBER"><id:xRoadInstance>EE</id:xRoadInstance><id:memberClass>BUSINESS</id:memberClass><id:memberCode>consumer</id:memberCode></xrd:client>
+    <xrd:service id:objectType="SERVICE"><id:xRoadInstance>EE</id:xRoadInstance><id:memberClass>BUSINESS</id:memberClass><id:memberCode>producer</id:memberCode><id:serviceCode>TraCuuThongTinCongDan</id:serviceCode></xrd:service>
+    <xrd:id>dvc-1</xrd:id><xrd:userId>VN001090000099</xrd:userId><xrd:protocolVersion>4.0</xrd:protocolVersion>
+  </soap:Header>"#;
+    let request = portal.replace("<soap:Header/>", header);
+    assert_ne!(request, portal);
+    let r = soap(&b, "dvc", request.into_bytes()).await;
+    let text = r.text();
+    assert_eq!(r.status, 200, "{text}");
+    assert!(
+        text.contains("<xrd:id>dvc-1</xrd:id>") && text.contains("<xrd:requestHash"),
+        "{text}"
+    );
+    assert!(
+        text.contains("TraCuuThongTinCongDanResponse xmlns=\"http://www.mic.gov.vn/dancu/1.0\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("<KetQua>0</KetQua>") && text.contains("Nguyễn Văn An"),
+        "{text}"
+    );
+    let read = entries(&b, "agency=dvc&status=200&user_id=VN001090000099").await;
+    assert_eq!(read[0]["channel"], "dvc-citizen-info");
+    assert_eq!(
+        read[0]["accountability"]["xroad_service"],
+        "EE/BUSINESS/producer/TraCuuThongTinCongDan"
+    );
+
+    // A JSON connector over X-Road REST, for the agency bound to its client.
+    set_xroad(
+        &b,
+        "pccovid",
+        json!({"instance": "VN", "member_class": "COM", "member_code": "pccovid"}),
+    )
+    .await;
+    let r = b
+        .client("pccovid")
+        .request_with_headers(
+            b.agency,
+            Method::POST,
+            "/r1/VN/GOV/lienthong/citizens/qrStatus",
+            &[("X-Road-Client", "VN/COM/pccovid"), ("X-Road-Id", "qr-1")],
+            Some("application/json"),
+            std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/connectors/examples/pccovid-id-only.json"
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["x-road-id"], "qr-1");
+    assert!(r.headers.get("x-road-request-hash").is_some());
+    assert!(r.text().contains("079195000002"), "{}", r.text());
+    verify(&b).await;
 }

@@ -8,8 +8,8 @@
 //!
 //! Both are thin: the named X-Road client must be the one bound to the certificate's agency
 //! ([`check_client`]; the header is a claim, the certificate is the proof), the service id maps by config
-//! (`[[xroad.services]]`) to a canonical operation and purpose ([`ServiceMap`]), and from there the request
-//! runs through [`crate::canonical`] like any other channel.
+//! (`[[xroad.services]]`) to a canonical operation and purpose, or to a connector ([`ServiceMap`]), and from
+//! there the request runs through [`crate::canonical`] (or the connector) like any other channel.
 
 pub mod rest;
 pub mod soap;
@@ -162,6 +162,11 @@ pub enum Operation {
     },
     /// The purposes open to the client's agency (no citizen data).
     ListPurposes,
+    /// The message as received, to a connector (by name): its purpose, mapping and checks apply.
+    Connector {
+        /// The connector's name.
+        name: String,
+    },
 }
 
 /// The configured services, checked against the catalogue at start.
@@ -172,7 +177,11 @@ pub struct ServiceMap {
 
 impl ServiceMap {
     /// Build from `[[xroad.services]]`; a bad id, operation or purpose names its key.
-    pub fn load(config: &XRoadConfig, catalogue: &Catalogue) -> Result<Self, ConfigError> {
+    pub fn load(
+        config: &XRoadConfig,
+        catalogue: &Catalogue,
+        connectors: &crate::connector::ConnectorSet,
+    ) -> Result<Self, ConfigError> {
         let mut services = Vec::new();
         for (i, s) in config.services.iter().enumerate() {
             let err = |field: &str, message: String| ConfigError {
@@ -184,18 +193,34 @@ impl ServiceMap {
             if services.iter().any(|(known, _)| *known == id) {
                 return Err(err("service", format!("{id} is mapped twice")));
             }
-            let op = match (s.operation.as_str(), &s.purpose) {
-                ("read", Some(p)) if catalogue.get(p).is_some() => Operation::Read { purpose: p.clone() },
-                ("read", Some(p)) => return Err(err("purpose", format!("no purpose {p} in the catalogue"))),
-                ("read", None) => return Err(err("purpose", "a read names its purpose".into())),
-                ("list_purposes", None) => Operation::ListPurposes,
-                ("list_purposes", Some(_)) => {
-                    return Err(err("purpose", "list_purposes takes no purpose".into()))
+            let op = match (s.operation.as_str(), &s.purpose, &s.connector) {
+                ("read", Some(p), None) if catalogue.get(p).is_some() => {
+                    Operation::Read { purpose: p.clone() }
                 }
-                (other, _) => {
+                ("read", Some(p), None) => {
+                    return Err(err("purpose", format!("no purpose {p} in the catalogue")))
+                }
+                ("read", None, _) => return Err(err("purpose", "a read names its purpose".into())),
+                ("list_purposes", None, None) => Operation::ListPurposes,
+                ("connector", None, Some(name)) if connectors.by_name(name).is_some() => {
+                    Operation::Connector { name: name.clone() }
+                }
+                ("connector", None, Some(name)) => {
+                    return Err(err("connector", format!("no connector named {name}")))
+                }
+                ("connector", None, None) => {
+                    return Err(err("connector", "a connector service names its connector".into()))
+                }
+                ("read" | "list_purposes" | "connector", _, _) => {
                     return Err(err(
                         "operation",
-                        format!("{other:?}: expected \"read\" or \"list_purposes\""),
+                        "read takes `purpose`, connector takes `connector`, list_purposes neither".into(),
+                    ))
+                }
+                (other, _, _) => {
+                    return Err(err(
+                        "operation",
+                        format!("{other:?}: expected \"read\", \"list_purposes\" or \"connector\""),
                     ))
                 }
             };
@@ -268,16 +293,27 @@ pub fn fault_type(code: &str) -> Option<&'static str> {
     })
 }
 
+/// What a mapped service answered.
+#[derive(Debug)]
+pub enum Answer {
+    /// A canonical answer, for the protocol to encode.
+    Canonical(Value),
+    /// A connector's own answer (success or its error), in its format.
+    Connector(Reply),
+}
+
 /// Run a mapped operation for the agency; `citizen` and `fields` come from the message body (SOAP) or
-/// the path and query (REST). The answer is what the canonical API would answer.
+/// the path and query (REST). A canonical operation answers what the canonical API would; a connector
+/// gets the request as received (its own checks, purpose and mapping apply).
 pub async fn perform(
     broker: &Broker,
     exchange: &mut Exchange,
     agency: &Agency,
     operation: &Operation,
+    req: &ReadRequest,
     citizen: Option<&str>,
     fields: Option<Vec<String>>,
-) -> Result<Value, ApiError> {
+) -> Result<Answer, ApiError> {
     match operation {
         Operation::ListPurposes => {
             exchange.operation = "list_purposes".into();
@@ -287,13 +323,26 @@ pub async fn perform(
                 .into_iter()
                 .map(crate::api::describe_purpose)
                 .collect();
-            Ok(json!({ "purposes": purposes }))
+            Ok(Answer::Canonical(json!({ "purposes": purposes })))
         }
         Operation::Read { purpose } => {
             let purpose = crate::canonical::authorize(broker, exchange, agency, Some(purpose))?;
             let id = crate::canonical::citizen_id(exchange, citizen.unwrap_or_default())?;
             let record = crate::canonical::read(broker, exchange, purpose, &id, fields.as_deref()).await?;
-            Ok(json!({ "purpose": purpose.id, "citizen": record }))
+            Ok(Answer::Canonical(
+                json!({ "purpose": purpose.id, "citizen": record }),
+            ))
+        }
+        Operation::Connector { name } => {
+            let connector = broker.connectors.by_name(name).ok_or_else(|| {
+                ApiError::internal(format!("X-Road service maps to missing connector {name}"))
+            })?;
+            if connector.method != req.parts.method {
+                return Err(ApiError::method_not_allowed(&req.parts.method, req.path()));
+            }
+            Ok(Answer::Connector(
+                crate::connector::handle(broker, exchange, agency, connector, req).await,
+            ))
         }
     }
 }

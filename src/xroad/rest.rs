@@ -20,7 +20,7 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 use sha2::{Digest, Sha512};
 
-use super::{check_client, field_list, perform, ClientId, Operation, ServiceId};
+use super::{check_client, field_list, perform, Answer, ClientId, Operation, ServiceId};
 use crate::broker::Broker;
 use crate::error::ApiError;
 use crate::registry::Agency;
@@ -59,23 +59,24 @@ pub async fn exchange(
     let (service, rest) = resolve(broker, req.path())?;
     exchange.accountability.xroad_service = Some(service.to_string());
     let operation = broker.xroad_services.find(&service)?;
-    if req.parts.method != Method::GET {
+    let canonical = !matches!(operation, Operation::Connector { .. });
+    if canonical && req.parts.method != Method::GET {
         return Err(ApiError::method_not_allowed(&req.parts.method, req.path()));
     }
     let fields = req.query("fields").map(|f| field_list(&f));
     let citizen = match (operation, rest.as_slice()) {
         (Operation::Read { .. }, [citizen]) => Some(citizen.as_str()),
-        (Operation::ListPurposes, []) => None,
+        (Operation::ListPurposes | Operation::Connector { .. }, []) => None,
         _ => {
             return Err(ApiError::no_route(&req.parts.method, req.path()));
         }
     };
-    let value = perform(broker, exchange, agency, operation, citizen, fields).await?;
-    Ok(with_xroad_headers(
-        Reply::json(StatusCode::OK, &value),
-        exchange,
-        req,
-    ))
+    let reply = match perform(broker, exchange, agency, operation, req, citizen, fields).await? {
+        Answer::Canonical(value) => Reply::json(StatusCode::OK, &value),
+        // The connector's own answer, success or error: the provider's, with no X-Road-Error.
+        Answer::Connector(reply) => reply,
+    };
+    Ok(with_xroad_headers(reply, exchange, req))
 }
 
 /// The last `X-Road-Client` header: 400 `xroad_missing_header_field` when there is none.

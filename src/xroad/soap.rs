@@ -14,7 +14,7 @@ use hyper::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha512};
 
-use super::{check_client, field_list, perform, ClientId, ServiceId};
+use super::{check_client, field_list, perform, Answer, ClientId, ServiceId};
 use crate::broker::Broker;
 use crate::connector::xml::{self, escape, Element};
 use crate::error::ApiError;
@@ -300,8 +300,22 @@ pub async fn exchange(
     let operation = broker.xroad_services.find(&message.header.service)?;
     let citizen = body_value(message.body, "citizenId");
     let fields = body_value(message.body, "fields").map(|f| field_list(&f));
-    let value = perform(broker, exchange, agency, operation, citizen.as_deref(), fields).await?;
-    Ok(answer(&message, &req.body, &value))
+    Ok(
+        match perform(
+            broker,
+            exchange,
+            agency,
+            operation,
+            req,
+            citizen.as_deref(),
+            fields,
+        )
+        .await?
+        {
+            Answer::Canonical(value) => answer(&message, &req.body, |out| write_value(out, &value)),
+            Answer::Connector(reply) => connector_answer(&message, &req.body, reply),
+        },
+    )
 }
 
 /// Read the request body as an X-Road SOAP message: 415 `xroad_invalid_content_type` unless `text/xml`;
@@ -332,9 +346,51 @@ pub fn request_hash(body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha512::digest(body))
 }
 
+/// A connector's answer as an X-Road answer: its body element under the echoed header. Its faults (and
+/// anything that is not an envelope) pass through unchanged, as X-Road passes a service's faults.
+fn connector_answer(message: &Message<'_>, request_bytes: &[u8], reply: Reply) -> Reply {
+    if !reply.status.is_success() {
+        return reply;
+    }
+    let Ok(envelope) = xml::parse(&reply.body) else {
+        return reply;
+    };
+    let body = envelope
+        .children
+        .iter()
+        .find(|c| is(c, SOAP_NS, "Body"))
+        .and_then(|b| b.children.first());
+    let Some(body) = body else {
+        return reply;
+    };
+    let mut answered = raw_answer(message, request_bytes, |out| write_element(out, body, None));
+    answered.status = reply.status;
+    answered.headers = reply.headers;
+    answered
+}
+
 /// The answer: the request's header fields in order plus `requestHash`, and `{service}Response`
-/// holding `value` as XML.
-pub fn answer(message: &Message<'_>, request_bytes: &[u8], value: &Value) -> Reply {
+/// holding what `write_body` writes (unqualified elements).
+pub fn answer(message: &Message<'_>, request_bytes: &[u8], write_body: impl FnOnce(&mut String)) -> Reply {
+    let body = message.body;
+    let local = body.local.strip_suffix("Request").unwrap_or(&body.local);
+    raw_answer(message, request_bytes, |out| {
+        let (open, close) = match &body.ns {
+            Some(ns) => (
+                format!("<svc:{local}Response xmlns:svc=\"{}\">", escape(ns)),
+                format!("</svc:{local}Response>"),
+            ),
+            None => (format!("<{local}Response>"), format!("</{local}Response>")),
+        };
+        out.push_str(&open);
+        write_body(out);
+        out.push_str(&close);
+    })
+}
+
+/// The envelope of an answer: the request's header fields in order plus `requestHash`, then the body
+/// `write_body` writes.
+fn raw_answer(message: &Message<'_>, request_bytes: &[u8], write_body: impl FnOnce(&mut String)) -> Reply {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><SOAP-ENV:Envelope");
     for (prefix, ns) in PREFIXES {
         out.push_str(&format!(" xmlns:{prefix}=\"{ns}\""));
@@ -350,18 +406,7 @@ pub fn answer(message: &Message<'_>, request_bytes: &[u8], value: &Value) -> Rep
         "<xrd:requestHash algorithmId=\"{SHA512_URI}\">{}</xrd:requestHash></SOAP-ENV:Header><SOAP-ENV:Body>",
         request_hash(request_bytes)
     ));
-    let body = message.body;
-    let local = body.local.strip_suffix("Request").unwrap_or(&body.local);
-    let (open, close) = match &body.ns {
-        Some(ns) => (
-            format!("<svc:{local}Response xmlns:svc=\"{}\">", escape(ns)),
-            format!("</svc:{local}Response>"),
-        ),
-        None => (format!("<{local}Response>"), format!("</{local}Response>")),
-    };
-    out.push_str(&open);
-    write_value(&mut out, value);
-    out.push_str(&close);
+    write_body(&mut out);
     out.push_str("</SOAP-ENV:Body></SOAP-ENV:Envelope>");
     Reply {
         status: StatusCode::OK,
@@ -522,7 +567,8 @@ mod tests {
         );
         assert_eq!(m.header.user_id.as_deref(), Some("EE12345678901"));
         assert_eq!(m.header.issue.as_deref(), Some("12345"));
-        let reply = answer(&m, &bytes, &serde_json::json!({"a": [1, "x<"]}));
+        let value = serde_json::json!({"a": [1, "x<"]});
+        let reply = answer(&m, &bytes, |out| write_value(out, &value));
         let text = String::from_utf8(reply.body.to_vec()).unwrap();
         // The answer parses as an X-Road message again, with the same header.
         let again = xml::parse(text.as_bytes()).unwrap();
