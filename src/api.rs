@@ -225,7 +225,10 @@ pub async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply:
         metered: exchange.metered,
         accountability: (!exchange.accountability.is_empty()).then(|| exchange.accountability.clone()),
     };
-    let hidden = reply.status.is_success() && exchange.accountability.hidden_until.is_some();
+    // A hidden access: a citizen's data served under a purpose that allowed hiding it.
+    let hidden = reply.status.is_success()
+        && exchange.citizen_id.is_some()
+        && exchange.accountability.hidden_until.is_some();
     // A bulk answer is recorded once per citizen it concerns (same request id, not metered again), then as a
     // whole; any failure withholds the answer.
     if reply.status.is_success() {
