@@ -306,11 +306,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
                 .await?;
             broker.catalogues.set_grants(code, &agency.granted_purposes);
             let catalogue = broker.catalogue();
-            let purposes: Vec<&str> = catalogue
-                .for_agency(code)
-                .iter()
-                .map(|p| p.id.as_str())
-                .collect();
+            let purposes: Vec<&str> = catalogue.for_agency(code).iter().map(|p| p.id.as_str()).collect();
             ok(json!({ "agency": agency, "purposes": purposes }))
         }
         (&Method::DELETE, ["admin", "v1", "agencies", code, "certificates", fingerprint]) => {
@@ -343,6 +339,15 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             }
             let plan = serde_json::to_value(plan).map_err(ApiError::internal)?;
             ok(json!({ "agency": broker.registry.update(code, |a| { a.plan = plan; Ok(()) }).await? }))
+        }
+        (&Method::PUT, ["admin", "v1", "agencies", code, "xroad"]) => {
+            exchange.operation = "admin:set_xroad".into();
+            let id: crate::xroad::ClientId = json_body(req)?;
+            ok(json!({ "agency": broker.registry.set_xroad(code, Some(id)).await? }))
+        }
+        (&Method::DELETE, ["admin", "v1", "agencies", code, "xroad"]) => {
+            exchange.operation = "admin:clear_xroad".into();
+            ok(json!({ "agency": broker.registry.set_xroad(code, None).await? }))
         }
         (&Method::PUT, ["admin", "v1", "agencies", code, "billing-class"]) => {
             exchange.operation = "admin:set_billing_class".into();

@@ -55,7 +55,13 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         reply.content_type = "application/jwk-set+json";
         return Ok(reply);
     }
+    if let Some(protocol) = crate::xroad::Protocol::of(&path) {
+        return Ok(crate::xroad::handle(broker, exchange, protocol, req).await);
+    }
     let agency = authenticate(broker, exchange)?;
+    let declared = crate::accountability::from_headers(&req.parts.headers)?;
+    exchange.accountability = declared.record;
+    exchange.bulk |= declared.bulk;
     match (&method, path.as_str()) {
         (&Method::GET, "/v1/whoami") => {
             exchange.operation = "whoami".into();
@@ -134,10 +140,11 @@ pub fn catalogue_diff(
 }
 
 /// What an agency sees of a purpose.
-fn describe_purpose(p: &crate::policy::Purpose) -> serde_json::Value {
+pub(crate) fn describe_purpose(p: &crate::policy::Purpose) -> serde_json::Value {
     json!({
         "id": p.id, "title_vi": p.title_vi, "title_en": p.title_en, "legal_basis": p.legal_basis,
         "read": p.read, "write": p.write, "price_vnd": p.price_vnd,
+        "consent_based": p.consent_based, "max_hidden_days": p.max_hidden_days,
     })
 }
 
@@ -317,7 +324,12 @@ async fn record_in_trail(
         metered: exchange.metered,
         catalogue_version: Some(exchange.catalogue.id.clone()),
         answer_sha256: Some(hex::encode(sha2::Sha256::digest(&reply.body))),
+        accountability: (!exchange.accountability.is_empty()).then(|| exchange.accountability.clone()),
     };
+    // A hidden access: a citizen's data served under a purpose that allowed hiding it.
+    let hidden = reply.status.is_success()
+        && exchange.citizen_id.is_some()
+        && exchange.accountability.hidden_until.is_some();
     // A bulk answer is recorded once per citizen it concerns (same request id, not metered again), then as a
     // whole; any failure withholds the answer.
     if reply.status.is_success() {
@@ -338,6 +350,12 @@ async fn record_in_trail(
     broker.metrics.observe_since(Stage::AuditFlush, started);
     match appended {
         Ok(entry) => {
+            if hidden {
+                // Oversight sees how much is hidden, whatever the citizens cannot see yet.
+                broker
+                    .metrics
+                    .count_hidden_access(exchange.purpose.as_deref().unwrap_or("-"));
+            }
             // Billing totals follow the audit trail: counted only once the entry is durable.
             let outcome = if served {
                 Some("served")

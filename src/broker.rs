@@ -83,6 +83,8 @@ pub struct Broker {
     pub dcc_signer: Option<crate::dcc::DocumentSigner>,
     /// The Document Signer certificates `POST /v1/dcc/verify` trusts (the broker's own and `dcc.trust_list`).
     pub dcc_trust: crate::dcc::TrustList,
+    /// X-Road service codes and what they map to.
+    pub xroad_services: crate::xroad::ServiceMap,
 }
 
 impl Broker {
@@ -109,6 +111,7 @@ impl Broker {
             &catalogue,
         )
         .map_err(|e| StartError::Other(format!("connector {e}")))?;
+        let xroad_services = crate::xroad::ServiceMap::load(&config.xroad, &catalogue, &connectors)?;
         let data_dir = &config.storage.data_dir;
         let store_err = |message: String| StartError::Store {
             path: data_dir.clone(),
@@ -174,6 +177,7 @@ impl Broker {
             answer_keys,
             dcc_signer,
             dcc_trust,
+            xroad_services,
         })
     }
 

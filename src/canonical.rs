@@ -64,7 +64,8 @@ impl History {
 }
 
 /// The declared purpose, checked against the catalogue and the agency: 400 `purpose_required`,
-/// 400 `unknown_purpose`, 403 `purpose_not_allowed`.
+/// 400 `unknown_purpose`, 403 `purpose_not_allowed`; then the declared accountability against the purpose
+/// (consent reference, hiding: see [`crate::accountability::check_against`]).
 pub fn authorize(
     broker: &Broker,
     exchange: &mut Exchange,
@@ -83,7 +84,9 @@ pub fn authorize(
     broker
         .metrics
         .observe_since(crate::metrics::Stage::Policy, started);
-    authorized
+    let purpose = authorized?;
+    crate::accountability::check_against(&purpose, &exchange.accountability, broker.clock.now())?;
+    Ok(purpose)
 }
 
 /// A well-formed 12-digit ID, recorded on the exchange: 400 `invalid_citizen_id`.

@@ -461,6 +461,18 @@ pub enum AgencyCommand {
         /// Agency code.
         code: String,
     },
+    /// Bind the agency's X-Road member or subsystem (the only X-Road client its requests may name), or
+    /// clear it with `--clear`.
+    Xroad {
+        /// Agency code.
+        code: String,
+        /// `INSTANCE/CLASS/MEMBER[/SUBSYSTEM]`, e.g. `VN/GOV/000.00.00.H26/dvc`.
+        #[arg(required_unless_present = "clear")]
+        client: Option<String>,
+        /// Remove the agency's X-Road identity.
+        #[arg(long, conflicts_with = "client")]
+        clear: bool,
+    },
 }
 
 /// Set up logging: `RUST_LOG` filter (default `info`), text or JSON, to stderr through a writer thread, so
@@ -1027,6 +1039,21 @@ async fn agency_command(admin: AdminTarget, action: AgencyCommand) -> i32 {
             None,
         )),
         AgencyCommand::Usage { code } => Ok((Method::GET, format!("/admin/v1/agencies/{code}/usage"), None)),
+        AgencyCommand::Xroad {
+            code, clear: true, ..
+        } => Ok((Method::DELETE, format!("/admin/v1/agencies/{code}/xroad"), None)),
+        AgencyCommand::Xroad { code, client, .. } => {
+            crate::xroad::ClientId::parse(client.as_deref().unwrap_or_default())
+                .map_err(|e| e.message)
+                .and_then(|id| serde_json::to_value(id).map_err(|e| e.to_string()))
+                .map(|body| {
+                    (
+                        Method::PUT,
+                        format!("/admin/v1/agencies/{code}/xroad"),
+                        Some(body),
+                    )
+                })
+        }
         AgencyCommand::BillingClass { code, class } => Ok((
             Method::PUT,
             format!("/admin/v1/agencies/{code}/billing-class"),

@@ -40,6 +40,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// EU Digital COVID Certificates: the Document Signer and the verifier's trust list.
     pub dcc: DccConfig,
+    /// The X-Road channel: which service codes map to which operation and purpose.
+    pub xroad: XRoadConfig,
 }
 
 /// EU DCC issuing and verifying. Without `dsc_cert` and `dsc_key` the broker issues no certificates
@@ -69,6 +71,31 @@ impl Default for DccConfig {
             trust_list: Vec::new(),
         }
     }
+}
+
+/// The X-Road channel (SOAP at `POST /xroad`, REST at `/r1/…`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct XRoadConfig {
+    /// One entry per X-Road service lienthong provides.
+    pub services: Vec<XRoadServiceConfig>,
+}
+
+/// One X-Road service: its identifier and the lienthong operation behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XRoadServiceConfig {
+    /// `INSTANCE/CLASS/MEMBER[/SUBSYSTEM]/SERVICECODE`, as X-Road REST writes a service id.
+    pub service: String,
+    /// `read` (a citizen, for the purpose), `list_purposes` (the purposes open to the client's agency) or
+    /// `connector` (the message, as received, to the connector named by `connector`).
+    pub operation: String,
+    /// The purpose a `read` is made under.
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// The connector (its `name`) a `connector` service hands the message to.
+    #[serde(default)]
+    pub connector: Option<String>,
 }
 
 /// The agency listener.

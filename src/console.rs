@@ -167,6 +167,8 @@ impl Filters {
             citizen_id: some(&self.citizen_id),
             from: None,
             to: None,
+            user_id: None,
+            issue: None,
         })
     }
 }

@@ -67,8 +67,28 @@ pub fn demo_config(opts: &DemoOptions) -> Config {
     config.storage.data_dir = opts.data_dir.clone();
     config.dcc.dsc_cert = Some(c.join("dcc-dsc.pem"));
     config.dcc.dsc_key = Some(c.join("dcc-dsc.key"));
+    config.xroad.services = vec![
+        crate::config::XRoadServiceConfig {
+            service: DEMO_XROAD_READ.into(),
+            operation: "read".into(),
+            purpose: Some("public-service-prefill".into()),
+            connector: None,
+        },
+        crate::config::XRoadServiceConfig {
+            service: "VN/GOV/lienthong/citizens/listPurposes".into(),
+            operation: "list_purposes".into(),
+            purpose: None,
+            connector: None,
+        },
+    ];
     config
 }
+
+/// The demo's X-Road read service (the portal's `public-service-prefill`).
+pub const DEMO_XROAD_READ: &str = "VN/GOV/lienthong/citizens/getCitizen";
+
+/// The X-Road subsystem the demo binds to `dvc`.
+pub const DEMO_DVC_XROAD: &str = "VN/GOV/000.00.00.H26/dvc";
 
 /// Make the PKI, open the broker and register the demo agencies (idempotent).
 pub async fn prepare(opts: &DemoOptions) -> Result<Arc<Broker>, StartError> {
@@ -125,6 +145,14 @@ pub async fn prepare_with(
             opts.citizens
         );
     }
+    if broker.registry.get("dvc").is_some_and(|a| a.xroad.is_none()) {
+        let id = crate::xroad::ClientId::parse(DEMO_DVC_XROAD).map_err(|e| StartError::Other(e.message))?;
+        broker
+            .registry
+            .set_xroad("dvc", Some(id))
+            .await
+            .map_err(|e| StartError::Other(format!("binding dvc's X-Road client: {}", e.message)))?;
+    }
     crate::api::seed_demo(&broker, opts.citizens).await?;
     Ok(broker)
 }
@@ -137,6 +165,10 @@ pub fn curl_lines(certs: &Path, agency_addr: &str, admin_addr: &str) -> String {
     out.push_str("\nlienthong demo is running. Try:\n\n");
     out.push_str(&format!("  {} https://{agency_addr}/v1/whoami\n", curl("dvc")));
     out.push_str(&crate::api::demo_curl_examples(&curl, agency_addr));
+    out.push_str(&format!(
+        "  {} -H 'X-Road-Client: {DEMO_DVC_XROAD}' -H 'X-Road-UserId: VN001090000099' -H 'X-Road-Issue: 1.001234' https://{agency_addr}/r1/{DEMO_XROAD_READ}/001090000001\n",
+        curl("dvc")
+    ));
     out.push_str(&format!(
         "  {} https://{admin_addr}/admin/v1/agencies\n",
         curl("admin")

@@ -32,6 +32,9 @@
 //! | [`audit_api`] | the audit trail for operators (head, verify, search) and citizens (who read my data) |
 //! | [`sms`] | channel: SMS self-look-up through the telecom gateway (one reply for every failure) |
 //! | [`checkpoint`] | channel: checkpoint check-ins (CCCD QR scans) and contact tracing for the health authority |
+//! | [`accountability`] | the person behind a request and the reason (official, issue, legal basis, consent, bulk, hidden-until) |
+//! | [`xroad`] | channel: X-Road message protocol for SOAP (`POST /xroad`) and REST (`/r1/…`) |
+//! | [`clock`] | "now" for calendar decisions (hidden accesses), movable in tests |
 //! | [`api`] | the canonical API on the agency listener |
 //! | [`import`] | `POST /admin/v1/citizens/import`: JSON Lines of canonical records, all or nothing per batch |
 //! | [`signed_answer`] | every agency-listener answer signed: detached JWS (Ed25519), key rotation, the JWKS |
@@ -53,6 +56,7 @@
 //! | [`clock`] | the broker's clock, which dates every decision a bill depends on (tests move it) |
 //! | [`error`] | the one error type every stage answers with: status + stable `code` |
 
+pub mod accountability;
 pub mod admin;
 pub mod api;
 pub mod audit;
@@ -94,3 +98,4 @@ pub mod sms;
 pub mod store;
 pub mod supervisor;
 pub mod tls;
+pub mod xroad;

@@ -124,6 +124,12 @@ pub struct Metrics {
     store_available: Gauge,
     store_reopens: Counter,
     crl_stale: Gauge,
+    hidden_accesses: Family<PurposeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PurposeLabels {
+    purpose: String,
 }
 
 impl Default for Metrics {
@@ -153,6 +159,12 @@ impl Metrics {
         store_available.set(1);
         let store_reopens = Counter::default();
         let crl_stale = Gauge::default();
+        let hidden_accesses = Family::<PurposeLabels, Counter>::default();
+        registry.register(
+            "hidden_accesses",
+            "Accesses served hidden from the citizen's access log until a date (investigations), by purpose",
+            hidden_accesses.clone(),
+        );
         registry.register(
             "requests",
             "Answered requests by listener, agency, purpose, connector and HTTP status",
@@ -216,7 +228,17 @@ impl Metrics {
             store_available,
             store_reopens,
             crl_stale,
+            hidden_accesses,
         }
+    }
+
+    /// Count one access served hidden from the citizen.
+    pub fn count_hidden_access(&self, purpose: &str) {
+        self.hidden_accesses
+            .get_or_create(&PurposeLabels {
+                purpose: purpose.to_string(),
+            })
+            .inc();
     }
 
     /// How many CRLs in force are past their `nextUpdate` (set on every scrape).

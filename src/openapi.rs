@@ -351,6 +351,7 @@ fn describe_purpose(p: &Purpose) -> Value {
     json!({
         "id": p.id, "title_vi": p.title_vi, "title_en": p.title_en, "legal_basis": p.legal_basis,
         "price_vnd": p.price_vnd, "read": p.read, "write": p.write, "agencies": p.agencies,
+        "consent_based": p.consent_based, "max_hidden_days": p.max_hidden_days,
     })
 }
 
@@ -437,6 +438,15 @@ fn component_schemas(raw: &Value) -> Map<String, Value> {
                 "read": { "type": "array", "items": { "type": "string" } },
                 "write": { "type": "array", "items": { "type": "string" } },
                 "price_vnd": { "type": "integer", "minimum": 0 },
+                "consent_based": {
+                    "type": "boolean",
+                    "description": "Every request names the citizen's consent (X-Road-PDU-Consent-Ref).",
+                },
+                "max_hidden_days": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "How long an access may stay hidden from the citizen (X-Road-PDU-Hidden); 0 = never.",
+                },
             },
         }),
     );
@@ -1381,6 +1391,9 @@ mod tests {
             write: vec![],
             price_vnd: 0,
             agencies: vec![],
+            consent_based: false,
+            max_hidden_days: 0,
+            official_id_shown: Default::default(),
         };
         let projected = project_schema(schema.raw(), &p);
         let addr = &projected["properties"]["permanent_address"];

@@ -126,6 +126,13 @@ pub struct Purpose {
     pub price_vnd: u64,
     /// Agency codes allowed to use the purpose.
     pub agencies: Vec<String>,
+    /// The purpose rests on the citizen's consent: every request names it (`X-Road-PDU-Consent-Ref`).
+    pub consent_based: bool,
+    /// How many days an access under this purpose may stay hidden from the citizen (investigations);
+    /// 0 = never hidden.
+    pub max_hidden_days: u32,
+    /// How the citizen's "who read my data" shows the official's ID.
+    pub official_id_shown: crate::accountability::OfficialIdShown,
 }
 
 impl Purpose {
@@ -337,6 +344,12 @@ struct RawPurpose {
     price_vnd: u64,
     #[serde(default)]
     agencies: Vec<Spanned<String>>,
+    #[serde(default)]
+    consent_based: bool,
+    #[serde(default)]
+    max_hidden_days: u32,
+    #[serde(default)]
+    official_id_shown: crate::accountability::OfficialIdShown,
 }
 
 /// The purpose catalogue, checked against the schema.
@@ -505,6 +518,9 @@ impl Catalogue {
                 write,
                 price_vnd: p.price_vnd,
                 agencies,
+                consent_based: p.consent_based,
+                max_hidden_days: p.max_hidden_days,
+                official_id_shown: p.official_id_shown,
             });
         }
         Ok(Self {

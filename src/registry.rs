@@ -51,6 +51,9 @@ pub struct Agency {
     /// Purposes an operator granted at run time, beyond those the catalogue lists it for.
     #[serde(default)]
     pub granted_purposes: Vec<String>,
+    /// The agency's X-Road member or subsystem: the only X-Road client its certificates may name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xroad: Option<crate::xroad::ClientId>,
     /// When it was registered, RFC 3339.
     pub created_at: String,
     /// When it last changed, RFC 3339.
@@ -275,6 +278,7 @@ impl Registry {
             billing_class: new.billing_class,
             plan: serde_json::Value::Null,
             granted_purposes: Vec::new(),
+            xroad: None,
             created_at: at.clone(),
             updated_at: at,
         };
@@ -394,6 +398,29 @@ impl Registry {
             .collect::<RegistryResult<Vec<_>>>()?;
         let current = self.get(code).map(|a| a.billing_class).unwrap_or_default();
         Ok(ClassHistory { changes, current })
+    }
+
+    /// Set (or with `None` clear) the agency's X-Road identity: 409 `xroad_id_bound` if another agency
+    /// holds it.
+    pub async fn set_xroad(&self, code: &str, id: Option<crate::xroad::ClientId>) -> RegistryResult<Agency> {
+        let id = id.map(crate::xroad::ClientId::validated).transpose()?;
+        if let Some(id) = &id {
+            if let Some(owner) = self
+                .list()
+                .into_iter()
+                .find(|a| a.code != code && a.xroad.as_ref() == Some(id))
+            {
+                return Err(ApiError::conflict(
+                    "xroad_id_bound",
+                    format!("X-Road client {id} is already bound to agency {}", owner.code),
+                ));
+            }
+        }
+        self.update(code, |a| {
+            a.xroad = id;
+            Ok(())
+        })
+        .await
     }
 
     /// Suspend or resume an agency.

@@ -49,7 +49,7 @@ pub struct Exchange {
     pub agency: Option<String>,
     /// Declared purpose.
     pub purpose: Option<String>,
-    /// `canonical`, a connector name, or `admin`.
+    /// `canonical`, a connector name, `xroad-soap`, `xroad-rest` or `admin`.
     pub channel: String,
     /// What was attempted: `read`, `write`, `admin:suspend`, …
     pub operation: String,
@@ -71,6 +71,8 @@ pub struct Exchange {
     pub also_concerns: Vec<String>,
     /// The catalogue version in force when the request started: the only one it sees.
     pub catalogue: Arc<crate::catalogue::CatalogueVersion>,
+    /// The person behind the request and the reason, as declared ([`crate::accountability`]).
+    pub accountability: crate::accountability::Accountability,
 }
 
 /// An answer before it becomes an HTTP response.
@@ -460,6 +462,7 @@ async fn handle(
         rate: None,
         also_concerns: Vec::new(),
         catalogue: broker.catalogue(),
+        accountability: Default::default(),
     };
     let span = tracing::info_span!(
         "request",
@@ -919,6 +922,7 @@ async fn record_connection_event(
         rate: None,
         also_concerns: Vec::new(),
         catalogue: broker.catalogue(),
+        accountability: Default::default(),
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut reply = Reply::error(&ApiError::new(status, code, message), &exchange.request_id);

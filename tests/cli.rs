@@ -158,6 +158,16 @@ async fn agency_commands_drive_the_admin_api() {
     assert_eq!(listed["agencies"].as_array().unwrap().len(), 5);
     let out = run(&["show", "nosuch"]).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
+    // The X-Road identity: bound, refused when malformed (exit 2, nothing sent), cleared.
+    let out = run(&["xroad", "moh", "VN/GOV/000.00.00.G10/moh"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let xroad = |b: &common::TestBroker| b.broker().registry.get("moh").unwrap().xroad;
+    assert_eq!(xroad(&b).unwrap().to_string(), "VN/GOV/000.00.00.G10/moh");
+    let out = run(&["xroad", "moh", "VN/GOV"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["xroad", "moh", "--clear"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(xroad(&b), None);
 }
 
 #[test]

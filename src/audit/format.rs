@@ -47,7 +47,7 @@ pub struct AuditRecord {
     pub cert_fingerprint: Option<String>,
     /// Declared purpose.
     pub purpose: Option<String>,
-    /// `"canonical"`, a connector name, or `"admin"`.
+    /// `"canonical"`, a connector name, `"xroad-soap"`, `"xroad-rest"` or `"admin"`.
     pub channel: String,
     /// `"read"`, `"write"`, `"admin:<action>"`, …
     pub operation: String,
@@ -78,6 +78,11 @@ pub struct AuditRecord {
     /// Absent from entries written before it existed, and then left out of their hash too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer_sha256: Option<String>,
+    /// The person behind the request and the reason (end user, case, legal basis, consent, hiding), when
+    /// the client declared them. Absent from the encoding when `None`, so entries written before this
+    /// field existed hash exactly as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accountability: Option<crate::accountability::Accountability>,
 }
 
 /// One line of the trail.
@@ -85,9 +90,9 @@ pub struct AuditRecord {
 /// `hash = hex(SHA-256(prev_hash_hex ‖ canonical))`, where `canonical` is the compact serde_json encoding of
 /// the entry without `hash`, fields in this order: `seq, time, agency, cert_fingerprint, purpose, channel,
 /// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered,
-/// [catalogue_version,] [answer_sha256,] prev_hash` (`None` as `null`, except `catalogue_version` and
-/// `answer_sha256`, which are left out when absent so that entries written before they existed hash as
-/// they did). The stored line is the same encoding with `hash` appended.
+/// [catalogue_version,] [answer_sha256,] [accountability,] prev_hash` (`None` as `null`, except
+/// `catalogue_version`, `answer_sha256` and `accountability`, which are left out when absent so that entries
+/// written before they existed hash as they did). The stored line is the same encoding with `hash` appended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEntry {
     /// 1-based position in the chain.

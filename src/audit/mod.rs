@@ -100,6 +100,10 @@ pub struct AuditFilter {
     pub from: Option<DateTime<Utc>>,
     /// Entries strictly before this time.
     pub to: Option<DateTime<Utc>>,
+    /// The official (end user) named in the entry's accountability.
+    pub user_id: Option<String>,
+    /// The case or issue reference named in the entry's accountability.
+    pub issue: Option<String>,
 }
 
 /// Tuning of [`AuditLog::open_with`].

@@ -51,6 +51,7 @@ fn record(i: u64, citizen: Option<&str>) -> AuditRecord {
         metered: false,
         catalogue_version: None,
         answer_sha256: None,
+        accountability: None,
     }
 }
 
@@ -72,6 +73,34 @@ fn answer_hash_is_additive_and_old_entries_hash_as_before() {
     assert_ne!(new.hash, old.hash, "the answer hash is covered by the entry hash");
     let parsed = AuditEntry::from_line(new_line.as_bytes()).unwrap();
     assert_eq!(parsed.compute_hash().unwrap(), new.hash);
+}
+
+#[test]
+fn entries_without_accountability_encode_as_before() {
+    // The stored line of an entry written before `accountability` existed: same bytes, same hash.
+    let (entry, line) = AuditEntry::seal(
+        1,
+        "2026-11-23T12:00:00.000Z".into(),
+        record(1, None),
+        GENESIS_HASH.into(),
+    )
+    .unwrap();
+    assert!(!line.contains("accountability"), "{line}");
+    assert!(line.contains("\"metered\":false,\"prev_hash\""), "{line}");
+    let parsed = AuditEntry::from_line(line.as_bytes()).unwrap();
+    assert_eq!(parsed.compute_hash().unwrap(), entry.hash);
+    let with = AuditRecord {
+        accountability: Some(crate::accountability::Accountability {
+            user_id: Some("EE37702211234".into()),
+            ..Default::default()
+        }),
+        ..record(1, None)
+    };
+    let (entry, line) =
+        AuditEntry::seal(1, "2026-11-23T12:00:00.000Z".into(), with, GENESIS_HASH.into()).unwrap();
+    let parsed = AuditEntry::from_line(line.as_bytes()).unwrap();
+    assert_eq!(parsed.record.accountability, entry.record.accountability);
+    assert_eq!(parsed.compute_hash().unwrap(), entry.hash);
 }
 
 async fn fill(log: &AuditLog, n: u64) -> Vec<AuditEntry> {
