@@ -60,12 +60,12 @@ async fn load_catalogue(
     req: &ReadRequest,
 ) -> Result<std::sync::Arc<crate::catalogue::CatalogueVersion>, ApiError> {
     match req.media_type().as_deref() {
-        Some("application/toml" | "text/plain") | None => {}
-        Some(other) => {
+        Some("application/toml") => {}
+        other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                format!("expected application/toml, got {other}"),
+                format!("expected application/toml, got {}", other.unwrap_or("none")),
             ))
         }
     }
@@ -152,11 +152,17 @@ fn refuse_forgeable(req: &ReadRequest) -> Result<(), ApiError> {
         return Ok(());
     }
     refuse_cross_site(req)?;
-    if *method == Method::POST && req.media_type().as_deref() != Some("application/json") {
+    // A form can post only the CORS-safelisted types (or none) without a preflight, which the admin
+    // listener never grants; any other declared type (JSON, TOML, JSON Lines) proves a scripted client.
+    let forgeable = matches!(
+        req.media_type().as_deref(),
+        None | Some("application/x-www-form-urlencoded" | "multipart/form-data" | "text/plain")
+    );
+    if *method == Method::POST && forgeable {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "admin API posts must say Content-Type: application/json (even with an empty body)",
+            "admin API posts must declare their body's type, e.g. Content-Type: application/json (even with an empty body)",
         ));
     }
     Ok(())

@@ -769,6 +769,7 @@ async fn admin_call_with(
     // The admin API refuses a POST without a JSON content type (a cross-site form could send it).
     let (content_type, body) = match body {
         Some((content_type, body)) => (Some(content_type), body),
+        None if method == Method::POST => (Some("application/json"), String::new()),
         None => (None, String::new()),
     };
     let resp = client

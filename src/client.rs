@@ -265,9 +265,6 @@ impl Connection {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
         let request = builder.body(Full::new(body))?;
         let response = match self {
             Connection::H1(sender) => {

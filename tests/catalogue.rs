@@ -322,7 +322,7 @@ async fn a_scheduled_version_takes_effect_at_its_instant_and_the_boundary_sees_e
     assert_eq!(versions["in_force"], "initial");
     assert_eq!(
         versions["versions"][1],
-        json!({ "version": "2031", "effective_at": "2031-01-01T00:00:00+07:00", "in_force": false, "purposes": 9 })
+        json!({ "version": "2031", "effective_at": "2031-01-01T00:00:00+07:00", "in_force": false, "purposes": 10 })
     );
     let doc = b.get("pccovid", "/v1/catalogue?version=2031").await.json();
     assert_eq!(doc["x-catalogue"]["version"], "2031");
@@ -411,12 +411,12 @@ async fn a_malformed_version_is_refused_with_file_and_line_and_the_running_one_k
     clock.set(vn("2032-01-05T08:00:00"));
     let good = version_file("2033", "2033-01-01", 500);
     let cases: Vec<(String, u16, &str, &str)> = vec![
-        // A field outside the canonical schema, on line 16 of the file.
+        // A field outside the canonical schema, on line 20 of the file.
         (
             good.replacen("\"birth_date\"]", "\"shoe_size\"]", 1),
             422,
             "invalid_catalogue",
-            "purposes-2033.toml:16: ",
+            "purposes-2033.toml:20: ",
         ),
         // A grant to an agency the registry does not know.
         (
@@ -427,7 +427,7 @@ async fn a_malformed_version_is_refused_with_file_and_line_and_the_running_one_k
             ),
             422,
             "invalid_catalogue",
-            "purposes-2033.toml:29: ",
+            "purposes-2033.toml:33: ",
         ),
         // An unknown key.
         (
@@ -548,7 +548,7 @@ async fn cli(b: &TestBroker, args: &[&str]) -> i32 {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         assert!(
-            stderr.contains("bad.toml:16: "),
+            stderr.contains("bad.toml:20: "),
             "a refusal names file and line: {stderr}"
         );
     }
