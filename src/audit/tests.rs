@@ -112,6 +112,12 @@ async fn fill(log: &AuditLog, n: u64) -> Vec<AuditEntry> {
     out
 }
 
+/// Close, not just drop: the writer and its indexer must be done with the files and `f.db` before the
+/// test reopens or reuses them (a dropped trail's indexer may still be writing under load).
+fn close(log: Arc<AuditLog>) {
+    assert!(log.close().is_ok(), "the test holds the only handle");
+}
+
 fn only_segment(dir: &Path) -> PathBuf {
     dir.join(segment_name(1))
 }
@@ -205,7 +211,7 @@ async fn tampering_fixture() -> (Fixture, PathBuf) {
     fill(&log, 8).await;
     log.checkpoint().await.unwrap();
     fill(&log, 2).await;
-    drop(log);
+    close(log);
     assert_eq!(verify_dir(&f.dir).unwrap().count, 10);
     let segment = only_segment(&f.dir);
     (f, segment)
@@ -334,7 +340,7 @@ async fn torn_last_line_is_cut_on_reopen() {
     let f = fixture();
     let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
     fill(&log, 3).await;
-    drop(log);
+    close(log);
     let segment = only_segment(&f.dir);
     let whole = fs::metadata(&segment).unwrap().len();
     let mut bytes = fs::read(&segment).unwrap();
@@ -520,7 +526,7 @@ async fn archive_and_prune_keeps_the_rest_verifiable() {
     };
     let log = AuditLog::open_with(&f.dir, f.db.clone(), opts.clone()).unwrap();
     let entries = fill(&log, 10).await; // segments 1-3, 4-6, 7-9, 10
-    drop(log);
+    close(log);
     assert_eq!(format::list_segments(&f.dir).unwrap().len(), 4);
 
     let archive = f.dir.parent().unwrap().join("archive-1.jsonl");
@@ -594,7 +600,7 @@ async fn segments_rotate_and_verify_across_files() {
     };
     let log = AuditLog::open_with(&f.dir, f.db.clone(), opts.clone()).unwrap();
     fill(&log, 9).await;
-    drop(log);
+    close(log);
     let names: Vec<u64> = format::list_segments(&f.dir)
         .unwrap()
         .iter()
@@ -616,7 +622,7 @@ async fn a_fresh_index_is_rebuilt_from_the_segments() {
     let f = fixture();
     let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
     fill(&log, 6).await;
-    drop(log);
+    close(log);
 
     let db = sled::Config::new().temporary(true).open().unwrap();
     let log = AuditLog::open_with(&f.dir, db, options(0)).unwrap();
@@ -649,7 +655,7 @@ fn signing_key_is_private_and_its_public_half_published() {
     use std::os::unix::fs::PermissionsExt;
     let f = fixture();
     let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
-    drop(log);
+    close(log);
     let mode = fs::metadata(f.dir.join(format::KEY_FILE))
         .unwrap()
         .permissions()
@@ -691,7 +697,7 @@ async fn an_index_of_whole_lines_from_an_older_version_is_still_read() {
             .len(),
         6
     );
-    drop(log);
+    close(log);
     let by_seq = f.db.open_tree("audit/by_seq").unwrap();
     for entry in &written {
         by_seq
