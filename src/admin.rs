@@ -26,15 +26,7 @@ async fn load_catalogue(
     broker: &Broker,
     req: &ReadRequest,
 ) -> Result<std::sync::Arc<crate::catalogue::CatalogueVersion>, ApiError> {
-    match req.media_type().as_deref() {
-        Some("application/toml") => {}
-        other => {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!("expected application/toml, got {}", other.unwrap_or("none")),
-            ))
-        }
-    }
+    req.require_media_type(&["application/toml"], "application/toml")?;
     let origin = req.query("origin").unwrap_or_else(|| "catalogue".into());
     let text = std::str::from_utf8(&req.body)
         .map_err(|e| ApiError::new(ErrorCode::InvalidCatalogue, format!("{origin}: not UTF-8 ({e})")))?;

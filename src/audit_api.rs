@@ -132,12 +132,7 @@ fn citizen_view(broker: &Broker, e: &AuditEntry) -> Value {
         "status": e.record.status,
     });
     if let Some(acc) = &e.record.accountability {
-        let catalogue = catalogue_of(broker, e);
-        let shown = e
-            .record
-            .purpose
-            .as_deref()
-            .and_then(|p| catalogue.get(p))
+        let shown = purpose_of(broker, e)
             .map(|p| p.official_id_shown)
             .unwrap_or_default();
         if let Some(official) = acc.user_id.as_deref().and_then(|u| shown.show(u)) {
@@ -159,6 +154,13 @@ fn catalogue_of(broker: &Broker, e: &AuditEntry) -> std::sync::Arc<crate::catalo
         .unwrap_or_else(|| broker.catalogue())
 }
 
+/// The purpose an entry was served under, as the catalogue version that served it declares it (`None`
+/// when the entry names no purpose, or one that version does not know).
+fn purpose_of(broker: &Broker, e: &AuditEntry) -> Option<crate::policy::Purpose> {
+    let purpose = e.record.purpose.as_deref()?;
+    catalogue_of(broker, e).get(purpose).cloned()
+}
+
 /// Is this entry still hidden from the citizen at `now`? Only under a purpose that may hide, and never
 /// longer than that purpose's cap from the time of the access, whatever the request asked: a refused
 /// request under a purpose that may not hide stays visible.
@@ -171,13 +173,7 @@ fn hidden_from_citizen(broker: &Broker, e: &AuditEntry, now: DateTime<Utc>) -> b
     else {
         return false;
     };
-    let catalogue = catalogue_of(broker, e);
-    let cap_days = e
-        .record
-        .purpose
-        .as_deref()
-        .and_then(|p| catalogue.get(p))
-        .map_or(0, |p| p.max_hidden_days);
+    let cap_days = purpose_of(broker, e).map_or(0, |p| p.max_hidden_days);
     let Some(at) = e.parsed_time() else {
         return false;
     };

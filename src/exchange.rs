@@ -442,6 +442,21 @@ impl ReadRequest {
         let ct = self.parts.headers.get(CONTENT_TYPE)?.to_str().ok()?;
         Some(ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
     }
+
+    /// The body's declared media type when it is one of `accepted`, else 415 `unsupported_media_type`
+    /// (`expected` names what is accepted in the message).
+    pub fn require_media_type(&self, accepted: &[&str], expected: &str) -> Result<String, ApiError> {
+        match self.media_type() {
+            Some(media) if accepted.contains(&media.as_str()) => Ok(media),
+            other => Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "expected {expected}, got {}",
+                    other.as_deref().unwrap_or("no Content-Type")
+                ),
+            )),
+        }
+    }
 }
 
 pub(crate) fn decode(s: &str) -> String {

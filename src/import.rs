@@ -27,14 +27,7 @@ fn refused(line: usize, err: &ApiError) -> Value {
 /// Import one batch: 200 `{"imported": n}` with every record written, or 422 `invalid_import` listing
 /// the refused lines (`{"error": {…, "lines": [{"line", "code", "message"}]}}`) with nothing written.
 pub async fn import_batch(broker: &Broker, req: &ReadRequest, request_id: &str) -> Result<Reply, ApiError> {
-    if let Some(media) = req.media_type() {
-        if !MEDIA_TYPES.contains(&media.as_str()) {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!("expected application/x-ndjson (JSON Lines), got {media}"),
-            ));
-        }
-    }
+    req.require_media_type(&MEDIA_TYPES, "application/x-ndjson (JSON Lines)")?;
     let mut records = Vec::new();
     let mut bad = Vec::new();
     let mut bad_count = 0usize;

@@ -28,18 +28,8 @@ pub fn refuse_non_utf8_charset(req: &ReadRequest) -> Result<(), ApiError> {
 /// Parse a JSON body into `T`: 415 unless it is declared `application/json` (UTF-8), 400 `invalid_json`
 /// naming the problem.
 pub fn body<T: de::DeserializeOwned>(req: &ReadRequest) -> Result<T, ApiError> {
-    match req.media_type().as_deref() {
-        Some("application/json") => refuse_non_utf8_charset(req)?,
-        other => {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!(
-                    "expected application/json, got {}",
-                    other.unwrap_or("no Content-Type")
-                ),
-            ))
-        }
-    }
+    req.require_media_type(&["application/json"], "application/json")?;
+    refuse_non_utf8_charset(req)?;
     let value = parse(&req.body)?;
     serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))
 }
