@@ -15,6 +15,7 @@ use hyper::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorCode};
+pub use crate::policy::OfficialIdShown;
 use crate::policy::Purpose;
 
 /// The official's ID (`X-Road-UserId`).
@@ -245,39 +246,6 @@ pub fn check_against(
         ));
     }
     Ok(())
-}
-
-/// How the citizen sees the official's ID, as the catalogue says for the purpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OfficialIdShown {
-    /// Country prefix and last two characters, the rest masked: `EE*********34`.
-    #[default]
-    Masked,
-    /// As declared.
-    Full,
-    /// Not at all.
-    None,
-}
-
-impl OfficialIdShown {
-    /// The official's ID as the citizen sees it.
-    pub fn show(self, user_id: &str) -> Option<String> {
-        match self {
-            OfficialIdShown::Full => Some(user_id.to_string()),
-            OfficialIdShown::None => None,
-            OfficialIdShown::Masked => {
-                let chars: Vec<char> = user_id.chars().collect();
-                if chars.len() <= 4 {
-                    return Some("*".repeat(chars.len()));
-                }
-                let mut out: String = chars[..2].iter().collect();
-                out.extend(std::iter::repeat_n('*', chars.len() - 4));
-                out.extend(&chars[chars.len() - 2..]);
-                Some(out)
-            }
-        }
-    }
 }
 
 #[cfg(test)]

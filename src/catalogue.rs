@@ -80,7 +80,7 @@ impl CatalogueVersion {
 
 /// An instant as Vietnam time, RFC 3339 with its `+07:00` offset.
 pub fn vietnam_time(t: DateTime<Utc>) -> String {
-    t.with_timezone(&crate::quota::vietnam())
+    t.with_timezone(&crate::clock::vietnam())
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
 

@@ -76,6 +76,13 @@ impl Clock {
     }
 }
 
+/// Vietnam time (UTC+7), in which calendar days and months (quota windows, bills, catalogue dates) turn.
+pub fn vietnam() -> chrono::FixedOffset {
+    // UTC+7 has no daylight saving; the constant cannot fail.
+    chrono::FixedOffset::east_opt(7 * 3600)
+        .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).unwrap_or_else(|| unreachable!()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@
 //! | [`connector`] | front door: declarative `connectors/*.toml` (the loaded set; `door` answers them) |
 //! | [`sms`] | front door: SMS self-look-up through the telecom gateway (one reply for every failure) |
 //! | [`xroad`] | front door: X-Road message protocol for SOAP (`POST /xroad`) and REST (`/r1/…`) |
+//! | [`xroad_id`] | the X-Road identifiers (member, subsystem, service) the registry binds and X-Road names |
 //! | [`dcc`] | front door: EU Digital COVID Certificates: issue (`HC1:` + QR) and verify offline |
 //! | [`checkpoint`] | front door: checkpoint check-ins (CCCD QR scans) and contact tracing; `store` holds them |
 //! | [`admin`] | front door of the admin listener: the admin API |
@@ -105,3 +106,4 @@ pub mod store;
 pub mod supervisor;
 pub mod tls;
 pub mod xroad;
+pub mod xroad_id;

@@ -72,7 +72,7 @@ pub struct Agency {
     pub granted_purposes: Vec<String>,
     /// The agency's X-Road member or subsystem: the only X-Road client its certificates may name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub xroad: Option<crate::xroad::ClientId>,
+    pub xroad: Option<crate::xroad_id::ClientId>,
     /// When it was registered, RFC 3339.
     pub created_at: String,
     /// When it last changed, RFC 3339.
@@ -421,8 +421,12 @@ impl Registry {
 
     /// Set (or with `None` clear) the agency's X-Road identity: 409 `xroad_id_bound` if another agency
     /// holds it.
-    pub async fn set_xroad(&self, code: &str, id: Option<crate::xroad::ClientId>) -> RegistryResult<Agency> {
-        let id = id.map(crate::xroad::ClientId::validated).transpose()?;
+    pub async fn set_xroad(
+        &self,
+        code: &str,
+        id: Option<crate::xroad_id::ClientId>,
+    ) -> RegistryResult<Agency> {
+        let id = id.map(crate::xroad_id::ClientId::validated).transpose()?;
         if let Some(id) = &id {
             if let Some(owner) = self
                 .list()

@@ -46,7 +46,7 @@ pub struct Purpose {
     /// 0 = never hidden.
     pub max_hidden_days: u32,
     /// How the citizen's "who read my data" shows the official's ID.
-    pub official_id_shown: crate::accountability::OfficialIdShown,
+    pub official_id_shown: OfficialIdShown,
 }
 
 impl Purpose {
@@ -106,6 +106,39 @@ impl Purpose {
         field
             .parse::<FieldPath>()
             .is_ok_and(|f| self.write.iter().any(|w| w.covers(&f)))
+    }
+}
+
+/// How the citizen sees the official's ID, as the catalogue says for the purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfficialIdShown {
+    /// Country prefix and last two characters, the rest masked: `EE*********34`.
+    #[default]
+    Masked,
+    /// As declared.
+    Full,
+    /// Not at all.
+    None,
+}
+
+impl OfficialIdShown {
+    /// The official's ID as the citizen sees it.
+    pub fn show(self, user_id: &str) -> Option<String> {
+        match self {
+            OfficialIdShown::Full => Some(user_id.to_string()),
+            OfficialIdShown::None => None,
+            OfficialIdShown::Masked => {
+                let chars: Vec<char> = user_id.chars().collect();
+                if chars.len() <= 4 {
+                    return Some("*".repeat(chars.len()));
+                }
+                let mut out: String = chars[..2].iter().collect();
+                out.extend(std::iter::repeat_n('*', chars.len() - 4));
+                out.extend(&chars[chars.len() - 2..]);
+                Some(out)
+            }
+        }
     }
 }
 
@@ -230,7 +263,7 @@ pub fn parse_vietnam_instant(text: &str) -> Option<chrono::DateTime<chrono::Utc>
                 .ok()?
                 .and_hms_opt(0, 0, 0)
         })?;
-    crate::quota::vietnam()
+    crate::clock::vietnam()
         .from_local_datetime(&naive)
         .single()
         .map(|t| t.with_timezone(&Utc))
@@ -263,7 +296,7 @@ struct RawPurpose {
     #[serde(default)]
     max_hidden_days: u32,
     #[serde(default)]
-    official_id_shown: crate::accountability::OfficialIdShown,
+    official_id_shown: OfficialIdShown,
 }
 
 /// The purpose catalogue, checked against the schema.

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use crate::exchange::RateInfo;
-use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorCode};
@@ -80,13 +80,9 @@ pub enum Window {
     Month,
 }
 
-const WINDOWS: [Window; 3] = [Window::Minute, Window::Day, Window::Month];
+pub(crate) use crate::clock::vietnam;
 
-pub(crate) fn vietnam() -> FixedOffset {
-    // UTC+7 has no daylight saving; the constant cannot fail.
-    FixedOffset::east_opt(7 * 3600)
-        .unwrap_or_else(|| FixedOffset::east_opt(0).unwrap_or_else(|| unreachable!()))
-}
+const WINDOWS: [Window; 3] = [Window::Minute, Window::Day, Window::Month];
 
 impl Window {
     fn name(self) -> &'static str {
