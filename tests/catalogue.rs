@@ -525,18 +525,8 @@ async fn a_malformed_version_is_refused_with_file_and_line_and_the_running_one_k
 
 /// Run the CLI against the test broker's admin listener; its exit code.
 async fn cli(b: &TestBroker, args: &[&str]) -> i32 {
-    let d = b.certs_dir();
-    let admin = b.admin.to_string();
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    for (flag, value) in [
-        ("--admin-addr", admin),
-        ("--cacert", d.join("ca.pem").display().to_string()),
-        ("--cert", d.join("admin.pem").display().to_string()),
-        ("--key", d.join("admin.key").display().to_string()),
-    ] {
-        all.push(flag.into());
-        all.push(value);
-    }
+    all.extend(b.cli_admin_args());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_lienthong"))
             .args(&all)

@@ -274,18 +274,7 @@ async fn a_typo_in_a_field_or_purpose_gets_a_suggestion() {
 /// A `lienthong` admin command (`agency …`, `citizens …`) against the test broker's admin API: exit code,
 /// stdout, stderr.
 fn admin_cli(b: &TestBroker, args: &[&str]) -> (i32, String, String) {
-    let certs = b.certs_dir();
-    let out = lienthong()
-        .args(args)
-        .args(["--admin-addr", &b.admin.to_string()])
-        .arg("--cacert")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("admin.pem"))
-        .arg("--key")
-        .arg(certs.join("admin.key"))
-        .output()
-        .unwrap();
+    let out = lienthong().args(args).args(b.cli_admin_args()).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),

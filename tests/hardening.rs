@@ -340,20 +340,9 @@ async fn a_trail_cut_at_its_end_is_caught_by_the_witness() {
     );
     let saved = b.dir.path().join("operator-heads.jsonl");
     // …or with the CLI, which prints the same line.
-    let certs = b.certs_dir();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lienthong"))
-        .args([
-            "audit",
-            "checkpoint",
-            "--admin-addr",
-            &b.admin.to_string(),
-            "--cacert",
-        ])
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("admin.pem"))
-        .arg("--key")
-        .arg(certs.join("admin.key"))
+        .args(["audit", "checkpoint"])
+        .args(b.cli_admin_args())
         .output()
         .await
         .unwrap();
