@@ -160,15 +160,9 @@ async fn client_with_header(
     value: &str,
 ) -> lienthong::client::Response {
     let mut conn = client.connect(addr).await.unwrap();
-    conn.send_with_headers(
-        hyper::Method::GET,
-        path,
-        None,
-        bytes::Bytes::new(),
-        &[(name, value)],
-    )
-    .await
-    .unwrap()
+    conn.send_with_headers(hyper::Method::GET, path, &[(name, value)], bytes::Bytes::new())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
