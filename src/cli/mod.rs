@@ -333,7 +333,14 @@ pub fn startup_summary(broker: &Broker, agency_addr: SocketAddr, admin_addr: Soc
             "agencies",
             format!("{} registered, {active} active{}", agencies.len(), named(&codes)),
         ),
-        ("citizens", citizens.to_string()),
+        (
+            "citizens",
+            match &broker.config.store.upstream {
+                // The provider holds them; the broker cannot count them.
+                Some(u) if broker.store.is_remote() => format!("at the upstream provider {} (mTLS)", u.url),
+                _ => citizens.to_string(),
+            },
+        ),
         ("purposes", format!("{purposes} ({purpose_source})")),
         (
             "connectors",
