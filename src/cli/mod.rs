@@ -363,7 +363,7 @@ pub fn startup_summary(broker: &Broker, agency_addr: SocketAddr, admin_addr: Soc
         out.push_str("    register one: lienthong agency add CODE --name NAME --cert-file CODE.pem\n");
         out.push_str("    (README, \"the operator's path\")\n");
     }
-    if citizens == 0 {
+    if citizens == 0 && !broker.store.is_remote() {
         out.push_str("  next: the store holds no citizens; load them through the admin API:\n");
         out.push_str("    lienthong citizens import citizens.jsonl\n");
     }
