@@ -44,6 +44,10 @@ pub enum Command {
         /// Run as the provider of `--upstream`: the demo with the front broker registered as an agency.
         #[arg(long)]
         provider: bool,
+        /// Run as the front broker of `--upstream` only, in front of a provider (`demo --provider`)
+        /// already listening at this address.
+        #[arg(long, value_name = "PROVIDER_ADDR", conflicts_with_all = ["upstream", "provider"])]
+        front_of: Option<String>,
         /// With `--upstream`: the provider's agency listener.
         #[arg(long, default_value = "127.0.0.1:8445")]
         provider_addr: String,

@@ -52,6 +52,7 @@ pub async fn run(cli: Cli) -> i32 {
             admin_addr,
             upstream,
             provider,
+            front_of,
             provider_addr,
             provider_admin_addr,
         } => {
@@ -64,6 +65,8 @@ pub async fn run(cli: Cli) -> i32 {
             };
             if upstream {
                 run_upstream_demo(opts, provider_addr, provider_admin_addr).await
+            } else if let Some(provider_addr) = front_of {
+                run_front(DemoOptions { citizens: 0, ..opts }, &provider_addr).await
             } else if provider {
                 match crate::dev::upstream_demo::prepare_provider(&opts).await {
                     Ok(broker) => {
@@ -196,25 +199,26 @@ async fn run_upstream_demo(
         citizens: 0,
         ..opts.clone()
     };
-    let store = upstream_demo::front_store(&opts.certs_dir, &provider_addr, "lienthong-rest.toml");
-    let served =
-        match crate::dev::demo::prepare_with(&front, |config| upstream_demo::use_upstream(config, store))
-            .await
-        {
-            Ok(broker) => {
-                let lines = upstream_demo::curl_lines(
-                    &opts.certs_dir,
-                    &opts.agency_addr,
-                    &provider_addr,
-                    &opts.admin_addr,
-                );
-                run_broker(broker, Some(lines)).await
-            }
-            Err(e) => Err(e),
-        };
+    let served = run_front(front, &provider_addr).await;
     let _ = provider.kill();
     let _ = provider.wait();
     served
+}
+
+/// The demo broker as a front in upstream provider mode, in front of the provider (`demo --provider`)
+/// listening at `provider_addr`, with the dev PKI in `opts.certs_dir`.
+async fn run_front(opts: DemoOptions, provider_addr: &str) -> Result<(), StartError> {
+    use crate::dev::upstream_demo;
+    let store = upstream_demo::front_store(&opts.certs_dir, provider_addr, "lienthong-rest.toml");
+    let broker =
+        crate::dev::demo::prepare_with(&opts, |config| upstream_demo::use_upstream(config, store)).await?;
+    let lines = upstream_demo::curl_lines(
+        &opts.certs_dir,
+        &opts.agency_addr,
+        provider_addr,
+        &opts.admin_addr,
+    );
+    run_broker(broker, Some(lines)).await
 }
 
 /// Bind both listeners and serve until SIGINT or SIGTERM.

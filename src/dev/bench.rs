@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// A few seconds in all: 200 citizens, concurrency 1 and 4, 0.5 s per run (for CI).
     #[arg(long)]
     pub smoke: bool,
+    /// Also measure upstream provider mode: the canonical read through a front broker in front of a
+    /// provider (`demo --provider`, another lienthong on the same population), the same read asked of the
+    /// provider directly, and the baseline; the hop's added p50/p99 in the notes.
+    #[arg(long)]
+    pub upstream: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -169,6 +174,8 @@ pub struct BenchOptions {
     pub ready_timeout: Duration,
     /// Also run the canonical read at a fixed rate of half the broker's measured throughput.
     pub half_load: bool,
+    /// Also measure upstream provider mode (front broker → provider vs provider vs baseline).
+    pub upstream: bool,
 }
 
 impl BenchOptions {
@@ -191,6 +198,7 @@ impl BenchOptions {
                 .unwrap_or_default(),
             ready_timeout: Duration::from_secs(a.ready_timeout_secs),
             half_load: true,
+            upstream: a.upstream,
         };
         if a.smoke {
             opts.citizens = 200;
@@ -232,6 +240,9 @@ pub enum Kind {
     VaccinationWrite,
     /// `POST /connectors/moh/v1/Immunization`, a FHIR R4 Immunization with a unique identifier.
     FhirWrite,
+    /// What a front broker asks its provider for a `CanonicalRead`: `GET /v1/citizens/{id}` under
+    /// `population-proxy` with the fields `public-service-prefill` releases (agency `front`).
+    ProviderRead,
 }
 
 /// The scenario table. A scenario whose route answers 404 on the broker is skipped with a note.
@@ -366,6 +377,10 @@ pub struct PreparedRequest {
     pub body: Bytes,
 }
 
+/// The top-level fields `public-service-prefill` releases: what a front broker asks its provider for.
+const PREFILL_FIELDS: &str =
+    "citizen_id,old_id_number,full_name,birth_date,gender,permanent_address,current_address,id_card_issue_date";
+
 const DVC_TEMPLATE: &str = include_str!("../../connectors/examples/dvc-tra-cuu.xml");
 const FHIR_TEMPLATE: &str = include_str!("../../connectors/examples/moh-immunization.json");
 
@@ -387,6 +402,13 @@ pub fn prepare(kind: Kind, sample: &Sample, n: u64, run_tag: &str) -> Option<Pre
         Kind::CanonicalRead => {
             let p = sample.pick(n)?;
             get(format!("/v1/citizens/{}?purpose=public-service-prefill", p.id))
+        }
+        Kind::ProviderRead => {
+            let p = sample.pick(n)?;
+            get(format!(
+                "/v1/citizens/{}?purpose=population-proxy&fields={PREFILL_FIELDS}",
+                p.id
+            ))
         }
         Kind::PcCovidQr => {
             let p = sample.pick_with_qr(n)?;
@@ -1092,6 +1114,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
     std::fs::create_dir_all(&work.path).map_err(|e| format!("{}: {e}", work.path.display()))?;
     let mut names: Vec<(&str, &str)> = DEMO_AGENCIES.iter().map(|(c, n, _)| (*c, *n)).collect();
     names.push(("admin", "lienthong operators"));
+    names.push((crate::dev::upstream_demo::FRONT_AGENCY, "lienthong front broker"));
     crate::dev::certs::init_dir(&certs, &names).map_err(|e| e.to_string())?;
     let load_average = std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -1289,6 +1312,15 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
             runs.push(res);
         }
     }
+    if opts.upstream {
+        let upstream = UpstreamRun {
+            certs: &certs,
+            work: &work.path,
+            baseline_addr,
+            baseline: &baseline,
+        };
+        upstream.run(&harness, &mut runs, &mut notes, &mut run_no).await?;
+    }
     let broker_peak = broker.memory();
     let baseline_peak = baseline.memory();
     broker.stop().await;
@@ -1310,6 +1342,125 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
         runs,
         notes,
     })
+}
+
+/// The upstream scenario: a provider (`demo --provider`, seeding the same population) and a front broker
+/// in upstream mode in front of it (`demo --front-of`), as child processes; the canonical read through
+/// both, the provider's own read asked directly, and the baseline, at each concurrency.
+struct UpstreamRun<'a> {
+    certs: &'a Path,
+    work: &'a Path,
+    baseline_addr: SocketAddr,
+    baseline: &'a Child,
+}
+
+impl UpstreamRun<'_> {
+    async fn run(
+        &self,
+        harness: &Harness<'_>,
+        runs: &mut Vec<RunResult>,
+        notes: &mut Vec<String>,
+        run_no: &mut u64,
+    ) -> Result<(), String> {
+        let opts = harness.opts;
+        let demo = |role: &str, agency: SocketAddr, admin: SocketAddr, extra: &[String]| {
+            let mut args = vec!["demo".to_string()];
+            args.extend_from_slice(extra);
+            args.extend([
+                "--certs-dir".into(),
+                self.certs.display().to_string(),
+                "--data-dir".into(),
+                self.work.join(role).display().to_string(),
+                "--agency-addr".into(),
+                agency.to_string(),
+                "--admin-addr".into(),
+                admin.to_string(),
+            ]);
+            args
+        };
+        let (provider_addr, front_addr) = (free_addr()?, free_addr()?);
+        let dvc = Clients::load(self.certs, "dvc", opts.alpn)?;
+        eprintln!("bench: upstream: the provider seeds {} citizens…", opts.citizens);
+        let provider_args = demo(
+            "provider",
+            provider_addr,
+            free_addr()?,
+            &[
+                "--provider".into(),
+                "--citizens".into(),
+                opts.citizens.to_string(),
+            ],
+        );
+        let log = |name: &str| self.work.join(format!("{name}.log"));
+        let mut provider = Child::spawn("provider", &[], &provider_args, log("provider"), &opts.broker_log)?;
+        wait_ready(&mut provider, &dvc.keep_alive, provider_addr, opts.ready_timeout).await?;
+        let front_args = demo(
+            "front",
+            front_addr,
+            free_addr()?,
+            &["--front-of".into(), provider_addr.to_string()],
+        );
+        let mut front = Child::spawn("front broker", &[], &front_args, log("front"), &opts.broker_log)?;
+        wait_ready(&mut front, &dvc.keep_alive, front_addr, opts.ready_timeout).await?;
+        let as_front = Clients::load(self.certs, crate::dev::upstream_demo::FRONT_AGENCY, opts.alpn)?;
+        let read = |kind: Kind, agency: &'static str| Scenario {
+            name: "upstream-read",
+            agency,
+            kind,
+            new_connection: false,
+        };
+        for &conc in &opts.concurrency {
+            let mut measured_here: Vec<RunResult> = Vec::new();
+            for (target, addr, clients, scenario, child) in [
+                (
+                    "baseline",
+                    self.baseline_addr,
+                    &dvc,
+                    read(Kind::CanonicalRead, "dvc"),
+                    self.baseline,
+                ),
+                (
+                    "provider",
+                    provider_addr,
+                    &as_front,
+                    read(Kind::ProviderRead, "front"),
+                    &provider,
+                ),
+                (
+                    "front→provider",
+                    front_addr,
+                    &dvc,
+                    read(Kind::CanonicalRead, "dvc"),
+                    &front,
+                ),
+            ] {
+                *run_no += 1;
+                eprintln!("bench: upstream-read c={conc} {target}…");
+                let plan = Plan {
+                    addr,
+                    scenario,
+                    concurrency: conc,
+                    duration: opts.duration,
+                    rate: None,
+                };
+                measured_here.push(measured(harness, clients, child, target, plan, *run_no).await?);
+            }
+            if let [_, direct, through] = measured_here.as_slice() {
+                notes.push(format!(
+                    "upstream hop at concurrency {conc}: +{:.2} ms p50, +{:.2} ms p99; front→provider {:.0} req/s \
+                     = {:.2} × the provider asked directly",
+                    through.p50_ms - direct.p50_ms,
+                    through.p99_ms - direct.p99_ms,
+                    through.rps,
+                    through.rps / direct.rps.max(1e-9)
+                ));
+            }
+            runs.extend(measured_here);
+        }
+        front.stop().await;
+        provider.stop().await;
+        Ok(())
+    }
 }
 
 /// What every measured run shares.
