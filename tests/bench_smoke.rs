@@ -10,7 +10,7 @@ fn bench_smoke_completes_and_audits_every_answer() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
     let output = Command::new(env!("CARGO_BIN_EXE_lienthong"))
-        .args(["bench", "--smoke", "--out"])
+        .args(["bench", "--smoke", "--upstream", "--out"])
         .arg(&out)
         .arg("--work-dir")
         .arg(dir.path().join("work"))
@@ -51,4 +51,29 @@ fn bench_smoke_completes_and_audits_every_answer() {
         assert_eq!(r["errors"].as_u64(), Some(0), "{r}");
     }
     assert!(report["broker_peak_rss_kib"].as_u64().unwrap() > 0);
+    // Upstream provider mode: the read through the front broker and the provider's own, all served.
+    for target in ["baseline", "provider", "front→provider"] {
+        let upstream: Vec<_> = runs
+            .iter()
+            .filter(|r| r["scenario"] == "upstream-read" && r["target"] == target)
+            .collect();
+        assert_eq!(
+            upstream.len(),
+            2,
+            "upstream-read on {target}: one run per concurrency level"
+        );
+        for r in upstream {
+            let answered = r["answered"].as_u64().unwrap();
+            assert!(answered > 0, "{r}");
+            assert_eq!(r["ok_2xx"].as_u64(), Some(answered), "{r}");
+            assert_eq!(r["errors"].as_u64(), Some(0), "{r}");
+        }
+    }
+    let notes = report["notes"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.starts_with("upstream hop"))),
+        "{notes:?}"
+    );
 }
