@@ -314,7 +314,8 @@ impl Provider {
     pub fn record(&self, body: &[u8]) -> Result<Value, String> {
         match self.format {
             Format::Json => {
-                let doc: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+                // The same strict reading as agencies' JSON: a duplicate key or deep nesting is malformed.
+                let doc = crate::json::parse(body).map_err(|e| format!("not JSON: {}", e.message))?;
                 let at = if self.read.root.is_empty() {
                     &doc
                 } else {
@@ -362,7 +363,7 @@ impl Provider {
     /// The provider's error code in an error answer, if it has one where the file says.
     pub fn error_code_of(&self, body: &[u8]) -> Option<String> {
         match &self.error_code {
-            Locator::Pointer(p) => serde_json::from_slice::<Value>(body)
+            Locator::Pointer(p) => crate::json::parse(body)
                 .ok()?
                 .pointer(p)?
                 .as_str()
@@ -483,6 +484,11 @@ mod tests {
             .unwrap();
         assert_eq!(record["full_name"], "A");
         assert!(p.record(b"<html>").is_err());
+        assert!(
+            p.record(br#"{"citizen":{"full_name":"A","full_name":"B"}}"#)
+                .is_err(),
+            "a duplicate key is malformed"
+        );
         assert_eq!(
             p.error_code_of(br#"{"error":{"code":"citizen_not_found","message":"x"}}"#)
                 .as_deref(),
