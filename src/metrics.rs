@@ -154,6 +154,7 @@ pub struct UpstreamMetrics {
     circuit_state: Gauge,
     reachable: Gauge,
     dropped_fields: Counter,
+    in_flight: Gauge,
 }
 
 impl UpstreamMetrics {
@@ -164,6 +165,7 @@ impl UpstreamMetrics {
             circuit_state: Gauge::default(),
             reachable: Gauge::default(),
             dropped_fields: Counter::default(),
+            in_flight: Gauge::default(),
         };
         registry.register_with_unit(
             "upstream_call_duration",
@@ -185,6 +187,11 @@ impl UpstreamMetrics {
             "upstream_reachable",
             "1 while the upstream provider answered its last call or health probe",
             metrics.reachable.clone(),
+        );
+        registry.register(
+            "upstream_in_flight",
+            "Calls to the upstream provider in flight: the pooled connections in use (HTTP/1.1) or streams (HTTP/2)",
+            metrics.in_flight.clone(),
         );
         registry.register(
             "upstream_dropped_fields",
@@ -214,6 +221,14 @@ impl UpstreamMetrics {
     /// Whether the provider answered last time.
     pub fn set_reachable(&self, reachable: bool) {
         self.reachable.set(i64::from(reachable));
+    }
+
+    /// One call to the provider in flight until the guard drops.
+    pub fn call_in_flight(&self) -> UpstreamCallGuard {
+        self.in_flight.inc();
+        UpstreamCallGuard {
+            gauge: self.in_flight.clone(),
+        }
     }
 
     /// Count fields dropped from an answer.
@@ -421,6 +436,18 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// Keeps a call counted in `lienthong_upstream_in_flight` while alive.
+#[derive(Debug)]
+pub struct UpstreamCallGuard {
+    gauge: Gauge,
+}
+
+impl Drop for UpstreamCallGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

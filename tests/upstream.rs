@@ -691,6 +691,10 @@ async fn slow_garbled_chatty_and_untrusted_providers() {
         metrics.contains("lienthong_upstream_errors_total{kind=\"timeout\"}"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("lienthong_upstream_in_flight 0"),
+        "every call finished: {metrics}"
+    );
     let audit = rest
         .admin_get(&format!(
             "/admin/v1/audit/entries?agency=dvc&citizen_id={AN}&limit=10"

@@ -364,6 +364,7 @@ impl Inner {
                 );
                 break;
             }
+            let in_flight = self.metrics.call_in_flight();
             let outcome = self
                 .client
                 .call(
@@ -374,6 +375,7 @@ impl Inner {
                     traceparent.as_deref(),
                 )
                 .await;
+            drop(in_flight);
             let failure = match outcome {
                 Ok(answer) if answer.status < 500 => {
                     self.breaker.success();
