@@ -45,6 +45,29 @@ pub fn parse(body: &[u8]) -> Result<Value, ApiError> {
     Ok(value)
 }
 
+/// Put `value` at a JSON Pointer, making the objects on the way.
+pub fn set_pointer(out: &mut Value, pointer: &str, value: Value) {
+    let mut at = out;
+    let parts: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !at.is_object() {
+            *at = Value::Object(Map::new());
+        }
+        let Some(obj) = at.as_object_mut() else { return };
+        if i + 1 == parts.len() {
+            obj.insert(part.clone(), value);
+            return;
+        }
+        at = obj
+            .entry(part.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
 fn classify(message: String) -> ApiError {
     if message.contains("nesting deeper than") || message.contains("recursion limit") {
         ApiError::new(

@@ -410,7 +410,7 @@ fn render(connector: &Connector, record: &Value, echo: &Map<String, Value>) -> R
             let mut out = Value::Object(Map::new());
             for (at, text) in values {
                 if let Locator::Pointer(p) = at {
-                    set_pointer(&mut out, p, Value::String(text));
+                    crate::json::set_pointer(&mut out, p, Value::String(text));
                 }
             }
             out.to_string()
@@ -425,29 +425,6 @@ fn render(connector: &Connector, record: &Value, echo: &Map<String, Value>) -> R
             envelope(connector, &connector.response_root, root.children)
         }
     })
-}
-
-/// Put `value` at a JSON Pointer, making the objects on the way.
-pub(crate) fn set_pointer(out: &mut Value, pointer: &str, value: Value) {
-    let mut at = out;
-    let parts: Vec<String> = pointer
-        .split('/')
-        .skip(1)
-        .map(|p| p.replace("~1", "/").replace("~0", "~"))
-        .collect();
-    for (i, part) in parts.iter().enumerate() {
-        if !at.is_object() {
-            *at = Value::Object(Map::new());
-        }
-        let Some(obj) = at.as_object_mut() else { return };
-        if i + 1 == parts.len() {
-            obj.insert(part.clone(), value);
-            return;
-        }
-        at = obj
-            .entry(part.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
 }
 
 fn set_xml(root: &mut Element, steps: &[Step], attribute: Option<&Step>, text: String) {

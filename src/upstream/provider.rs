@@ -11,7 +11,6 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::Spanned;
 
-use crate::connector::door::set_pointer;
 use crate::connector::spec::{file_name, locator, method, transforms, ConnectorError, Ctx, Locator};
 use crate::connector::transform::Transform;
 use crate::connector::xml;
@@ -355,7 +354,7 @@ impl Provider {
                 value = t.apply(value).map_err(|e| format!("{}: {e}", m.to.join(".")))?;
             }
             // Field names hold no `/` or `~`: the path is a JSON Pointer as it is.
-            set_pointer(&mut record, &format!("/{}", m.to.join("/")), value);
+            crate::json::set_pointer(&mut record, &format!("/{}", m.to.join("/")), value);
         }
         Ok(record)
     }
