@@ -56,6 +56,10 @@ pub struct Broker {
     pub store: Arc<dyn CitizenStore>,
     /// The audit trail.
     pub audit: Arc<AuditLog>,
+    /// Where the pipeline appends audit entries: `audit` itself, or the PostgreSQL trail.
+    pub audit_sink: Arc<dyn crate::audit::AuditSink>,
+    /// The PostgreSQL backend, with `storage.backend = "postgres"` (records and the audit trail there).
+    pub postgres: Option<crate::postgres::Backend>,
     /// Quota counters and monthly billing totals.
     pub quota: crate::quota::Quota,
     /// Registered checkpoints and the check-in index.
@@ -106,12 +110,26 @@ impl Broker {
             .open()
             .map_err(|e| store_err(describe_sled_error(e)))?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
-        let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
+        let postgres = match config.storage.backend {
+            crate::config::StorageBackend::Sled => None,
+            crate::config::StorageBackend::Postgres => Some(
+                crate::postgres::Backend::open(&config)
+                    .map_err(|e| StartError::Other(format!("storage.postgres: {e}")))?,
+            ),
+        };
+        let store: Arc<dyn CitizenStore> = match &postgres {
+            Some(backend) => backend.citizens.clone(),
+            None => Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?),
+        };
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let checkpoints = crate::checkpoint::store::Checkpoints::open(&db)
             .map_err(|e| store_err(describe_sled_error(e)))?;
         let audit = AuditLog::open(&data_dir.join("audit"), db.clone(), config.audit.checkpoint_every)
             .map_err(|e| store_err(format!("audit trail: {e}")))?;
+        let audit_sink: Arc<dyn crate::audit::AuditSink> = match &postgres {
+            Some(backend) => backend.audit.clone(),
+            None => audit.clone(),
+        };
         Ok(Self {
             config,
             tls,
@@ -122,6 +140,8 @@ impl Broker {
             connectors,
             store,
             audit,
+            audit_sink,
+            postgres,
             checkpoints,
             quota,
             sms_limiter: Default::default(),
@@ -139,6 +159,26 @@ impl Broker {
         // `context` and `global_error` are public but hidden in sled 0.34 (pinned in Cargo.lock); they
         // read the one atomic that every sled write checks.
         self.db.context.global_error().err().map(|e| e.to_string())
+    }
+
+    /// Bring an external database up to date before serving: with PostgreSQL, run the migrations (a
+    /// database newer than this broker is refused, naming both versions).
+    pub async fn prepare_storage(&self) -> Result<(), String> {
+        match &self.postgres {
+            Some(backend) => backend.prepare().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The external dependency that is down and why, for `/healthz`: `postgres` while the database does
+    /// not answer.
+    pub fn dependency_failure(&self) -> Option<(&'static str, String)> {
+        let backend = self.postgres.as_ref()?;
+        backend
+            .postgres
+            .health()
+            .failure()
+            .map(|cause| ("postgres", cause))
     }
 
     /// Flush what is buffered; called on graceful shutdown after the last request.

@@ -77,6 +77,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pipeline;
 pub mod policy;
+pub mod postgres;
 pub mod qr;
 pub mod quota;
 pub mod record;

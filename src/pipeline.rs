@@ -212,6 +212,15 @@ fn authenticate(exchange: &mut Exchange, agency: Option<Agency>) -> Result<Agenc
 fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Reply> {
     (path == "/healthz").then(|| {
         exchange.operation = Some(Operation::Health);
+        if let Some((dependency, _cause)) = broker.dependency_failure() {
+            // Which dependency is down, for the operator's probe; the cause (a host, an OS error) is logged.
+            let err = ApiError::new(ErrorCode::StoreUnavailable, crate::store::UNAVAILABLE);
+            let mut reply = Reply::error(&err, &exchange.request_id);
+            let mut body = err.to_json(&exchange.request_id);
+            body["error"]["dependency"] = dependency.into();
+            reply.body = serde_json::to_vec(&body).unwrap_or_default().into();
+            return reply;
+        }
         match broker.store_failure() {
             None => Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             // The supervisor has logged the cause; a health probe every few seconds need not repeat it.
@@ -291,7 +300,7 @@ pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut 
     if let Some(rate) = &exchange.rate {
         reply.headers.extend(rate.headers());
     }
-    let sink: &dyn AuditSink = &*broker.audit;
+    let sink: &dyn AuditSink = &*broker.audit_sink;
     let counters: &dyn QuotaCounters = &broker.quota;
     let served = exchange.metered && reply.status.is_success();
     let entry = AuditRecord::of(exchange, &reply);

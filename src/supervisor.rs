@@ -78,6 +78,10 @@ pub async fn supervise(
     shutdown: impl Future<Output = ()>,
     slot: Option<BrokerSlot>,
 ) -> std::io::Result<()> {
+    broker
+        .prepare_storage()
+        .await
+        .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m))?;
     check_store_against_audit(&broker)
         .await
         .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m))?;

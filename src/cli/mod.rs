@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::dev::demo::DemoOptions;
 
 mod admin;
+mod db;
 
 use admin::{agency_command, billing_command};
 
@@ -85,6 +86,12 @@ pub enum Command {
     },
     /// Benchmark the whole pipeline against a bare hyper + rustls baseline (see `BENCHMARKS.md`).
     Bench(crate::dev::bench::BenchArgs),
+    /// The PostgreSQL database of a cluster (`storage.backend = "postgres"`).
+    Db {
+        /// What to do.
+        #[command(subcommand)]
+        action: db::DbCommand,
+    },
     /// Manage agencies through a running broker's admin API.
     Agency {
         /// How to reach the admin API.
@@ -119,6 +126,9 @@ pub enum AuditCommand {
         /// The broker's data dir (the trail is in its `audit/` folder).
         #[arg(long, default_value = "data/demo")]
         data_dir: PathBuf,
+        /// Verify every broker's chain in this PostgreSQL database (connection URL) instead.
+        #[command(flatten)]
+        database: db::DatabaseArgs,
     },
     /// Write entries as JSON Lines (for an archive or a SIEM), `--from` inclusive, `--to` exclusive.
     Export {
@@ -347,6 +357,10 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Agency { admin, action } => return agency_command(admin, action).await,
         Command::Billing { admin, action } => return billing_command(admin, action).await,
         Command::Bench(args) => return crate::dev::bench::run_cli(args).await,
+        Command::Db { action } => return db::db_command(action).await,
+        Command::Audit {
+            action: AuditCommand::Verify { database, .. },
+        } if database.database.is_some() => return db::verify_command(database).await,
         Command::Audit { action } => return audit_command(action),
     };
     match result {
@@ -408,7 +422,7 @@ fn audit_command(action: AuditCommand) -> i32 {
         code
     };
     match action {
-        AuditCommand::Verify { data_dir } => {
+        AuditCommand::Verify { data_dir, .. } => {
             let dir = data_dir.join("audit");
             if !dir.is_dir() {
                 return fail(2, format!("{}: no audit trail here", dir.display()));
