@@ -144,6 +144,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         }
         (&Method::GET, ["admin", "v1", "agencies", code, "usage"]) => {
             exchange.operation = Some(Operation::Admin(AdminOperation::Usage));
+            broker.embedded_only("quota usage")?;
             let agency = broker
                 .registry
                 .get(code)

@@ -54,6 +54,7 @@ fn page(entries: Vec<AuditEntry>, limit: usize, view: impl Fn(&AuditEntry) -> Va
 
 /// `GET /admin/v1/audit/{head,verify,entries}`.
 pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Result<Reply, ApiError> {
+    broker.embedded_only("the audit API on a broker (use `lienthong audit verify --database`)")?;
     match action {
         "head" => {
             let (count, head_hash) = broker.audit.head();
@@ -115,6 +116,7 @@ fn citizen_view(e: &AuditEntry) -> Value {
 
 /// Entries about one citizen, newest first, paginated.
 pub async fn access_log(broker: &Broker, req: &ReadRequest, id: &CitizenId) -> Result<Value, ApiError> {
+    broker.embedded_only("the citizen's access log")?;
     let (before, limit) = page_params(req)?;
     let entries = broker.audit.for_citizen(id.as_str(), before, limit).await?;
     Ok(page(entries, limit, citizen_view))

@@ -48,6 +48,7 @@ pub struct Report {
 
 /// The monthly report from the counters.
 pub fn report(broker: &Broker, month: &str) -> Result<Report, ApiError> {
+    broker.embedded_only("the billing report")?;
     month_range(month)?;
     let totals = broker.quota.month_totals(month)?;
     Ok(build(broker, month, &totals))
@@ -117,6 +118,7 @@ pub struct Difference {
 
 /// Recompute the month from the audit trail and compare with the counters.
 pub async fn reconcile(broker: &Broker, month: &str) -> Result<(Report, Vec<Difference>), ApiError> {
+    broker.embedded_only("billing reconcile")?;
     let (from, to) = month_range(month)?;
     let filter = AuditFilter {
         from: Some(from),

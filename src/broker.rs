@@ -170,6 +170,27 @@ impl Broker {
         }
     }
 
+    /// 501 `not_supported_on_postgres` for an operator feature that still reads this broker's own files
+    /// (its audit segments, its counters): with PostgreSQL they would answer for this node only.
+    pub fn embedded_only(&self, feature: &str) -> Result<(), crate::error::ApiError> {
+        match self.postgres {
+            Some(_) => Err(crate::error::ApiError::new(
+                crate::error::ErrorCode::NotSupportedOnPostgres,
+                format!("not yet supported with backend = postgres: {feature}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Where the pipeline meters quotas: the counters in PostgreSQL (exact across brokers) or the
+    /// embedded ones.
+    pub fn quota_counters(&self) -> &dyn crate::quota::QuotaCounters {
+        match &self.postgres {
+            Some(backend) => &*backend.quota,
+            None => &self.quota,
+        }
+    }
+
     /// The external dependency that is down and why, for `/healthz`: `postgres` while the database does
     /// not answer.
     pub fn dependency_failure(&self) -> Option<(&'static str, String)> {

@@ -301,7 +301,7 @@ pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut 
         reply.headers.extend(rate.headers());
     }
     let sink: &dyn AuditSink = &*broker.audit_sink;
-    let counters: &dyn QuotaCounters = &broker.quota;
+    let counters: &dyn QuotaCounters = broker.quota_counters();
     let served = exchange.metered && reply.status.is_success();
     let entry = AuditRecord::of(exchange, &reply);
     let unavailable = || {
@@ -346,7 +346,7 @@ pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut 
                 let at = chrono::DateTime::parse_from_rfc3339(&entry.time)
                     .map(|t| t.with_timezone(&chrono::Utc))
                     .unwrap_or_else(|_| chrono::Utc::now());
-                if let Err(e) = counters.record_outcome(agency, purpose, kind, at) {
+                if let Err(e) = counters.record_outcome(agency, purpose, kind, at).await {
                     tracing::error!(error = %e.message, "billing counter not updated; `billing reconcile` will show it");
                 }
             }

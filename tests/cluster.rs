@@ -410,13 +410,13 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("from version 0 to 2"),
+        text(&out.stdout).contains("from version 0 to 3"),
         "{}",
         text(&out.stdout)
     );
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(
-        text(&out.stdout).contains("schema version 2 is current"),
+        text(&out.stdout).contains("schema version 3 is current"),
         "{}",
         text(&out.stdout)
     );
@@ -561,6 +561,79 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
 }
 
 #[tokio::test]
+async fn three_nodes_under_concurrent_reads_serve_exactly_the_plan() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let ids = seed(&pg.url(), 3).await;
+    let admin = client(&certs, "admin");
+    let mut nodes = Vec::new();
+    for name in ["q-a", "q-b", "q-c"] {
+        let node = Node::start(dir.path(), &certs, name, &pg.url()).await;
+        node.register(&certs, &["dvc"]).await;
+        // The registry is per node still: the same plan on each.
+        let r = admin
+            .request(
+                node.admin,
+                hyper::Method::PUT,
+                "/admin/v1/agencies/dvc/plan",
+                Some("application/json"),
+                json!({ "limits": { "public-service-prefill": { "per_day": 50 } } }).to_string(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", text(&r.body));
+        nodes.push(node);
+    }
+    let dvc = client(&certs, "dvc");
+    let mut readers = Vec::new();
+    for i in 0..90 {
+        let (dvc, addr) = (dvc.clone(), nodes[i % 3].agency);
+        let path = format!("/v1/citizens/{}?purpose=public-service-prefill", ids[i % 3]);
+        readers.push(tokio::spawn(async move { dvc.get(addr, &path).await.unwrap() }));
+    }
+    let (mut served, mut refused) = (Vec::new(), 0);
+    for r in readers {
+        let r = r.await.unwrap();
+        match r.status {
+            200 => served.push(request_id(&r)),
+            429 => {
+                assert_eq!(error_code(&r), "quota_exceeded");
+                assert!(r.headers.contains_key("retry-after"));
+                refused += 1;
+            }
+            other => panic!("{other}: {}", text(&r.body)),
+        }
+    }
+    assert_eq!((served.len(), refused), (50, 40));
+    assert_eq!(unaudited(&pg, &served).await, Vec::<String>::new());
+    // Billing totals count what the trail holds, across the nodes.
+    let db = pg.client().await;
+    let rows = db
+        .query(
+            "SELECT kind, calls FROM quota_totals WHERE agency = 'dvc' ORDER BY kind",
+            &[],
+        )
+        .await
+        .unwrap();
+    let totals: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        totals,
+        vec![("refused".to_string(), 40), ("served".to_string(), 50)]
+    );
+    // Reports that would read one node's own files are refused, not answered from a third of the data.
+    let r = admin
+        .get(nodes[1].admin, "/admin/v1/billing/report")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (501, "not_supported_on_postgres")
+    );
+    assert!(text(&r.body).contains("not yet supported with backend = postgres: the billing report"));
+}
+
+#[tokio::test]
 async fn postgres_down_answers_503_and_the_broker_recovers_by_itself() {
     let pg = Pg::start();
     let dir = tempfile::tempdir().unwrap();
@@ -636,7 +709,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("schema version 99 is newer than this broker understands (version 2)"),
+        stderr.contains("schema version 99 is newer than this broker understands (version 3)"),
         "{stderr}"
     );
 
@@ -658,7 +731,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(status.code(), Some(1));
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.contains("schema version 99 is newer than this broker understands (version 2)"),
+        log.contains("schema version 99 is newer than this broker understands (version 3)"),
         "{log}"
     );
 }

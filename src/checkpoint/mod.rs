@@ -85,7 +85,7 @@ pub async fn route(
             ))
         }
         (&Method::POST, [cp, "checkins"]) => scan(broker, exchange, agency, req, cp).await,
-        (&Method::GET, [cp, "checkins"]) => trace(broker, exchange, agency, req, cp),
+        (&Method::GET, [cp, "checkins"]) => trace(broker, exchange, agency, req, cp).await,
         _ => Err(ApiError::no_route(method, req.path())),
     }
 }
@@ -162,7 +162,7 @@ async fn scan(
     ))
 }
 
-fn trace(
+async fn trace(
     broker: &Broker,
     exchange: &mut Exchange,
     agency: &Agency,
@@ -191,7 +191,7 @@ fn trace(
             "the window must be positive and at most 21 days",
         ));
     }
-    canonical::meter(broker, exchange)?;
+    canonical::meter(broker, exchange).await?;
     let checkins = broker.checkpoints.checkins(&cp.id, from, to)?;
     exchange.bulk = true;
     // Each person released gets an entry of their own, so contact tracing shows in their access log.

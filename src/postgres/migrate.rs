@@ -62,6 +62,26 @@ const MIGRATIONS: &[Migration] = &[
                   FOR EACH STATEMENT EXECUTE FUNCTION lienthong_append_only();
               REVOKE UPDATE, DELETE, TRUNCATE ON audit_chains, audit_entries FROM PUBLIC;",
     },
+    Migration {
+        version: 3,
+        name: "quota counters and monthly totals",
+        sql: "CREATE TABLE quota_use (
+                  agency text NOT NULL,
+                  purpose text NOT NULL,
+                  win text NOT NULL,
+                  label text NOT NULL,
+                  used bigint NOT NULL DEFAULT 0,
+                  PRIMARY KEY (agency, purpose, win, label)
+              );
+              CREATE TABLE quota_totals (
+                  month text NOT NULL,
+                  agency text NOT NULL,
+                  purpose text NOT NULL,
+                  kind text NOT NULL,
+                  calls bigint NOT NULL DEFAULT 0,
+                  PRIMARY KEY (month, agency, purpose, kind)
+              );",
+    },
 ];
 
 /// The schema version this broker writes and understands.

@@ -1,9 +1,9 @@
 //! Storage backend: PostgreSQL, shared by every broker of a cluster (`[storage] backend = "postgres"`).
 //!
 //! What lives in the database with this backend: citizen records ([`citizens`], JSONB, still validated
-//! against the schema in the broker) and the audit trail ([`audit`]: one hash chain per broker start in a
-//! shared append-only table, group-committed). The registry, quota counters and checkpoints stay in each
-//! broker's own `data_dir` for now (see README "Cluster").
+//! against the schema in the broker), the audit trail ([`audit`]: one hash chain per broker start in a
+//! shared append-only table, group-committed) and the quota counters ([`quota`], exact across brokers).
+//! The registry and checkpoints stay in each broker's own `data_dir` for now (see README "Cluster").
 //!
 //! The connection URL may carry a password: it is never logged or answered. Every message that names the
 //! database names it through [`redact_url`].
@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod citizens;
 pub mod migrate;
+pub mod quota;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -207,6 +208,8 @@ pub struct Backend {
     pub citizens: Arc<citizens::PgCitizenStore>,
     /// The audit writer of this start's chain.
     pub audit: Arc<audit::PgAuditSink>,
+    /// Quota counters, exact across brokers.
+    pub quota: Arc<quota::PgQuota>,
 }
 
 impl Backend {
@@ -223,6 +226,7 @@ impl Backend {
         Ok(Self {
             citizens: Arc::new(citizens::PgCitizenStore::new(postgres.clone())),
             audit: Arc::new(audit::PgAuditSink::start(postgres.clone(), node)),
+            quota: Arc::new(quota::PgQuota::new(postgres.clone())),
             postgres,
         })
     }
