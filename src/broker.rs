@@ -163,11 +163,32 @@ impl Broker {
 
     /// Bring an external database up to date before serving: with PostgreSQL, run the migrations (a
     /// database newer than this broker is refused, naming both versions).
-    pub async fn prepare_storage(&self) -> Result<(), String> {
+    pub async fn prepare_storage(self: &Arc<Self>) -> Result<(), String> {
+        self.migrate_storage().await?;
+        self.follow_shared_registry().await
+    }
+
+    /// With PostgreSQL: run the migrations and count the records.
+    pub async fn migrate_storage(&self) -> Result<(), String> {
         match &self.postgres {
             Some(backend) => backend.prepare().await,
             None => Ok(()),
         }
+    }
+
+    /// With PostgreSQL: admin changes go to the shared registry first from now on, and this broker
+    /// follows it (loaded once before this returns, then on every change).
+    pub async fn follow_shared_registry(self: &Arc<Self>) -> Result<(), String> {
+        let Some(backend) = &self.postgres else {
+            return Ok(());
+        };
+        self.registry.share_through(backend.registry.clone());
+        backend.registry.clone().follow(self).await.map_err(|e| {
+            format!(
+                "{}: loading the registry: {}",
+                backend.postgres.redacted_url, e.message
+            )
+        })
     }
 
     /// 501 `not_supported_on_postgres` for an operator feature that still reads this broker's own files

@@ -315,7 +315,7 @@ impl Node {
         self.child.wait().unwrap();
     }
 
-    /// Register the agencies the tests use (the registry is still per node).
+    /// Register the agencies the tests use, on this node (every node shares the registry).
     async fn register(&self, certs: &Path, agencies: &[&str]) {
         let admin = client(certs, "admin");
         for code in agencies {
@@ -330,6 +330,31 @@ impl Node {
                 .await
                 .unwrap();
             assert_eq!(r.status, 201, "{}", text(&r.body));
+        }
+    }
+}
+
+impl Node {
+    /// Wait until this node's registry shows `code` as `check` wants it (changes made on another node
+    /// arrive through the shared registry).
+    async fn wait_for_agency(&self, certs: &Path, code: &str, check: impl Fn(&Value) -> bool) {
+        let admin = client(certs, "admin");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = admin
+                .get(self.admin, &format!("/admin/v1/agencies/{code}"))
+                .await
+                .unwrap();
+            if r.status == 200 && check(&r.json()["agency"]) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: agency {code}: {}",
+                self.name,
+                text(&r.body)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -410,13 +435,13 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("from version 0 to 3"),
+        text(&out.stdout).contains("from version 0 to 4"),
         "{}",
         text(&out.stdout)
     );
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(
-        text(&out.stdout).contains("schema version 3 is current"),
+        text(&out.stdout).contains("schema version 4 is current"),
         "{}",
         text(&out.stdout)
     );
@@ -424,10 +449,23 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
     let ids = seed(&pg.url(), 80).await;
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
-        let node = Node::start(dir.path(), &certs, name, &pg.url()).await;
-        node.register(&certs, &["moh", "dvc"]).await;
-        nodes.push(node);
+        nodes.push(Node::start(dir.path(), &certs, name, &pg.url()).await);
     }
+    // Registered on B, known everywhere.
+    nodes[1].register(&certs, &["moh", "dvc"]).await;
+    for node in &nodes {
+        node.wait_for_agency(&certs, "moh", |_| true).await;
+        node.wait_for_agency(&certs, "dvc", |_| true).await;
+    }
+    let r = client(&certs, "admin")
+        .post_json(
+            nodes[2].admin,
+            "/admin/v1/agencies",
+            &json!({ "code": "moh", "name": "again", "fingerprints": [] }),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, error_code(&r).as_str()), (409, "agency_exists"));
     let (moh, dvc) = (client(&certs, "moh"), client(&certs, "dvc"));
 
     // Written on B, seen on C: the replay answers 200 with what B stored; a different entry under the
@@ -569,21 +607,24 @@ async fn three_nodes_under_concurrent_reads_serve_exactly_the_plan() {
     let admin = client(&certs, "admin");
     let mut nodes = Vec::new();
     for name in ["q-a", "q-b", "q-c"] {
-        let node = Node::start(dir.path(), &certs, name, &pg.url()).await;
-        node.register(&certs, &["dvc"]).await;
-        // The registry is per node still: the same plan on each.
-        let r = admin
-            .request(
-                node.admin,
-                hyper::Method::PUT,
-                "/admin/v1/agencies/dvc/plan",
-                Some("application/json"),
-                json!({ "limits": { "public-service-prefill": { "per_day": 50 } } }).to_string(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200, "{}", text(&r.body));
-        nodes.push(node);
+        nodes.push(Node::start(dir.path(), &certs, name, &pg.url()).await);
+    }
+    nodes[0].register(&certs, &["dvc"]).await;
+    // A plan set on C applies on every node.
+    let r = admin
+        .request(
+            nodes[2].admin,
+            hyper::Method::PUT,
+            "/admin/v1/agencies/dvc/plan",
+            Some("application/json"),
+            json!({ "limits": { "public-service-prefill": { "per_day": 50 } } }).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    for node in &nodes {
+        node.wait_for_agency(&certs, "dvc", |a| !a["plan"].is_null())
+            .await;
     }
     let dvc = client(&certs, "dvc");
     let mut readers = Vec::new();
@@ -631,6 +672,36 @@ async fn three_nodes_under_concurrent_reads_serve_exactly_the_plan() {
         (501, "not_supported_on_postgres")
     );
     assert!(text(&r.body).contains("not yet supported with backend = postgres: the billing report"));
+
+    // Suspended on A: refused on C within a second; resumed on B: served on A again.
+    let read = format!("/v1/citizens/{}?purpose=public-service-prefill", ids[0]);
+    let r = admin
+        .post_json(nodes[0].admin, "/admin/v1/agencies/dvc/suspend", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let suspended = Instant::now();
+    loop {
+        let r = dvc.get(nodes[2].agency, &read).await.unwrap();
+        if r.status == 403 {
+            assert_eq!(error_code(&r), "agency_suspended");
+            break;
+        }
+        assert!(
+            suspended.elapsed() < Duration::from_secs(1),
+            "still {} on node C",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = admin
+        .post_json(nodes[1].admin, "/admin/v1/agencies/dvc/resume", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    nodes[0]
+        .wait_for_agency(&certs, "dvc", |a| a["status"] == "active")
+        .await;
 }
 
 #[tokio::test]
@@ -709,7 +780,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("schema version 99 is newer than this broker understands (version 3)"),
+        stderr.contains("schema version 99 is newer than this broker understands (version 4)"),
         "{stderr}"
     );
 
@@ -731,7 +802,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(status.code(), Some(1));
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.contains("schema version 99 is newer than this broker understands (version 3)"),
+        log.contains("schema version 99 is newer than this broker understands (version 4)"),
         "{log}"
     );
 }

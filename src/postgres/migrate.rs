@@ -82,6 +82,16 @@ const MIGRATIONS: &[Migration] = &[
                   PRIMARY KEY (month, agency, purpose, kind)
               );",
     },
+    Migration {
+        version: 4,
+        name: "agency registry",
+        sql: "CREATE SEQUENCE agencies_version;
+              CREATE TABLE agencies (
+                  code text PRIMARY KEY,
+                  agency jsonb NOT NULL,
+                  version bigint NOT NULL
+              );",
+    },
 ];
 
 /// The schema version this broker writes and understands.

@@ -2,8 +2,9 @@
 //!
 //! What lives in the database with this backend: citizen records ([`citizens`], JSONB, still validated
 //! against the schema in the broker), the audit trail ([`audit`]: one hash chain per broker start in a
-//! shared append-only table, group-committed) and the quota counters ([`quota`], exact across brokers).
-//! The registry and checkpoints stay in each broker's own `data_dir` for now (see README "Cluster").
+//! shared append-only table, group-committed), the quota counters ([`quota`], exact across brokers) and
+//! the agency registry ([`registry`], followed by every broker through LISTEN/NOTIFY). Checkpoints and
+//! check-ins stay in each broker's own `data_dir` for now (see README "Cluster").
 //!
 //! The connection URL may carry a password: it is never logged or answered. Every message that names the
 //! database names it through [`redact_url`].
@@ -12,6 +13,7 @@ pub mod audit;
 pub mod citizens;
 pub mod migrate;
 pub mod quota;
+pub mod registry;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -107,6 +109,8 @@ pub fn redact_url(url: &str) -> String {
 /// A connection pool to the cluster's database, and what the broker last saw of it.
 pub struct Postgres {
     pool: Pool,
+    /// How to open a connection outside the pool (the registry's `LISTEN`).
+    connect: Connect,
     health: Arc<Health>,
     /// The URL as it may be shown.
     pub redacted_url: String,
@@ -149,9 +153,11 @@ impl Postgres {
     /// Build the pool (no connection is made yet) and start the health probe. Call within a tokio
     /// runtime.
     pub fn open(config: &PostgresConfig) -> Result<Arc<Self>, String> {
-        let pool = pool(config)?;
+        let connect = Connect::new(config)?;
+        let pool = connect.pool(config.pool_size)?;
         let postgres = Arc::new(Self {
             pool,
+            connect,
             health: Arc::default(),
             redacted_url: redact_url(&config.url),
         });
@@ -210,6 +216,8 @@ pub struct Backend {
     pub audit: Arc<audit::PgAuditSink>,
     /// Quota counters, exact across brokers.
     pub quota: Arc<quota::PgQuota>,
+    /// The agency registry every broker follows.
+    pub registry: Arc<registry::PgRegistry>,
 }
 
 impl Backend {
@@ -227,6 +235,7 @@ impl Backend {
             citizens: Arc::new(citizens::PgCitizenStore::new(postgres.clone())),
             audit: Arc::new(audit::PgAuditSink::start(postgres.clone(), node)),
             quota: Arc::new(quota::PgQuota::new(postgres.clone())),
+            registry: Arc::new(registry::PgRegistry::new(postgres.clone())),
             postgres,
         })
     }
@@ -254,31 +263,102 @@ impl Backend {
     }
 }
 
-/// A pool for `config`: TLS verified against `ca_bundle` when it is set.
-pub fn pool(config: &PostgresConfig) -> Result<Pool, String> {
-    let mut pg: tokio_postgres::Config = config
-        .url
-        .parse()
-        .map_err(|e| format!("{}: {e}", redact_url(&config.url)))?;
-    let timeout = Duration::from_millis(config.connect_timeout_ms);
-    pg.connect_timeout(timeout);
-    let manager_config = ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
-    };
-    let manager = match &config.ca_bundle {
-        Some(ca_bundle) => {
-            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-            Manager::from_config(pg, tls_connector(ca_bundle)?, manager_config)
+/// The parsed connection settings and the TLS connector (verified against `ca_bundle` when it is set).
+#[derive(Clone)]
+struct Connect {
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    timeout: Duration,
+}
+
+impl Connect {
+    fn new(settings: &PostgresConfig) -> Result<Self, String> {
+        let mut config: tokio_postgres::Config = settings
+            .url
+            .parse()
+            .map_err(|e| format!("{}: {e}", redact_url(&settings.url)))?;
+        let timeout = Duration::from_millis(settings.connect_timeout_ms);
+        config.connect_timeout(timeout);
+        let tls = match &settings.ca_bundle {
+            Some(ca_bundle) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(tls_connector(ca_bundle)?)
+            }
+            None => None,
+        };
+        Ok(Self { config, tls, timeout })
+    }
+
+    fn pool(&self, size: usize) -> Result<Pool, String> {
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let config = self.config.clone();
+        let manager = match &self.tls {
+            Some(tls) => Manager::from_config(config, tls.clone(), manager_config),
+            None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        };
+        Pool::builder(manager)
+            .max_size(size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(self.timeout))
+            .create_timeout(Some(self.timeout))
+            .build()
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Postgres {
+    /// A connection of its own (not pooled) that `LISTEN`s on `channel`: each notification is passed on
+    /// to `notified`. The task ends (and the connection closes) when the connection fails or `notified`
+    /// is closed.
+    pub async fn listen(
+        &self,
+        channel: &str,
+        notified: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        match &self.connect.tls {
+            Some(tls) => listen_on(&self.connect.config, tls.clone(), channel, notified).await,
+            None => listen_on(&self.connect.config, tokio_postgres::NoTls, channel, notified).await,
         }
-        None => Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
+    }
+}
+
+async fn listen_on<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    channel: &str,
+    notified: tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<tokio::task::JoinHandle<()>, String>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
+    let mut messages = Box::pin(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if notified.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    // The connection must be driven for the LISTEN to be answered.
+    let listen = format!("LISTEN {channel}");
+    let listened = tokio::select! {
+        r = client.batch_execute(&listen) => r.map_err(|e| e.to_string()),
+        () = &mut messages => Err("the connection closed".to_string()),
     };
-    Pool::builder(manager)
-        .max_size(config.pool_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .build()
-        .map_err(|e| e.to_string())
+    listened?;
+    Ok(tokio::spawn(async move {
+        messages.await;
+        drop(client);
+    }))
 }
 
 fn tls_connector(ca_bundle: &std::path::Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
