@@ -239,6 +239,7 @@ url = "{url}"
 pool_size = 8
 connect_timeout_ms = 2000
 node_name = "{name}"
+seal_every_ms = 300
 "#,
             data = dir.join(name).display()
         ),
@@ -435,13 +436,13 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("from version 0 to 4"),
+        text(&out.stdout).contains("from version 0 to 5"),
         "{}",
         text(&out.stdout)
     );
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(
-        text(&out.stdout).contains("schema version 4 is current"),
+        text(&out.stdout).contains("schema version 5 is current"),
         "{}",
         text(&out.stdout)
     );
@@ -564,13 +565,26 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
     let chains: Vec<(String, bool)> = chains.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(chains.len(), 4, "{chains:?}");
     assert_eq!(chains[3], ("node-a".to_string(), true), "{chains:?}");
+    // Once a seal covers the four chains, every chain and seal verifies.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sealed: Vec<Value> = loop {
+        let row = db
+            .query_opt("SELECT heads FROM audit_seals ORDER BY id DESC LIMIT 1", &[])
+            .await
+            .unwrap();
+        if let Some(Value::Array(heads)) = row.map(|r| r.get::<_, Value>(0)) {
+            if heads.len() == 4 {
+                break heads;
+            }
+        }
+        assert!(Instant::now() < deadline, "no seal over the four chains");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let out = verify(&pg);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(
-        text(&out.stdout).starts_with("ok: 4 chains"),
-        "{}",
-        text(&out.stdout)
-    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("ok: 4 chains"), "{stdout}");
+    assert!(stdout.contains("seals signed by public key"), "{stdout}");
 
     // The trail refuses changes; one made behind its back (trigger disabled by the owner) is found.
     for sql in [
@@ -582,9 +596,37 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
         let e = db.batch_execute(sql).await.unwrap_err();
         assert!(format!("{e:?}").contains("append-only"), "{sql}: {e:?}");
     }
+    // Cutting node B's chain back before its sealed head: the chain alone still verifies, the seal does not.
+    let chain_b: uuid::Uuid = db
+        .query_one("SELECT chain_id FROM audit_chains WHERE node = 'node-b'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let sealed_b = sealed
+        .iter()
+        .find(|h| h["chain_id"] == chain_b.to_string())
+        .unwrap()["seq"]
+        .as_i64()
+        .unwrap();
+    db.batch_execute("ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_append_only")
+        .await
+        .unwrap();
+    db.execute(
+        "DELETE FROM audit_entries WHERE chain_id = $1 AND seq >= $2",
+        &[&chain_b, &sealed_b],
+    )
+    .await
+    .unwrap();
+    let out = verify(&pg);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("chain {chain_b} seq {sealed_b} was sealed but is gone")),
+        "{stderr}"
+    );
+
     db.batch_execute(
-        "ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_append_only;
-         UPDATE audit_entries SET line = replace(line, '\"status\":201', '\"status\":200')
+        "UPDATE audit_entries SET line = replace(line, '\"status\":201', '\"status\":200')
              WHERE status = 201 AND seq = (SELECT min(seq) FROM audit_entries WHERE status = 201);",
     )
     .await
@@ -780,7 +822,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("schema version 99 is newer than this broker understands (version 4)"),
+        stderr.contains("schema version 99 is newer than this broker understands (version 5)"),
         "{stderr}"
     );
 
@@ -802,7 +844,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(status.code(), Some(1));
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.contains("schema version 99 is newer than this broker understands (version 4)"),
+        log.contains("schema version 99 is newer than this broker understands (version 5)"),
         "{log}"
     );
 }

@@ -65,6 +65,7 @@ pub async fn route(
     rest: &[&str],
 ) -> Result<Reply, ApiError> {
     exchange.channel = "checkpoint".into();
+    broker.embedded_only("checkpoints and check-ins")?;
     let method = &req.parts.method;
     match (method, rest) {
         (&Method::POST, []) => {

@@ -66,9 +66,22 @@ pub async fn verify_command(database: DatabaseArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(1, format!("{}: {e}", postgres.redacted_url)),
     };
-    match crate::postgres::audit::verify(&client).await {
-        Ok(report) => {
-            println!("ok: {} chains, {} entries", report.chains.len(), report.entries());
+    let verified = match crate::postgres::audit::verify(&client).await {
+        Ok(report) => crate::postgres::audit::verify_seals(&client)
+            .await
+            .map(|seals| (report, seals)),
+        Err(broken) => Err(broken),
+    };
+    match verified {
+        Ok((report, (seals, keys))) => {
+            println!(
+                "ok: {} chains, {} entries, {seals} seals",
+                report.chains.len(),
+                report.entries()
+            );
+            for key in keys {
+                println!("  seals signed by public key {key}");
+            }
             for (chain, node, entries, head) in &report.chains {
                 println!("  chain {chain} node {node}: {entries} entries, head {head}");
             }

@@ -345,3 +345,178 @@ pub async fn verify(client: &tokio_postgres::Client) -> Result<VerifyReport, Str
     }
     Ok(report)
 }
+
+/// `pg_try_advisory_xact_lock` key of the sealer election ("lienseal" in ASCII).
+const SEAL_LOCK: i64 = 0x6c69_656e_7365_616c;
+
+/// What a seal signs: `"lienthong-audit-seal-v1\n{time}\n"`, then `"{chain_id} {seq} {hash}\n"` for every
+/// chain, in chain id order.
+fn seal_message(time: &str, heads: &[SealedHead]) -> Vec<u8> {
+    let mut message = format!("lienthong-audit-seal-v1\n{time}\n");
+    for head in heads {
+        message.push_str(&format!("{} {} {}\n", head.chain_id, head.seq, head.hash));
+    }
+    message.into_bytes()
+}
+
+/// One chain's head as a seal names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SealedHead {
+    chain_id: Uuid,
+    seq: i64,
+    hash: String,
+}
+
+/// Every `every`, one broker of the cluster (whichever wins the advisory lock, when the last seal is older
+/// than `every`) signs the head of every chain with its Ed25519 key (the embedded trail's
+/// `audit/checkpoint.key` in its data dir) into `audit_seals`: cutting a whole chain's tail, which its own
+/// hashes cannot show, then contradicts a seal. Stops when the pool is gone.
+pub fn start_sealer(
+    postgres: &Arc<Postgres>,
+    audit_dir: std::path::PathBuf,
+    node: String,
+    every: std::time::Duration,
+) {
+    let postgres = Arc::downgrade(postgres);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(postgres) = postgres.upgrade() else {
+                return;
+            };
+            match seal_if_elected(&postgres, &audit_dir, &node, every).await {
+                Ok(Some(chains)) => tracing::debug!(chains, "audit seal written"),
+                Ok(None) => {}
+                Err(cause) => tracing::warn!(%cause, "audit seal not written; retrying"),
+            }
+        }
+    });
+}
+
+/// Write a seal if this broker is elected and one is due; how many chains it covers.
+async fn seal_if_elected(
+    postgres: &Postgres,
+    audit_dir: &std::path::Path,
+    node: &str,
+    every: std::time::Duration,
+) -> Result<Option<usize>, String> {
+    let db = |e: tokio_postgres::Error| e.to_string();
+    let mut client = postgres.pool().get().await.map_err(|e| e.to_string())?;
+    let tx = client.transaction().await.map_err(db)?;
+    let elected: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SEAL_LOCK])
+        .await
+        .map_err(db)?
+        .get(0);
+    let due: bool = elected
+        && tx
+            .query_one(
+                "SELECT coalesce(max(sealed_at) < now() - make_interval(secs => $1), true) FROM audit_seals",
+                &[&every.as_secs_f64()],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+    if !due {
+        return Ok(None);
+    }
+    let heads: Vec<SealedHead> = tx
+        .query(
+            "SELECT c.chain_id, e.seq, e.hash FROM audit_chains c \
+             CROSS JOIN LATERAL (SELECT seq, hash FROM audit_entries \
+                                 WHERE chain_id = c.chain_id ORDER BY seq DESC LIMIT 1) e \
+             ORDER BY c.chain_id",
+            &[],
+        )
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| SealedHead {
+            chain_id: r.get(0),
+            seq: r.get(1),
+            hash: r.get(2),
+        })
+        .collect();
+    if heads.is_empty() {
+        return Ok(None);
+    }
+    // The broker's own checkpoint key, made by its embedded trail when the broker opened.
+    let pkcs8 = std::fs::read(audit_dir.join("checkpoint.key"))
+        .map_err(|e| format!("{}: {e}", audit_dir.join("checkpoint.key").display()))?;
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| e.to_string())?;
+    let time = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+    let signature = hex::encode(key.sign(&seal_message(&time, &heads)));
+    let public_key = hex::encode(ring::signature::KeyPair::public_key(&key).as_ref());
+    let heads_json = serde_json::to_value(&heads).map_err(|e| e.to_string())?;
+    tx.execute(
+        "INSERT INTO audit_seals (time, node, heads, public_key, signature) VALUES ($1, $2, $3, $4, $5)",
+        &[&time, &node, &heads_json, &public_key, &signature],
+    )
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(Some(heads.len()))
+}
+
+/// Check every seal: its signature, and that every head it names is still in its chain with that hash.
+/// The number of seals and the public keys that signed them (compare with the brokers'
+/// `audit/checkpoint.pub`).
+pub async fn verify_seals(client: &tokio_postgres::Client) -> Result<(u64, Vec<String>), String> {
+    let db = |e: tokio_postgres::Error| e.to_string();
+    let seals = client
+        .query(
+            "SELECT id, time, heads, public_key, signature FROM audit_seals ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    let mut keys: Vec<String> = Vec::new();
+    for seal in &seals {
+        let id: i64 = seal.get(0);
+        let time: String = seal.get(1);
+        let public_key: String = seal.get(3);
+        let signature: String = seal.get(4);
+        let broken = |what: String| format!("seal {id} ({time}): {what}");
+        let heads: Vec<SealedHead> =
+            serde_json::from_value(seal.get(2)).map_err(|e| broken(format!("unreadable heads: {e}")))?;
+        let signed = hex::decode(&signature)
+            .ok()
+            .zip(hex::decode(&public_key).ok())
+            .is_some_and(|(sig, key)| {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+                    .verify(&seal_message(&time, &heads), &sig)
+                    .is_ok()
+            });
+        if !signed {
+            return Err(broken("the signature does not match".into()));
+        }
+        for head in &heads {
+            let held = client
+                .query_opt(
+                    "SELECT hash FROM audit_entries WHERE chain_id = $1 AND seq = $2",
+                    &[&head.chain_id, &head.seq],
+                )
+                .await
+                .map_err(db)?;
+            match held.map(|r| r.get::<_, String>(0)) {
+                Some(hash) if hash == head.hash => {}
+                Some(_) => {
+                    return Err(broken(format!(
+                        "chain {} seq {} holds another entry than was sealed",
+                        head.chain_id, head.seq
+                    )))
+                }
+                None => {
+                    return Err(broken(format!(
+                        "chain {} seq {} was sealed but is gone (the chain's tail was cut)",
+                        head.chain_id, head.seq
+                    )))
+                }
+            }
+        }
+        if !keys.contains(&public_key) {
+            keys.push(public_key);
+        }
+    }
+    Ok((seals.len() as u64, keys))
+}

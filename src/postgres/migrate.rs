@@ -92,6 +92,23 @@ const MIGRATIONS: &[Migration] = &[
                   version bigint NOT NULL
               );",
     },
+    Migration {
+        version: 5,
+        name: "audit seals, append-only",
+        sql: "CREATE TABLE audit_seals (
+                  id bigserial PRIMARY KEY,
+                  time text NOT NULL,
+                  sealed_at timestamptz NOT NULL DEFAULT now(),
+                  node text NOT NULL,
+                  heads jsonb NOT NULL,
+                  public_key text NOT NULL,
+                  signature text NOT NULL
+              );
+              CREATE TRIGGER audit_seals_append_only
+                  BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_seals
+                  FOR EACH STATEMENT EXECUTE FUNCTION lienthong_append_only();
+              REVOKE UPDATE, DELETE, TRUNCATE ON audit_seals FROM PUBLIC;",
+    },
 ];
 
 /// The schema version this broker writes and understands.

@@ -38,6 +38,8 @@ pub struct PostgresConfig {
     /// This broker's name in the audit trail (its chains are continued across restarts by name).
     /// Empty: the agency listener address.
     pub node_name: String,
+    /// How often one broker of the cluster signs every chain's head (an audit seal), in milliseconds.
+    pub seal_every_ms: u64,
 }
 
 impl Default for PostgresConfig {
@@ -48,6 +50,7 @@ impl Default for PostgresConfig {
             connect_timeout_ms: 5_000,
             ca_bundle: None,
             node_name: String::new(),
+            seal_every_ms: 10_000,
         }
     }
 }
@@ -69,6 +72,9 @@ impl PostgresConfig {
         }
         if self.connect_timeout_ms == 0 {
             return Err(("connect_timeout_ms", "must be greater than 0".into()));
+        }
+        if self.seal_every_ms == 0 {
+            return Err(("seal_every_ms", "must be greater than 0".into()));
         }
         if let Some(p) = &self.ca_bundle {
             if !p.is_file() {
@@ -231,6 +237,12 @@ impl Backend {
         } else {
             settings.node_name.clone()
         };
+        audit::start_sealer(
+            &postgres,
+            config.storage.data_dir.join("audit"),
+            node.clone(),
+            Duration::from_millis(settings.seal_every_ms),
+        );
         Ok(Self {
             citizens: Arc::new(citizens::PgCitizenStore::new(postgres.clone())),
             audit: Arc::new(audit::PgAuditSink::start(postgres.clone(), node)),
