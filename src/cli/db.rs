@@ -28,6 +28,16 @@ pub enum DbCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Development: seed synthetic citizens (the demo's population) into an empty database, migrating it
+    /// first (`scripts/cluster-demo.sh` uses it).
+    Seed {
+        /// How to reach the database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// How many citizens.
+        #[arg(long, default_value_t = 10_000)]
+        citizens: usize,
+    },
 }
 
 /// Run a `db` command; the exit code.
@@ -53,7 +63,54 @@ pub async fn db_command(action: DbCommand) -> i32 {
                 Err(e) => fail(1, format!("{}: {e}", postgres.redacted_url)),
             }
         }
+        DbCommand::Seed { database, citizens } => {
+            let postgres = match open(database) {
+                Ok(p) => p,
+                Err(message) => return fail(2, message),
+            };
+            match seed(&postgres, citizens).await {
+                Ok(0) => {
+                    println!(
+                        "{}: citizens already there; nothing seeded",
+                        postgres.redacted_url
+                    );
+                    0
+                }
+                Ok(n) => {
+                    println!("{}: seeded {n} synthetic citizens", postgres.redacted_url);
+                    0
+                }
+                Err(e) => fail(1, format!("{}: {e}", postgres.redacted_url)),
+            }
+        }
     }
+}
+
+/// Seed `count` synthetic citizens, schema-checked, into an empty `citizens` table; how many.
+async fn seed(postgres: &std::sync::Arc<crate::postgres::Postgres>, count: usize) -> Result<usize, String> {
+    use crate::store::CitizenStore;
+    postgres.migrate().await.map_err(|e| e.to_string())?;
+    let store = crate::postgres::citizens::PgCitizenStore::new(postgres.clone());
+    if store.recount().await.map_err(|e| e.message)? > 0 {
+        return Ok(0);
+    }
+    let schema = crate::schema::CitizenSchema::load(None).map_err(|e| e.to_string())?;
+    let mut batch = Vec::with_capacity(10_000);
+    for record in crate::dev::population::generate(count, 2021) {
+        schema
+            .validate(&record)
+            .map_err(|e| format!("synthetic record invalid: {e:?}"))?;
+        let id = record["citizen_id"].as_str().unwrap_or_default().to_string();
+        batch.push((id, record));
+        if batch.len() == 10_000 {
+            store
+                .put_many(std::mem::take(&mut batch))
+                .await
+                .map_err(|e| e.message)?;
+        }
+    }
+    store.put_many(batch).await.map_err(|e| e.message)?;
+    Ok(count)
 }
 
 /// `lienthong audit verify --database URL`: exit 0 with every chain's head, or 1 naming the first break.

@@ -152,6 +152,10 @@ pub async fn migrate(client: &mut Client) -> Result<Migrated, MigrateError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(db)?;
+    // "relation … already exists, skipping" on every start is noise.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await
+        .map_err(db)?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS lienthong_schema_version (
              version integer PRIMARY KEY,
