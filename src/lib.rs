@@ -39,13 +39,14 @@
 //! | [`quota`] | meter: per agency/purpose limits per minute, day and month; served and refused totals |
 //! | [`billing`] | the monthly billing report and its reconciliation with the audit trail |
 //! | [`store`] | store: citizen records behind the [`store::CitizenStore`] seam (sled by default); data-dir probes |
+//! | [`postgres`] | the PostgreSQL backend of a cluster: records, audit chains and seals, quotas, registry, migrations |
 //! | [`audit`] | audit: the append-only, hash-chained audit trail |
 //! | [`audit_api`] | the audit trail for operators (head, verify, search) and citizens (who read my data) |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
 //! | [`metrics`] | log: Prometheus metrics (`GET /metrics` on the admin listener) |
 //! | [`broker`] | the broker's state: config, stores, registry, catalogue, connectors, limits |
 //! | [`supervisor`] | `serve`: runs the listeners, reopens a failed database live, checks the store against the audit trail |
-//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit` |
+//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `audit`, `db` |
 //! | [`dev::bench`] | dev tool: `lienthong bench`, the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
 //! | [`dev::certs`] | dev tool: rcgen-made development PKI (`demo`, `certs init`) |
