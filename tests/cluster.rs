@@ -849,6 +849,72 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     );
 }
 
+#[tokio::test]
+async fn an_embedded_installation_moves_over_with_its_chain_intact() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A demo broker (sled) that served a little, then killed.
+    let mut demo = common::ChildBroker::start(dir.path()).await;
+    let dvc = demo.clients()("dvc");
+    let read = "/v1/citizens/001090000001?purpose=public-service-prefill";
+    let embedded = dvc.get(demo.agency, read).await.unwrap();
+    assert_eq!(embedded.status, 200, "{}", text(&embedded.body));
+    demo.kill();
+    let data = dir.path().join("data");
+    let local = lienthong(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+    assert!(local.status.success(), "{}", text(&local.stderr));
+
+    let import = |node: &str| {
+        lienthong(&[
+            "db",
+            "import",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--node-name",
+            node,
+            "--database",
+            &pg.url(),
+        ])
+    };
+    let out = import("node-x");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("imported 5 agencies, 300 citizens, "), "{stdout}");
+    let again = import("node-x");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("imported already?"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // A broker on PostgreSQL named like the imported chain serves the same data and continues that chain.
+    let certs = dir.path().join("certs");
+    let node = Node::start(dir.path(), &certs, "node-x", &pg.url()).await;
+    let r = dvc.get(node.agency, read).await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    assert_eq!(r.json()["citizen"], embedded.json()["citizen"]);
+    let db = pg.client().await;
+    let continues: Vec<bool> = db
+        .query(
+            "SELECT continues_chain IS NOT NULL FROM audit_chains WHERE node = 'node-x' ORDER BY started_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(continues, vec![false, true]);
+    let out = verify(&pg);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ok: 2 chains"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 #[test]
 fn postgres_settings_are_checked_and_the_password_never_shown() {
     let dir = tempfile::tempdir().unwrap();

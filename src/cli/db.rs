@@ -28,6 +28,20 @@ pub enum DbCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Copy a stopped embedded broker's data dir (registry, citizen records, the audit trail with its chain
+    /// intact) into the database, migrating it first. Checkpoints and quota counters are not copied.
+    Import {
+        /// The embedded broker's data dir (its broker stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The node name the imported chain gets: a broker started with this `storage.postgres.node_name`
+        /// continues it.
+        #[arg(long, default_value = "imported")]
+        node_name: String,
+        /// How to reach the database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Development: seed synthetic citizens (the demo's population) into an empty database, migrating it
     /// first (`scripts/cluster-demo.sh` uses it).
     Seed {
@@ -57,6 +71,30 @@ pub async fn db_command(action: DbCommand) -> i32 {
                     println!(
                         "{}: schema migrated from version {} to {}",
                         postgres.redacted_url, m.from, m.to
+                    );
+                    0
+                }
+                Err(e) => fail(1, format!("{}: {e}", postgres.redacted_url)),
+            }
+        }
+        DbCommand::Import {
+            data_dir,
+            node_name,
+            database,
+        } => {
+            let postgres = match open(database) {
+                Ok(p) => p,
+                Err(message) => return fail(2, message),
+            };
+            match crate::postgres::import::import(&postgres, &data_dir, &node_name).await {
+                Ok(i) => {
+                    println!(
+                        "{}: imported {} agencies, {} citizens, {} audit entries (chain of node {node_name:?}) from {}",
+                        postgres.redacted_url,
+                        i.agencies,
+                        i.citizens,
+                        i.audit_entries,
+                        data_dir.display()
                     );
                     0
                 }

@@ -128,8 +128,7 @@ async fn commit_batch(
         None => committed_head(&tx, node, chain_id).await?,
     };
     let mut entries = Vec::with_capacity(records.len());
-    let (mut seqs, mut times, mut agencies, mut citizens, mut statuses, mut hashes, mut lines) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut rows = Vec::with_capacity(records.len());
     for record in records {
         // Whole milliseconds (what the entry shows), never before the previous entry.
         let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now);
@@ -146,14 +145,30 @@ async fn commit_batch(
             hash: entry.hash.clone(),
             time,
         };
+        rows.push((time, line));
+        entries.push(entry);
+    }
+    insert_entries(&tx, chain_id, entries.iter().zip(rows)).await?;
+    tx.commit().await.map_err(db)?;
+    Ok((entries, head))
+}
+
+/// Insert entries of one chain, each with its time and stored line, in one statement.
+pub(crate) async fn insert_entries<'e>(
+    tx: &Transaction<'_>,
+    chain_id: Uuid,
+    entries: impl Iterator<Item = (&'e AuditEntry, (DateTime<Utc>, String))>,
+) -> Result<(), String> {
+    let (mut seqs, mut times, mut agencies, mut citizens, mut statuses, mut hashes, mut lines) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (entry, (time, line)) in entries {
         seqs.push(i64::try_from(entry.seq).map_err(|e| e.to_string())?);
         times.push(time);
-        agencies.push(entry.record.agency.clone());
-        citizens.push(entry.record.citizen_id.clone());
+        agencies.push(entry.record.agency.as_deref());
+        citizens.push(entry.record.citizen_id.as_deref());
         statuses.push(i32::from(entry.record.status));
-        hashes.push(entry.hash.clone());
+        hashes.push(entry.hash.as_str());
         lines.push(line);
-        entries.push(entry);
     }
     tx.execute(
         "INSERT INTO audit_entries (chain_id, seq, time, agency, citizen_id, status, hash, line) \
@@ -164,9 +179,8 @@ async fn commit_batch(
         ],
     )
     .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
-    Ok((entries, head))
+    .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// The head of this start's chain as committed; registers the chain (continuing the node's previous

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod citizens;
+pub mod import;
 pub mod migrate;
 pub mod quota;
 pub mod registry;
