@@ -63,7 +63,7 @@ pub struct Broker {
     /// Quota counters and monthly billing totals.
     pub quota: crate::quota::Quota,
     /// Registered checkpoints and the check-in index.
-    pub checkpoints: crate::checkpoint::store::Checkpoints,
+    pub checkpoints: Arc<dyn crate::checkpoint::store::CheckpointStore>,
     /// Per-phone-number look-up limiter of the SMS channel.
     pub sms_limiter: crate::admission::PhoneLimiter,
     /// The sled database (one process per database: admin changes go through the running broker).
@@ -122,8 +122,13 @@ impl Broker {
             None => Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?),
         };
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
-        let checkpoints = crate::checkpoint::store::Checkpoints::open(&db)
-            .map_err(|e| store_err(describe_sled_error(e)))?;
+        let checkpoints: Arc<dyn crate::checkpoint::store::CheckpointStore> = match &postgres {
+            Some(backend) => backend.checkpoints.clone(),
+            None => Arc::new(
+                crate::checkpoint::store::Checkpoints::open(&db)
+                    .map_err(|e| store_err(describe_sled_error(e)))?,
+            ),
+        };
         let audit = AuditLog::open(&data_dir.join("audit"), db.clone(), config.audit.checkpoint_every)
             .map_err(|e| store_err(format!("audit trail: {e}")))?;
         let audit_sink: Arc<dyn crate::audit::AuditSink> = match &postgres {

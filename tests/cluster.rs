@@ -186,6 +186,8 @@ fn make_certs(dir: &Path) -> PathBuf {
         "--client",
         "dvc",
         "--client",
+        "vneid",
+        "--client",
         "admin",
     ]);
     assert!(out.status.success(), "certs init: {}", text(&out.stderr));
@@ -436,13 +438,13 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("from version 0 to 5"),
+        text(&out.stdout).contains("from version 0 to 6"),
         "{}",
         text(&out.stdout)
     );
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(
-        text(&out.stdout).contains("schema version 5 is current"),
+        text(&out.stdout).contains("schema version 6 is current"),
         "{}",
         text(&out.stdout)
     );
@@ -453,10 +455,11 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
         nodes.push(Node::start(dir.path(), &certs, name, &pg.url()).await);
     }
     // Registered on B, known everywhere.
-    nodes[1].register(&certs, &["moh", "dvc"]).await;
+    nodes[1].register(&certs, &["moh", "dvc", "vneid"]).await;
     for node in &nodes {
-        node.wait_for_agency(&certs, "moh", |_| true).await;
-        node.wait_for_agency(&certs, "dvc", |_| true).await;
+        for code in ["moh", "dvc", "vneid"] {
+            node.wait_for_agency(&certs, code, |_| true).await;
+        }
     }
     let r = client(&certs, "admin")
         .post_json(
@@ -499,6 +502,52 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
         .await
         .unwrap();
     assert_eq!((r.status, error_code(&r).as_str()), (409, "idempotency_conflict"));
+
+    // A checkpoint registered on B, scanned at through C, traced through A.
+    let vneid = client(&certs, "vneid");
+    let r = vneid
+        .post_json(
+            nodes[1].agency,
+            "/v1/checkpoints?purpose=checkpoint-checkin",
+            &json!({ "id": "cho-ben-thanh", "name": "Chợ Bến Thành", "address": "Quận 1", "kind": "supermarket" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", text(&r.body));
+    let r = vneid
+        .post_json(
+            nodes[0].agency,
+            "/v1/checkpoints?purpose=checkpoint-checkin",
+            &json!({ "id": "cho-ben-thanh", "name": "x", "address": "y", "kind": "other" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, error_code(&r).as_str()), (409, "checkpoint_exists"));
+    let scanned_at = chrono::Utc::now() - chrono::Duration::hours(1);
+    let scan = "/v1/checkpoints/cho-ben-thanh/checkins?purpose=checkpoint-checkin";
+    let time = scanned_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for id in &ids[70..73] {
+        let r = vneid
+            .post_json(nodes[2].agency, scan, &json!({ "citizen_id": id, "time": time }))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", text(&r.body));
+    }
+    let window = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let trace = format!(
+        "/v1/checkpoints/cho-ben-thanh/checkins?purpose=contact-tracing&from={}&to={}",
+        window(scanned_at - chrono::Duration::minutes(5)),
+        window(scanned_at + chrono::Duration::minutes(5))
+    );
+    let r = moh.get(nodes[0].agency, &trace).await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let traced: Vec<String> = r.json()["checkins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["citizen_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(traced, ids[70..73].to_vec());
 
     // Writes spread over the three nodes, node A killed -9 half-way.
     let mut writers = Vec::new();
@@ -822,7 +871,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("schema version 99 is newer than this broker understands (version 5)"),
+        stderr.contains("schema version 99 is newer than this broker understands (version 6)"),
         "{stderr}"
     );
 
@@ -844,7 +893,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(status.code(), Some(1));
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.contains("schema version 99 is newer than this broker understands (version 5)"),
+        log.contains("schema version 99 is newer than this broker understands (version 6)"),
         "{log}"
     );
 }
@@ -859,6 +908,27 @@ async fn an_embedded_installation_moves_over_with_its_chain_intact() {
     let read = "/v1/citizens/001090000001?purpose=public-service-prefill";
     let embedded = dvc.get(demo.agency, read).await.unwrap();
     assert_eq!(embedded.status, 200, "{}", text(&embedded.body));
+    let vneid = demo.clients()("vneid");
+    let r = vneid
+        .post_json(
+            demo.agency,
+            "/v1/checkpoints?purpose=checkpoint-checkin",
+            &json!({ "id": "cho-ben-thanh", "name": "Chợ Bến Thành", "address": "Quận 1", "kind": "supermarket" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", text(&r.body));
+    let scanned_at = chrono::Utc::now() - chrono::Duration::hours(1);
+    let time = scanned_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let r = vneid
+        .post_json(
+            demo.agency,
+            "/v1/checkpoints/cho-ben-thanh/checkins?purpose=checkpoint-checkin",
+            &json!({ "citizen_id": "001090000001", "time": time }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", text(&r.body));
     demo.kill();
     let data = dir.path().join("data");
     let local = lienthong(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
@@ -879,7 +949,10 @@ async fn an_embedded_installation_moves_over_with_its_chain_intact() {
     let out = import("node-x");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("imported 5 agencies, 300 citizens, "), "{stdout}");
+    assert!(
+        stdout.contains("imported 5 agencies, 300 citizens, 1 checkpoints with 1 check-ins, "),
+        "{stdout}"
+    );
     let again = import("node-x");
     assert_eq!(again.status.code(), Some(1));
     assert!(
@@ -894,6 +967,15 @@ async fn an_embedded_installation_moves_over_with_its_chain_intact() {
     let r = dvc.get(node.agency, read).await.unwrap();
     assert_eq!(r.status, 200, "{}", text(&r.body));
     assert_eq!(r.json()["citizen"], embedded.json()["citizen"]);
+    let window = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let trace = format!(
+        "/v1/checkpoints/cho-ben-thanh/checkins?purpose=contact-tracing&from={}&to={}",
+        window(scanned_at - chrono::Duration::minutes(5)),
+        window(scanned_at + chrono::Duration::minutes(5))
+    );
+    let r = demo.clients()("moh").get(node.agency, &trace).await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    assert_eq!(r.json()["checkins"][0]["citizen_id"], "001090000001");
     let db = pg.client().await;
     let continues: Vec<bool> = db
         .query(

@@ -28,8 +28,9 @@ pub enum DbCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    /// Copy a stopped embedded broker's data dir (registry, citizen records, the audit trail with its chain
-    /// intact) into the database, migrating it first. Checkpoints and quota counters are not copied.
+    /// Copy a stopped embedded broker's data dir (registry, citizen records, checkpoints and check-ins, the
+    /// audit trail with its chain intact) into the database, migrating it first. Quota counters are not
+    /// copied.
     Import {
         /// The embedded broker's data dir (its broker stopped).
         #[arg(long)]
@@ -89,10 +90,13 @@ pub async fn db_command(action: DbCommand) -> i32 {
             match crate::postgres::import::import(&postgres, &data_dir, &node_name).await {
                 Ok(i) => {
                     println!(
-                        "{}: imported {} agencies, {} citizens, {} audit entries (chain of node {node_name:?}) from {}",
+                        "{}: imported {} agencies, {} citizens, {} checkpoints with {} check-ins, {} audit entries \
+                         (chain of node {node_name:?}) from {}",
                         postgres.redacted_url,
                         i.agencies,
                         i.citizens,
+                        i.checkpoints.0,
+                        i.checkpoints.1,
                         i.audit_entries,
                         data_dir.display()
                     );

@@ -1,8 +1,8 @@
 //! `lienthong db import`: move an embedded installation (a stopped broker's data dir) into PostgreSQL —
-//! the registry, the citizen records and the audit trail with its chain intact (same entries, same
-//! hashes, one chain of its own). A broker later started with `storage.postgres.node_name` equal to the
-//! imported chain's node continues that chain. Checkpoints and check-ins, quota counters and billing
-//! totals are not imported (not on PostgreSQL yet; billing can be recomputed from the trail).
+//! the registry, the citizen records, checkpoints and check-ins, and the audit trail with its chain intact
+//! (same entries, same hashes, one chain of its own). A broker later started with
+//! `storage.postgres.node_name` equal to the imported chain's node continues that chain. Quota counters
+//! and billing totals are not imported (billing can be recomputed from the trail).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +25,8 @@ pub struct Imported {
     pub agencies: usize,
     /// Citizen records.
     pub citizens: usize,
+    /// Checkpoints, and check-ins indexed.
+    pub checkpoints: (usize, usize),
     /// Audit entries, in one chain.
     pub audit_entries: u64,
 }
@@ -89,6 +91,7 @@ pub async fn import(postgres: &Arc<Postgres>, data_dir: &Path, node: &str) -> Re
     imported.citizens += batch.len();
     store.put_many(batch).await.map_err(|e| e.message)?;
 
+    imported.checkpoints = import_checkpoints(postgres, &db).await?;
     imported.audit_entries = import_trail(postgres, &audit_dir, node).await?;
     if imported.audit_entries != report.count {
         return Err(format!(
@@ -97,6 +100,40 @@ pub async fn import(postgres: &Arc<Postgres>, data_dir: &Path, node: &str) -> Re
         ));
     }
     Ok(imported)
+}
+
+/// Copy the registered checkpoints and the check-in index (the embedded store's trees, read as they are).
+async fn import_checkpoints(postgres: &Arc<Postgres>, db: &sled::Db) -> Result<(usize, usize), String> {
+    use crate::checkpoint::store::{Checkpoint, CheckpointStore};
+    let shared = super::checkpoints::PgCheckpoints::new(postgres.clone());
+    let mut counts = (0, 0);
+    for item in db.open_tree("checkpoints").map_err(|e| e.to_string())?.iter() {
+        let (_, bytes) = item.map_err(|e| e.to_string())?;
+        let checkpoint: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        shared.insert(&checkpoint).await.map_err(|e| e.message)?;
+        counts.0 += 1;
+    }
+    for item in db
+        .open_tree("checkins_by_checkpoint")
+        .map_err(|e| e.to_string())?
+        .iter()
+    {
+        let (key, _) = item.map_err(|e| e.to_string())?;
+        let key = String::from_utf8_lossy(&key).into_owned();
+        let mut parts = key.split('\u{0}');
+        let (Some(checkpoint), Some(time), Some(citizen)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let time = chrono::DateTime::parse_from_rfc3339(time)
+            .map_err(|e| format!("check-in {key:?}: {e}"))?
+            .with_timezone(&chrono::Utc);
+        shared
+            .index(checkpoint, time, citizen)
+            .await
+            .map_err(|e| e.message)?;
+        counts.1 += 1;
+    }
+    Ok(counts)
 }
 
 /// Copy the trail's entries, as they are, into one new chain of `node`, in one transaction.

@@ -109,6 +109,23 @@ const MIGRATIONS: &[Migration] = &[
                   FOR EACH STATEMENT EXECUTE FUNCTION lienthong_append_only();
               REVOKE UPDATE, DELETE, TRUNCATE ON audit_seals FROM PUBLIC;",
     },
+    Migration {
+        version: 6,
+        name: "checkpoints and check-ins",
+        // Times as fixed-width RFC 3339 text (the embedded index's keys), so ranges compare as there.
+        sql: "CREATE TABLE checkpoints (
+                  id text PRIMARY KEY,
+                  agency text NOT NULL,
+                  checkpoint jsonb NOT NULL
+              );
+              CREATE INDEX checkpoints_agency ON checkpoints (agency);
+              CREATE TABLE checkins (
+                  checkpoint text NOT NULL,
+                  time text NOT NULL,
+                  citizen_id text NOT NULL,
+                  PRIMARY KEY (checkpoint, time, citizen_id)
+              );",
+    },
 ];
 
 /// The schema version this broker writes and understands.

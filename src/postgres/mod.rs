@@ -3,13 +3,14 @@
 //! What lives in the database with this backend: citizen records ([`citizens`], JSONB, still validated
 //! against the schema in the broker), the audit trail ([`audit`]: one hash chain per broker start in a
 //! shared append-only table, group-committed), the quota counters ([`quota`], exact across brokers) and
-//! the agency registry ([`registry`], followed by every broker through LISTEN/NOTIFY). Checkpoints and
-//! check-ins stay in each broker's own `data_dir` for now (see README "Cluster").
+//! the agency registry ([`registry`], followed by every broker through LISTEN/NOTIFY) and checkpoints with
+//! their check-in index ([`checkpoints`]).
 //!
 //! The connection URL may carry a password: it is never logged or answered. Every message that names the
 //! database names it through [`redact_url`].
 
 pub mod audit;
+pub mod checkpoints;
 pub mod citizens;
 pub mod import;
 pub mod migrate;
@@ -225,6 +226,8 @@ pub struct Backend {
     pub quota: Arc<quota::PgQuota>,
     /// The agency registry every broker follows.
     pub registry: Arc<registry::PgRegistry>,
+    /// Checkpoints and the check-in index.
+    pub checkpoints: Arc<checkpoints::PgCheckpoints>,
 }
 
 impl Backend {
@@ -249,6 +252,7 @@ impl Backend {
             audit: Arc::new(audit::PgAuditSink::start(postgres.clone(), node)),
             quota: Arc::new(quota::PgQuota::new(postgres.clone())),
             registry: Arc::new(registry::PgRegistry::new(postgres.clone())),
+            checkpoints: Arc::new(checkpoints::PgCheckpoints::new(postgres.clone())),
             postgres,
         })
     }
