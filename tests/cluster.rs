@@ -14,25 +14,6 @@ use lienthong::postgres::{citizens::PgCitizenStore, Postgres, PostgresConfig};
 use lienthong::store::CitizenStore;
 use serde_json::{json, Value};
 
-/// A PostgreSQL server program, on the PATH or where Debian keeps it (newest version first).
-fn pg_tool(name: &str) -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
-    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
-        .filter(|p| p.is_file())
-        .collect();
-    debian.sort();
-    on_path.or_else(|| debian.pop()).unwrap_or_else(|| {
-        panic!("`{name}` (PostgreSQL) is not installed; run scripts/install-deps.sh (Debian's postgresql)")
-    })
-}
-
 fn running_as_root() -> bool {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim() == "0"
@@ -90,10 +71,10 @@ impl Pg {
     fn run(&self, tool: &str, args: &[&str]) -> Output {
         let mut cmd = if self.as_nobody {
             let mut c = Command::new("runuser");
-            c.args(["-u", "nobody", "--"]).arg(pg_tool(tool));
+            c.args(["-u", "nobody", "--"]).arg(common::postgres_tool(tool));
             c
         } else {
-            Command::new(pg_tool(tool))
+            Command::new(common::postgres_tool(tool))
         };
         cmd.args(args).current_dir(self.dir.path()).stdin(Stdio::null());
         cmd.output().unwrap()

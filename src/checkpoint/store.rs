@@ -103,6 +103,12 @@ impl NewCheckpoint {
                 "name and address must not be empty",
             ));
         }
+        if crate::schema::has_control_char(&self.name) || crate::schema::has_control_char(&self.address) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidCheckpoint,
+                "name and address must not contain control characters",
+            ));
+        }
         Ok(Checkpoint {
             id: self.id,
             agency: agency.to_string(),

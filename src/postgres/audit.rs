@@ -383,11 +383,11 @@ struct SealedHead {
 
 /// Every `every`, one broker of the cluster (whichever wins the advisory lock, when the last seal is older
 /// than `every`) signs the head of every chain with its Ed25519 key (the embedded trail's
-/// `audit/checkpoint.key` in its data dir) into `audit_seals`: cutting a whole chain's tail, which its own
+/// `checkpoint.key` in `key_dir`, its `audit.key_dir`) into `audit_seals`: cutting a whole chain's tail, which its own
 /// hashes cannot show, then contradicts a seal. Stops when the pool is gone.
 pub fn start_sealer(
     postgres: &Arc<Postgres>,
-    audit_dir: std::path::PathBuf,
+    key_dir: std::path::PathBuf,
     node: String,
     every: std::time::Duration,
 ) {
@@ -398,7 +398,7 @@ pub fn start_sealer(
             let Some(postgres) = postgres.upgrade() else {
                 return;
             };
-            match seal_if_elected(&postgres, &audit_dir, &node, every).await {
+            match seal_if_elected(&postgres, &key_dir, &node, every).await {
                 Ok(Some(chains)) => tracing::debug!(chains, "audit seal written"),
                 Ok(None) => {}
                 Err(cause) => tracing::warn!(%cause, "audit seal not written; retrying"),
@@ -410,7 +410,7 @@ pub fn start_sealer(
 /// Write a seal if this broker is elected and one is due; how many chains it covers.
 async fn seal_if_elected(
     postgres: &Postgres,
-    audit_dir: &std::path::Path,
+    key_dir: &std::path::Path,
     node: &str,
     every: std::time::Duration,
 ) -> Result<Option<usize>, String> {
@@ -455,8 +455,8 @@ async fn seal_if_elected(
         return Ok(None);
     }
     // The broker's own checkpoint key, made by its embedded trail when the broker opened.
-    let pkcs8 = std::fs::read(audit_dir.join("checkpoint.key"))
-        .map_err(|e| format!("{}: {e}", audit_dir.join("checkpoint.key").display()))?;
+    let key_file = key_dir.join("checkpoint.key");
+    let pkcs8 = std::fs::read(&key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
     let key = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| e.to_string())?;
     let time = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
     let signature = hex::encode(key.sign(&seal_message(&time, &heads)));

@@ -243,7 +243,7 @@ impl Backend {
         };
         audit::start_sealer(
             &postgres,
-            config.storage.data_dir.join("audit"),
+            config.audit.key_dir(&config.storage.data_dir),
             node.clone(),
             Duration::from_millis(settings.seal_every_ms),
         );

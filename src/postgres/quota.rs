@@ -37,9 +37,14 @@ impl PgQuota {
 }
 
 impl QuotaCounters for PgQuota {
-    fn meter<'a>(&'a self, agency: &'a str, plan: &'a Plan, purpose: &'a str) -> MeterFuture<'a> {
+    fn meter<'a>(
+        &'a self,
+        agency: &'a str,
+        plan: &'a Plan,
+        purpose: &'a str,
+        now: DateTime<Utc>,
+    ) -> MeterFuture<'a> {
         Box::pin(async move {
-            let now = Utc::now();
             let limits = plan.for_purpose(purpose);
             let windows = current_windows(now);
             if limits == crate::quota::Limits::default() {

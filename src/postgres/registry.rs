@@ -67,7 +67,7 @@ impl PgRegistry {
     /// notification and whenever the version moved. The first load happens before this returns.
     pub async fn follow(self: Arc<Self>, broker: &Arc<Broker>) -> Result<(), ApiError> {
         let first = match self.load().await {
-            Ok((version, agencies)) => broker.registry.replace_all(agencies).await.map(|()| version),
+            Ok((version, agencies)) => apply(broker, agencies).await.map(|()| version),
             Err(e) => Err(e),
         };
         // Followed even if the first load failed: the follower catches up once the database answers.
@@ -105,7 +105,7 @@ impl PgRegistry {
                 Err(_) => continue,
             }
             match self.load().await {
-                Ok((version, agencies)) => match broker.registry.replace_all(agencies).await {
+                Ok((version, agencies)) => match apply(&broker, agencies).await {
                     Ok(()) => {
                         tracing::debug!(version, "registry reloaded from PostgreSQL");
                         loaded = version;
@@ -116,6 +116,16 @@ impl PgRegistry {
             }
         }
     }
+}
+
+/// Make `broker`'s registry (and the purpose grants the catalogue keeps per agency) what the shared one holds.
+async fn apply(broker: &Broker, agencies: Vec<Agency>) -> Result<(), ApiError> {
+    for agency in &agencies {
+        broker
+            .catalogues
+            .set_grants(&agency.code, &agency.granted_purposes);
+    }
+    broker.registry.replace_all(agencies).await
 }
 
 impl SharedRegistry for PgRegistry {

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use crate::exchange::RateInfo;
-use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorCode};
@@ -80,13 +80,9 @@ pub enum Window {
     Month,
 }
 
-const WINDOWS: [Window; 3] = [Window::Minute, Window::Day, Window::Month];
+pub(crate) use crate::clock::vietnam;
 
-fn vietnam() -> FixedOffset {
-    // UTC+7 has no daylight saving; the constant cannot fail.
-    FixedOffset::east_opt(7 * 3600)
-        .unwrap_or_else(|| FixedOffset::east_opt(0).unwrap_or_else(|| unreachable!()))
-}
+const WINDOWS: [Window; 3] = [Window::Minute, Window::Day, Window::Month];
 
 impl Window {
     fn name(self) -> &'static str {
@@ -170,9 +166,16 @@ pub fn month_range(month: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiErr
 /// counter store (PostgreSQL, for several brokers) can implement it beside them without touching the
 /// pipeline.
 pub trait QuotaCounters: Send + Sync {
-    /// Meter one call now. `Ok(Some(info))` when the plan limits this purpose, `Ok(None)` when unlimited,
-    /// 429 `quota_exceeded` (with `Retry-After` and the rate-limit headers) when over any limit.
-    fn meter<'a>(&'a self, agency: &'a str, plan: &'a Plan, purpose: &'a str) -> MeterFuture<'a>;
+    /// Meter one call at `now` (the broker's clock). `Ok(Some(info))` when the plan limits this purpose,
+    /// `Ok(None)` when unlimited, 429 `quota_exceeded` (with `Retry-After` and the rate-limit headers) when
+    /// over any limit.
+    fn meter<'a>(
+        &'a self,
+        agency: &'a str,
+        plan: &'a Plan,
+        purpose: &'a str,
+        now: DateTime<Utc>,
+    ) -> MeterFuture<'a>;
 
     /// Count the month's outcome of a metered call: `served` (2xx) or `refused` (429 for quota).
     fn record_outcome<'a>(
@@ -194,14 +197,15 @@ pub type OutcomeFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>>;
 
 impl QuotaCounters for Quota {
-    fn meter<'a>(&'a self, agency: &'a str, plan: &'a Plan, purpose: &'a str) -> MeterFuture<'a> {
+    fn meter<'a>(
+        &'a self,
+        agency: &'a str,
+        plan: &'a Plan,
+        purpose: &'a str,
+        now: DateTime<Utc>,
+    ) -> MeterFuture<'a> {
         // In memory, under one lock: no need to leave the thread.
-        Box::pin(std::future::ready(self.meter_at(
-            agency,
-            plan,
-            purpose,
-            Utc::now(),
-        )))
+        Box::pin(std::future::ready(self.meter_at(agency, plan, purpose, now)))
     }
 
     fn record_outcome<'a>(
