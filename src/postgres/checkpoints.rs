@@ -22,9 +22,7 @@ impl PgCheckpoints {
     }
 
     fn failed(&self, cause: impl std::fmt::Display) -> ApiError {
-        let cause = cause.to_string();
-        self.postgres.health().failed(&cause);
-        crate::store::unavailable("checkpoints", format!("{}: {cause}", self.postgres.redacted_url))
+        self.postgres.unavailable("checkpoints", cause)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, ApiError> {

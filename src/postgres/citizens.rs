@@ -52,9 +52,7 @@ impl PgCitizenStore {
 
     /// 503 `store_unavailable`; the cause is logged (once per change) and kept for `/healthz`.
     fn failed(&self, cause: impl std::fmt::Display) -> ApiError {
-        let cause = cause.to_string();
-        self.postgres.health().failed(&cause);
-        crate::store::unavailable("citizens", format!("{}: {cause}", self.postgres.redacted_url))
+        self.postgres.unavailable("citizens", cause)
     }
 }
 

@@ -185,6 +185,14 @@ impl Postgres {
         &self.pool
     }
 
+    /// 503 `store_unavailable` for a failed query on `store` (`citizens`, `quota`, …): the cause is kept
+    /// for `/healthz` and logged with the redacted URL, never answered.
+    pub fn unavailable(&self, store: &'static str, cause: impl std::fmt::Display) -> crate::error::ApiError {
+        let cause = cause.to_string();
+        self.health.failed(&cause);
+        crate::store::unavailable(store, format!("{}: {cause}", self.redacted_url))
+    }
+
     /// What requests and the probe last saw.
     pub fn health(&self) -> &Arc<Health> {
         &self.health

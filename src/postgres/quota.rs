@@ -30,9 +30,7 @@ impl PgQuota {
 
     /// 503 `store_unavailable`; the cause is logged and kept for `/healthz`.
     fn failed(&self, cause: impl std::fmt::Display) -> ApiError {
-        let cause = cause.to_string();
-        self.postgres.health().failed(&cause);
-        crate::store::unavailable("quota", format!("{}: {cause}", self.postgres.redacted_url))
+        self.postgres.unavailable("quota", cause)
     }
 }
 

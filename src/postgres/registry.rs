@@ -32,9 +32,7 @@ impl PgRegistry {
     }
 
     fn failed(&self, cause: impl std::fmt::Display) -> ApiError {
-        let cause = cause.to_string();
-        self.postgres.health().failed(&cause);
-        crate::store::unavailable("registry", format!("{}: {cause}", self.postgres.redacted_url))
+        self.postgres.unavailable("registry", cause)
     }
 
     /// The registry's version: the last change's sequence value (0 when empty).
