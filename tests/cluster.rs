@@ -484,6 +484,65 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
         .unwrap();
     assert_eq!((r.status, error_code(&r).as_str()), (409, "idempotency_conflict"));
 
+    // The citizen's access log and the operators' search read every broker's chain.
+    let r = dvc
+        .get(
+            nodes[2].agency,
+            &format!("/v1/citizens/{}/access-log?purpose=citizen-self-service", ids[0]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let log: Vec<(String, u64)> = r.json()["access_log"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["agency"].as_str().unwrap().to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        log,
+        [
+            ("moh".to_string(), 409),
+            ("moh".into(), 200),
+            ("moh".into(), 201),
+            ("dvc".into(), 200)
+        ],
+        "newest first, from nodes A, C, B and A"
+    );
+    let r = client(&certs, "admin")
+        .get(
+            nodes[1].admin,
+            &format!("/admin/v1/audit/entries?citizen_id={}&limit=2", ids[0]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    assert_eq!(r.json()["entries"].as_array().unwrap().len(), 2);
+    let next = r.json()["next_before"].as_u64().unwrap();
+    let r = client(&certs, "admin")
+        .get(
+            nodes[1].admin,
+            &format!(
+                "/admin/v1/audit/entries?citizen_id={}&limit=2&before={next}",
+                ids[0]
+            ),
+        )
+        .await
+        .unwrap();
+    let older: Vec<u64> = r.json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    // Page one held the access-log read itself and the 409; then C's replay and B's write.
+    assert_eq!(older, [200, 201], "{}", text(&r.body));
+
     // A checkpoint registered on B, scanned at through C, traced through A.
     let vneid = client(&certs, "vneid");
     let r = vneid

@@ -534,3 +534,62 @@ pub async fn verify_seals(client: &tokio_postgres::Client) -> Result<(u64, Vec<S
     }
     Ok((seals.len() as u64, keys))
 }
+
+/// Entries read per query while searching (the filters SQL cannot express are applied after).
+const SEARCH_PAGE: i64 = 500;
+
+/// Entries of every broker matching `filter`, newest first (by the shared table's `id`), strictly before
+/// the id `before`, at most `limit`: each with its id, the cursor of the next page.
+pub async fn search(
+    postgres: &Postgres,
+    filter: &crate::audit::AuditFilter,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(u64, AuditEntry)>, AuditError> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        postgres.health().failed(&e.to_string());
+        AuditError::Unavailable(format!("{}: {e}", postgres.redacted_url))
+    };
+    let client = postgres.pool().get().await.map_err(|e| unavailable(&e))?;
+    let status = filter.status.map(i32::from);
+    let mut cursor = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+    let mut found = Vec::new();
+    while found.len() < limit {
+        let rows = client
+            .query(
+                "SELECT id, line, time FROM audit_entries \
+                 WHERE id < $1 AND ($2::text IS NULL OR agency = $2) \
+                   AND ($3::text IS NULL OR citizen_id = $3) AND ($4::int4 IS NULL OR status = $4) \
+                   AND ($5::timestamptz IS NULL OR time >= $5) AND ($6::timestamptz IS NULL OR time < $6) \
+                 ORDER BY id DESC LIMIT $7",
+                &[
+                    &cursor,
+                    &filter.agency,
+                    &filter.citizen_id,
+                    &status,
+                    &filter.from,
+                    &filter.to,
+                    &SEARCH_PAGE,
+                ],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let last_page = (rows.len() as i64) < SEARCH_PAGE;
+        for row in rows {
+            cursor = row.get(0);
+            let line: String = row.get(1);
+            let entry = AuditEntry::from_line(line.as_bytes()).map_err(AuditError::Corrupt)?;
+            // The rest of the filter (purpose, official, issue) as the embedded index applies it.
+            if filter.matches(&entry, Some(row.get(2))) {
+                found.push((u64::try_from(cursor).unwrap_or(0), entry));
+                if found.len() == limit {
+                    break;
+                }
+            }
+        }
+        if last_page {
+            break;
+        }
+    }
+    Ok(found)
+}

@@ -37,6 +37,7 @@ const MIGRATIONS: &[Migration] = &[
                   continues_hash text NOT NULL
               );
               CREATE TABLE audit_entries (
+                  id bigserial UNIQUE,
                   chain_id uuid NOT NULL REFERENCES audit_chains (chain_id),
                   seq bigint NOT NULL,
                   time timestamptz NOT NULL,
@@ -48,7 +49,7 @@ const MIGRATIONS: &[Migration] = &[
                   PRIMARY KEY (chain_id, seq)
               );
               CREATE INDEX audit_entries_time ON audit_entries (time);
-              CREATE INDEX audit_entries_citizen ON audit_entries (citizen_id, time)
+              CREATE INDEX audit_entries_citizen ON audit_entries (citizen_id, id)
                   WHERE citizen_id IS NOT NULL;
               CREATE FUNCTION lienthong_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
               BEGIN
