@@ -833,6 +833,55 @@ async fn three_nodes_under_concurrent_reads_serve_exactly_the_plan() {
     nodes[0]
         .wait_for_agency(&certs, "dvc", |a| a["status"] == "active")
         .await;
+
+    // A second dvc certificate bound on A serves on C; revoked by a CRL reloaded on A, refused on C.
+    let ca = lienthong::dev::certs::CertAuthority::from_pem(
+        &std::fs::read_to_string(certs.join("ca.pem")).unwrap(),
+        &std::fs::read_to_string(certs.join("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let extra = ca
+        .issue_client("dvc-2", "dvc", lienthong::dev::certs::Validity::days(30))
+        .unwrap();
+    std::fs::write(certs.join("dvc-2.pem"), &extra.cert_pem).unwrap();
+    std::fs::write(certs.join("dvc-2.key"), &extra.key_pem).unwrap();
+    let r = admin
+        .post_json(
+            nodes[0].admin,
+            "/admin/v1/agencies/dvc/certificates",
+            &json!({ "certificate_pem": extra.cert_pem }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    nodes[2]
+        .wait_for_agency(&certs, "dvc", |a| {
+            a["fingerprints"].as_array().unwrap().len() == 2
+        })
+        .await;
+    let dvc2 = client(&certs, "dvc-2");
+    let r = dvc2.get(nodes[2].agency, "/v1/whoami").await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    std::fs::write(
+        certs.join("crl.pem"),
+        ca.crl(std::slice::from_ref(&extra.serial), 2).unwrap(),
+    )
+    .unwrap();
+    let r = admin
+        .post_json(nodes[0].admin, "/admin/v1/tls/reload", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let reloaded = Instant::now();
+    while dvc2.get(nodes[2].agency, "/v1/whoami").await.is_ok() {
+        assert!(
+            reloaded.elapsed() < Duration::from_secs(2),
+            "node C still accepts the revoked certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = dvc.get(nodes[2].agency, "/v1/whoami").await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
 }
 
 #[tokio::test]

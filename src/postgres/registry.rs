@@ -4,6 +4,9 @@
 //! notification — or, as a backstop against a missed one (a dropped connection), when a once-a-second
 //! check finds a newer version — reloads the table into its local registry, whose in-memory snapshot
 //! every request reads. A suspend on one broker is refused on every broker within a second.
+//!
+//! A TLS reload (a new CRL) on one broker is announced on the same channel ([`TLS_RELOAD`]): every broker
+//! reloads its own TLS files, which the operator has updated on each.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -16,6 +19,10 @@ use crate::store::StoreFuture;
 
 /// The `NOTIFY` channel of registry changes.
 const CHANNEL: &str = "lienthong_registry";
+
+/// The notification payload that asks every broker to reload its TLS files (not an agency code: `*` is
+/// not allowed in one).
+pub const TLS_RELOAD: &str = "*tls-reload";
 
 /// How often the version is checked whatever the notifications say.
 pub const VERSION_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -87,16 +94,25 @@ impl PgRegistry {
                     }
                 };
             }
-            tokio::select! {
-                _ = notified.recv() => {}
-                () = tokio::time::sleep(VERSION_CHECK_EVERY) => {}
-            }
+            let payload = tokio::select! {
+                payload = notified.recv() => payload,
+                () = tokio::time::sleep(VERSION_CHECK_EVERY) => None,
+            };
             let Some(broker) = broker.upgrade() else {
                 if let Some(l) = listener {
                     l.abort();
                 }
                 return;
             };
+            if payload.as_deref() == Some(TLS_RELOAD) {
+                match broker.tls.reload() {
+                    Ok(()) => tracing::info!("TLS reloaded: announced by another broker"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS reload announced by another broker failed; the old config stays")
+                    }
+                }
+                continue;
+            }
             match self.version().await {
                 Ok(version) if version == loaded => continue,
                 Ok(_) => {}
@@ -124,6 +140,18 @@ async fn apply(broker: &Broker, agencies: Vec<Agency>) -> Result<(), ApiError> {
             .set_grants(&agency.code, &agency.granted_purposes);
     }
     broker.registry.replace_all(agencies).await
+}
+
+impl PgRegistry {
+    /// Ask every broker to reload its TLS files (after this one did).
+    pub async fn announce_tls_reload(&self) -> Result<(), ApiError> {
+        let client = self.postgres.pool().get().await.map_err(|e| self.failed(e))?;
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &TLS_RELOAD])
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
 }
 
 impl SharedRegistry for PgRegistry {
