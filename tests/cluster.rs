@@ -674,6 +674,19 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
     let stdout = text(&out.stdout);
     assert!(stdout.starts_with("ok: 4 chains"), "{stdout}");
     assert!(stdout.contains("seals signed by public key"), "{stdout}");
+    // The same through any broker's admin API.
+    let admin = client(&certs, "admin");
+    let r = admin.get(nodes[2].admin, "/admin/v1/audit/verify").await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    assert_eq!(r.json()["ok"], true, "{}", text(&r.body));
+    assert_eq!(r.json()["chains"].as_array().unwrap().len(), 4);
+    let r = admin.get(nodes[1].admin, "/admin/v1/audit/head").await.unwrap();
+    assert_eq!(
+        r.json()["chains"].as_array().unwrap().len(),
+        4,
+        "{}",
+        text(&r.body)
+    );
 
     // The trail refuses changes; one made behind its back (trigger disabled by the owner) is found.
     for sql in [
@@ -712,6 +725,13 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
     assert!(
         stderr.contains(&format!("chain {chain_b} seq {sealed_b} was sealed but is gone")),
         "{stderr}"
+    );
+    let r = admin.get(nodes[2].admin, "/admin/v1/audit/verify").await.unwrap();
+    assert_eq!(r.json()["ok"], false, "{}", text(&r.body));
+    assert!(
+        text(&r.body).contains("was sealed but is gone"),
+        "{}",
+        text(&r.body)
     );
 
     db.batch_execute(

@@ -434,23 +434,7 @@ async fn seal_if_elected(
     if !due {
         return Ok(None);
     }
-    let heads: Vec<SealedHead> = tx
-        .query(
-            "SELECT c.chain_id, e.seq, e.hash FROM audit_chains c \
-             CROSS JOIN LATERAL (SELECT seq, hash FROM audit_entries \
-                                 WHERE chain_id = c.chain_id ORDER BY seq DESC LIMIT 1) e \
-             ORDER BY c.chain_id",
-            &[],
-        )
-        .await
-        .map_err(db)?
-        .iter()
-        .map(|r| SealedHead {
-            chain_id: r.get(0),
-            seq: r.get(1),
-            hash: r.get(2),
-        })
-        .collect();
+    let heads = chain_heads(&tx).await.map_err(db)?;
     if heads.is_empty() {
         return Ok(None);
     }
@@ -470,6 +454,61 @@ async fn seal_if_elected(
     .map_err(db)?;
     tx.commit().await.map_err(db)?;
     Ok(Some(heads.len()))
+}
+
+/// The head of every chain, in chain id order.
+async fn chain_heads(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<SealedHead>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT c.chain_id, e.seq, e.hash FROM audit_chains c \
+             CROSS JOIN LATERAL (SELECT seq, hash FROM audit_entries \
+                                 WHERE chain_id = c.chain_id ORDER BY seq DESC LIMIT 1) e \
+             ORDER BY c.chain_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| SealedHead {
+            chain_id: r.get(0),
+            seq: r.get(1),
+            hash: r.get(2),
+        })
+        .collect())
+}
+
+/// `GET /admin/v1/audit/head` on PostgreSQL: every chain's head and the number of entries.
+pub async fn head_json(postgres: &Postgres) -> Result<serde_json::Value, AuditError> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| AuditError::Unavailable(format!("{}: {e}", postgres.redacted_url));
+    let mut client = postgres.pool().get().await.map_err(|e| unavailable(&e))?;
+    let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
+    let heads = chain_heads(&tx).await.map_err(|e| unavailable(&e))?;
+    let count: u64 = heads.iter().map(|h| u64::try_from(h.seq).unwrap_or(0)).sum();
+    Ok(serde_json::json!({ "count": count, "chains": heads }))
+}
+
+/// `GET /admin/v1/audit/verify` on PostgreSQL: every chain and seal, as `audit verify --database` does.
+pub async fn verify_json(postgres: &Postgres) -> Result<serde_json::Value, AuditError> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| AuditError::Unavailable(format!("{}: {e}", postgres.redacted_url));
+    let client = postgres.pool().get().await.map_err(|e| unavailable(&e))?;
+    let verified = match verify(&client).await {
+        Ok(report) => verify_seals(&client).await.map(|seals| (report, seals)),
+        Err(broken) => Err(broken),
+    };
+    Ok(match verified {
+        Ok((report, (seals, keys))) => serde_json::json!({
+            "ok": true,
+            "count": report.entries(),
+            "chains": report.chains.iter().map(|(chain, node, entries, head)| serde_json::json!({
+                "chain_id": chain, "node": node, "entries": entries, "head_hash": head,
+            })).collect::<Vec<_>>(),
+            "seals": seals,
+            "seal_keys": keys,
+        }),
+        Err(reason) => serde_json::json!({ "ok": false, "reason": reason }),
+    })
 }
 
 /// Check every seal: its signature, and that every head it names is still in its chain with that hash.
