@@ -292,7 +292,6 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         }
         (&Method::GET, ["admin", "v1", "agencies", code, "usage"]) => {
             exchange.operation = Some(Operation::Admin(AdminOperation::Usage));
-            broker.embedded_only("quota usage")?;
             let agency = broker
                 .registry
                 .get(code)
@@ -302,7 +301,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             for purpose in exchange.catalogue.for_agency(code) {
                 usage.insert(
                     purpose.id.clone(),
-                    json!({ "used": broker.quota.usage(code, &purpose.id)?, "limits": plan.for_purpose(&purpose.id) }),
+                    json!({ "used": broker.quota_usage(code, &purpose.id).await?, "limits": plan.for_purpose(&purpose.id) }),
                 );
             }
             ok(json!({ "agency": code, "usage": usage }))

@@ -263,6 +263,19 @@ impl Broker {
         }
     }
 
+    /// Calls counted in the current windows for one agency and purpose: in PostgreSQL (every broker's) or
+    /// the embedded counters.
+    pub async fn quota_usage(
+        &self,
+        agency: &str,
+        purpose: &str,
+    ) -> Result<std::collections::BTreeMap<&'static str, u64>, crate::error::ApiError> {
+        match &self.postgres {
+            Some(backend) => backend.quota.usage(agency, purpose, self.clock.now()).await,
+            None => self.quota.usage(agency, purpose),
+        }
+    }
+
     /// Where the pipeline meters quotas: the counters in PostgreSQL (exact across brokers) or the
     /// embedded ones.
     pub fn quota_counters(&self) -> &dyn crate::quota::QuotaCounters {

@@ -813,6 +813,18 @@ async fn three_nodes_under_concurrent_reads_serve_exactly_the_plan() {
         totals,
         vec![("refused".to_string(), 40), ("served".to_string(), 50)]
     );
+    // Usage counts every node's calls.
+    let r = admin
+        .get(nodes[1].admin, "/admin/v1/agencies/dvc/usage")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    assert_eq!(
+        r.json()["usage"]["public-service-prefill"]["used"]["day"],
+        50,
+        "{}",
+        text(&r.body)
+    );
     // Reports that would read one node's own files are refused, not answered from a third of the data.
     let r = admin
         .get(nodes[1].admin, "/admin/v1/billing/report")

@@ -34,6 +34,39 @@ impl PgQuota {
     }
 }
 
+impl PgQuota {
+    /// Calls counted in the windows containing `now` for one agency and purpose, by every broker.
+    pub async fn usage(
+        &self,
+        agency: &str,
+        purpose: &str,
+        now: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeMap<&'static str, u64>, ApiError> {
+        let windows = current_windows(now);
+        let names: Vec<&str> = windows.iter().map(|(w, _, _)| window_name(*w)).collect();
+        let labels: Vec<&str> = windows.iter().map(|(_, label, _)| label.as_str()).collect();
+        let client = self.postgres.pool().get().await.map_err(|e| self.failed(e))?;
+        let rows = client
+            .query(
+                "SELECT win, used FROM quota_use WHERE agency = $1 AND purpose = $2 \
+                   AND (win, label) IN (SELECT * FROM unnest($3::text[], $4::text[]))",
+                &[&agency, &purpose, &names, &labels],
+            )
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(names
+            .iter()
+            .map(|name| {
+                let used = rows
+                    .iter()
+                    .find(|r| r.get::<_, &str>(0) == *name)
+                    .map_or(0, |r| u64::try_from(r.get::<_, i64>(1)).unwrap_or(0));
+                (*name, used)
+            })
+            .collect())
+    }
+}
+
 impl QuotaCounters for PgQuota {
     fn meter<'a>(
         &'a self,
