@@ -47,7 +47,7 @@
 //! | [`quota`] | meter: per agency/purpose limits per minute, day and month; served and refused totals |
 //! | [`billing`] | the monthly report at the terms in force at each call, its reconciliation, closed (signed) months |
 //! | [`store`] | store: citizen records behind the [`store::CitizenStore`] seam (sled by default); data-dir probes |
-//! | [`postgres`] | the PostgreSQL backend of a cluster: records, audit chains and seals, quotas, registry, migrations |
+//! | [`postgres`] | the PostgreSQL backend of a cluster: records, audit chains and seals, quotas, registry, checkpoints, migrations, `db import` |
 //! | [`audit`] | audit: the append-only, hash-chained audit trail |
 //! | [`audit_api`] | the audit trail for operators (head, verify, search) and citizens (who read my data) |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
