@@ -195,6 +195,22 @@ pub struct StorageConfig {
     /// sled's page cache, MiB: most of the broker's memory once the store is large (sled's own default is
     /// 1024). Records beyond it are read back from the file system's cache.
     pub cache_mb: u64,
+    /// Where citizen records and the audit trail live: `sled` (embedded, the default) or `postgres`
+    /// (shared by several brokers; see [`crate::postgres`]).
+    pub backend: StorageBackend,
+    /// The PostgreSQL database, with `backend = "postgres"`.
+    pub postgres: crate::postgres::PostgresConfig,
+}
+
+/// Which storage backend the broker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Embedded sled database and audit segment files in `data_dir`.
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by every broker of a cluster.
+    Postgres,
 }
 
 impl Default for StorageConfig {
@@ -202,6 +218,8 @@ impl Default for StorageConfig {
         Self {
             data_dir: "data/demo".into(),
             cache_mb: 256,
+            backend: StorageBackend::Sled,
+            postgres: Default::default(),
         }
     }
 }
@@ -342,6 +360,9 @@ impl Config {
         self.tls.crls.iter_mut().for_each(fix);
         self.tls.admin_certs.iter_mut().for_each(fix);
         fix(&mut self.storage.data_dir);
+        if let Some(p) = &mut self.storage.postgres.ca_bundle {
+            fix(p);
+        }
         self.dcc.trust_list.iter_mut().for_each(fix);
         if let Some(upstream) = &mut self.store.upstream {
             upstream.resolve_paths(base);
@@ -424,6 +445,12 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.storage.backend == StorageBackend::Postgres {
+            self.storage
+                .postgres
+                .validate()
+                .map_err(|(key, m)| err(&format!("storage.postgres.{key}"), m))?;
         }
         if self.limits.max_body_bytes == 0 {
             return Err(err("limits.max_body_bytes", "must be greater than 0".into()));
