@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use lienthong::client::{Alpn, MtlsClient, Response};
+use lienthong::client::{MtlsClient, Response};
 use lienthong::postgres::{citizens::PgCitizenStore, Postgres, PostgresConfig};
 use lienthong::store::CitizenStore;
 use serde_json::{json, Value};
@@ -176,13 +176,7 @@ fn make_certs(dir: &Path) -> PathBuf {
 }
 
 fn client(certs: &Path, who: &str) -> MtlsClient {
-    MtlsClient::from_files(
-        &certs.join("ca.pem"),
-        &certs.join(format!("{who}.pem")),
-        &certs.join(format!("{who}.key")),
-        Alpn::Both,
-    )
-    .unwrap()
+    common::client_for(certs, who)
 }
 
 /// One broker of the cluster: `lienthong serve` as a child process with its own data dir.
