@@ -11,7 +11,7 @@
 //!    backlog), lets in-flight requests finish, drops every handle on the old broker and joins the audit
 //!    writer thread (sled releases its file lock only when the last handle is gone);
 //! 4. reopens with [`Broker::open`] on the same config — sled recovers its log, the audit index is
-//!    reconciled with the trail, and the start-up check of the store against the audit trail runs again —
+//!    rebuilt from the trail where it lacks anything, and the start-up check of the store against the audit trail runs again —
 //!    and serves again on the same listeners. A failed reopen is retried with back-off; a store that
 //!    lost acknowledged writes stops the broker, as it would refuse a restart.
 
