@@ -80,6 +80,7 @@ pub enum Window {
     Month,
 }
 
+/// In declaration order: [`Calendar`] indexes its windows by discriminant.
 const WINDOWS: [Window; 3] = [Window::Minute, Window::Day, Window::Month];
 
 fn vietnam() -> FixedOffset {
@@ -207,7 +208,8 @@ impl QuotaCounters for Quota {
         at: DateTime<Utc>,
     ) -> Result<(), ApiError> {
         let mut state = self.inner.state();
-        let key = total_key(kind, &month_of(at), agency, purpose);
+        let (month, _) = state.calendar(at).window(Window::Month);
+        let key = total_key(kind, month, agency, purpose);
         let n = state.value(&self.inner.tree, &key)?;
         state.set(key, n + 1);
         Ok(())
@@ -244,10 +246,37 @@ struct Counters {
     persisting: Mutex<()>,
 }
 
+/// The counters' maps: keys are made by the broker, not by agencies, so a fast hasher will do.
+type FastHash = foldhash::fast::RandomState;
+
 #[derive(Default)]
 struct CounterState {
-    values: HashMap<String, u64>,
-    dirty: HashSet<String>,
+    values: HashMap<String, u64, FastHash>,
+    dirty: HashSet<String, FastHash>,
+    /// The windows of the minute metered last: three date formats per request were a visible part of the
+    /// metering step.
+    calendar: Option<Calendar>,
+}
+
+/// The label and end of each window containing one UTC minute.
+struct Calendar {
+    minute: i64,
+    /// In [`WINDOWS`] order.
+    windows: [(String, DateTime<Utc>); 3],
+}
+
+impl Calendar {
+    fn of(now: DateTime<Utc>) -> Self {
+        Self {
+            minute: now.timestamp().div_euclid(60),
+            windows: WINDOWS.map(|w| w.bounds(now)),
+        }
+    }
+
+    fn window(&self, window: Window) -> (&str, DateTime<Utc>) {
+        let (label, end) = &self.windows[window as usize];
+        (label, *end)
+    }
 }
 
 fn store_error(e: impl std::fmt::Display) -> ApiError {
@@ -280,8 +309,18 @@ impl CounterState {
     }
 
     fn set(&mut self, key: String, value: u64) {
-        self.dirty.insert(key.clone());
+        if !self.dirty.contains(&key) {
+            self.dirty.insert(key.clone());
+        }
         self.values.insert(key, value);
+    }
+
+    /// The windows containing `now`, formatted once per minute.
+    fn calendar(&mut self, now: DateTime<Utc>) -> &Calendar {
+        let minute = now.timestamp().div_euclid(60);
+        let calendar = self.calendar.take().filter(|c| c.minute == minute);
+        self.calendar
+            .insert(calendar.unwrap_or_else(|| Calendar::of(now)))
     }
 }
 
@@ -381,8 +420,8 @@ impl Quota {
         let mut tightest: Option<RateInfo> = None;
         let mut exceeded: Option<(Window, u64)> = None;
         for window in WINDOWS {
-            let (label, end) = window.bounds(now);
-            let key = use_key(agency, purpose, window, &label);
+            let (label, end) = state.calendar(now).window(window);
+            let key = use_key(agency, purpose, window, label);
             let used = state.value(&self.inner.tree, &key).map_err(|e| (e, None))?;
             let reset = (end - now).num_seconds().max(1) as u64;
             if let Some(limit) = window.limit(&limits) {
