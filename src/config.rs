@@ -112,7 +112,8 @@ pub struct StorageConfig {
     /// Directory holding the sled database and the audit segments.
     pub data_dir: PathBuf,
     /// sled's page cache, MiB: most of the broker's memory once the store is large (sled's own default is
-    /// 1024). Records beyond it are read back from the file system's cache.
+    /// 1024). Records beyond it are read back from the file system's cache; at 100,000 citizens 32, 64 and
+    /// 256 cost the same per request (BENCHMARKS.md), so the default keeps memory low.
     pub cache_mb: u64,
 }
 
@@ -120,7 +121,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: "data/demo".into(),
-            cache_mb: 256,
+            cache_mb: 64,
         }
     }
 }
