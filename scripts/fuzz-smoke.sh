@@ -28,6 +28,7 @@ seed json_decode "connectors/examples/*.json"
 seed xml_decode "connectors/examples/*.xml"
 
 cd fuzz
+cargo fetch --locked  # fuzz/Cargo.lock is committed and current: the build leaves the clone clean
 cargo fuzz build --sanitizer none
 log=$(mktemp)
 for target in $targets; do

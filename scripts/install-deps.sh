@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Everything the build, the demo and the tests need beyond the Rust toolchain. Idempotent.
+# Everything the build, the demo, the tests and CI need beyond the Rust toolchain. Idempotent.
+# `scripts/install-deps.sh --for-tests` installs only what `cargo test` needs (scripts/test.sh uses it).
 # The Rust toolchain itself (cargo, rustc, clippy, rustfmt) comes with the machine.
 #  - curl, openssl: the demo's curl lines, PKCS#12 for the console test
 #  - chromium, libnss3-tools (certutil, pk12util): the headless console test (tests/console.rs)
+#  - postgresql (initdb, pg_ctl; Debian keeps them in /usr/lib/postgresql/<version>/bin): the cluster tests
 #  - python3 + a venv in target/pyenv with openapi-spec-validator and schemathesis (scripts/schemathesis.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +14,7 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v certutil >/dev/null || need_apt+=(libnss3-tools)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
@@ -19,6 +22,9 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt || true
+
+# `--for-tests` (scripts/test.sh): the system packages above are all the tests need; stop here.
+[ "${1:-}" = "--for-tests" ] && exit 0
 
 # Python tools for the OpenAPI checks, in a venv under target/ (never the system Python).
 venv=target/pyenv

@@ -1,15 +1,42 @@
 //! Stage: admit. Limits that refuse a request before it costs anything: the requests one agency may have
 //! in flight (`limits.max_concurrent_per_agency`, 429 `concurrency_limit`) and the SMS look-ups one phone
-//! number may make (429 `sms_rate_limited`). Both are in memory: a restart forgives.
+//! number may make (429 `sms_rate_limited`). Both are in memory: a restart forgives. And [`authenticate`]:
+//! the agency the registry bound to the certificate, active.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::error::{ApiError, ErrorCode};
+use crate::exchange::Exchange;
+use crate::registry::{Agency, AgencyStatus};
+
 /// Look-ups one phone number may make per window.
 pub const PER_PHONE_LIMIT: usize = 5;
 /// The window of the per-phone limit.
 pub const PER_PHONE_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The active agency bound to the peer's certificate (as the registry answered when the request was
+/// admitted): 403 `unknown_agency` or `agency_suspended`.
+pub fn authenticate(exchange: &mut Exchange, agency: Option<Agency>) -> Result<Agency, ApiError> {
+    let Some(agency) = agency else {
+        return Err(ApiError::new(
+            ErrorCode::UnknownAgency,
+            format!(
+                "the client certificate (SHA-256 {}) is not bound to any registered agency",
+                exchange.peer.fingerprint_sha256
+            ),
+        ));
+    };
+    exchange.agency = Some(agency.code.clone());
+    if agency.status == AgencyStatus::Suspended {
+        return Err(ApiError::new(
+            ErrorCode::AgencySuspended,
+            format!("agency {} is suspended", agency.code),
+        ));
+    }
+    Ok(agency)
+}
 
 /// Requests in flight per agency, with a cap.
 pub(crate) struct InFlight {

@@ -1,5 +1,6 @@
-//! Stage: the canonical API on the agency listener. Authenticates the agency (registry), routes the
-//! request, and records the outcome in the audit trail before the answer leaves.
+//! Stage: front door. The canonical API on the agency listener: routes an authenticated agency's
+//! request to the canonical operations (reads, appends, the access log, the catalogue and its versions,
+//! the EU DCC routes).
 
 use hyper::{Method, StatusCode};
 use serde_json::json;
@@ -11,10 +12,16 @@ use crate::exchange::{Exchange, Operation, ReadRequest, Reply};
 use crate::registry::Agency;
 
 /// Whether the canonical API answers `method` on `path` (split into `segments`): everything under
-/// `/v1/citizens` and `/v1/purposes`, and `GET /v1/whoami` and `/v1/catalogue`.
+/// `/v1/citizens` and `/v1/purposes`, `GET /v1/whoami` and `/v1/catalogue[/versions|/diff]`, and
+/// `POST /v1/dcc/verify`.
 pub fn serves(method: &Method, path: &str, segments: &[&str]) -> bool {
     matches!(segments, ["v1", "citizens" | "purposes", ..])
-        || (method == Method::GET && matches!(path, "/v1/whoami" | "/v1/catalogue"))
+        || (method == Method::GET
+            && matches!(
+                path,
+                "/v1/whoami" | "/v1/catalogue" | "/v1/catalogue/versions" | "/v1/catalogue/diff"
+            ))
+        || (method == Method::POST && path == "/v1/dcc/verify")
 }
 
 /// Answer a canonical API request from an authenticated agency (see [`serves`]).
@@ -40,28 +47,41 @@ pub async fn route(
         }
         (&Method::GET, "/v1/catalogue") => {
             exchange.operation = Some(Operation::Catalogue);
-            Ok(Reply::json(StatusCode::OK, &crate::openapi::document(broker)))
+            let version = match req.query("version") {
+                Some(id) => broker.catalogues.require(&id)?,
+                None => exchange.catalogue.clone(),
+            };
+            Ok(Reply::json(
+                StatusCode::OK,
+                &crate::openapi::document(broker, &version),
+            ))
+        }
+        (&Method::GET, "/v1/catalogue/versions") => {
+            exchange.operation = Some(Operation::CatalogueVersions);
+            Ok(Reply::json(
+                StatusCode::OK,
+                &canonical::catalogue_versions(broker, exchange),
+            ))
+        }
+        (&Method::GET, "/v1/catalogue/diff") => {
+            exchange.operation = Some(Operation::CatalogueDiff);
+            Ok(Reply::json(
+                StatusCode::OK,
+                &canonical::catalogue_diff(broker, exchange, req)?,
+            ))
         }
         (&Method::GET, "/v1/purposes") => {
             exchange.operation = Some(Operation::ListPurposes);
-            let purposes: Vec<_> = broker
+            let purposes: Vec<_> = exchange
                 .catalogue
                 .for_agency(&agency.code)
                 .into_iter()
-                .map(describe_purpose)
+                .map(canonical::describe_purpose)
                 .collect();
             Ok(Reply::json(StatusCode::OK, &json!({ "purposes": purposes })))
         }
         _ => route_resources(broker, exchange, agency, req, method, segments).await,
     }
-}
-
-/// What an agency sees of a purpose.
-fn describe_purpose(p: &crate::policy::Purpose) -> serde_json::Value {
-    json!({
-        "id": p.id, "title_vi": p.title_vi, "title_en": p.title_en, "legal_basis": p.legal_basis,
-        "read": p.read, "write": p.write, "price_vnd": p.price_vnd,
-    })
 }
 
 /// The `fields=a,b` query parameter as a list.
@@ -95,11 +115,15 @@ async fn route_resources(
                 &json!({ "purpose": purpose.id, "fields": fields }),
             ))
         }
+        (&Method::GET, ["v1", "citizens", id, "covid-certificate"]) => {
+            crate::dcc::http::issue(broker, exchange, agency, req, id).await
+        }
+        (&Method::POST, ["v1", "dcc", "verify"]) => crate::dcc::http::verify(broker, exchange, req),
         (&Method::GET, ["v1", "citizens", id]) => {
             let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             let id = canonical::citizen_id(exchange, id)?;
             let requested = requested_fields(req);
-            let record = canonical::read(broker, exchange, purpose, &id, requested.as_deref()).await?;
+            let record = canonical::read(broker, exchange, &purpose, &id, requested.as_deref()).await?;
             Ok(Reply::json(
                 StatusCode::OK,
                 &json!({ "purpose": purpose.id, "citizen": record }),
@@ -133,7 +157,7 @@ async fn route_resources(
                     "/: the body must be a JSON object",
                 ));
             }
-            let (status, stored) = canonical::append(broker, exchange, purpose, &id, history, entry).await?;
+            let (status, stored) = canonical::append(broker, exchange, &purpose, &id, history, entry).await?;
             Ok(Reply::json(
                 status,
                 &json!({ "citizen_id": id.as_str(), history.field(): stored }),

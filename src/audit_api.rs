@@ -62,9 +62,25 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
                 &json!({ "count": count, "head_hash": head_hash }),
             ))
         }
+        // A freshly signed head for the operator to keep outside the broker (a witness line for
+        // `audit verify --witness`).
+        "checkpoint" => {
+            broker.audit.checkpoint().await?;
+            let dir = broker.config.storage.data_dir.join("audit");
+            let latest = crate::audit::latest_checkpoint(&dir)?;
+            Ok(Reply::json(StatusCode::OK, &latest))
+        }
         "verify" => {
             let dir = broker.config.storage.data_dir.join("audit");
-            Ok(match crate::audit::verify_dir(&dir) {
+            // Against the configured witness too, once it holds a checkpoint: a cut tail is caught even
+            // when `checkpoints.jsonl` went with it.
+            let witness = broker.config.audit.witness(&broker.config.storage.data_dir);
+            let verified = if std::fs::metadata(&witness).is_ok_and(|m| m.len() > 0) {
+                crate::audit::check_witness(&dir, &witness).map(|(r, _)| r)
+            } else {
+                crate::audit::verify_dir(&dir)
+            };
+            Ok(match verified {
                 Ok(r) => Reply::json(
                     StatusCode::OK,
                     &json!({ "ok": true, "count": r.count, "first_seq": r.first_seq, "head_hash": r.head_hash,
@@ -91,6 +107,8 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
                 citizen_id: req.query("citizen_id"),
                 from: time_param(req, "from")?,
                 to: time_param(req, "to")?,
+                user_id: req.query("user_id"),
+                issue: req.query("issue"),
             };
             let (before, limit) = page_params(req)?;
             let entries = broker.audit.search(&filter, before, limit).await?;
@@ -100,9 +118,11 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
     }
 }
 
-/// The citizen's view of one entry: when, who, why, what — no certificate fingerprints or hashes.
-fn citizen_view(e: &AuditEntry) -> Value {
-    json!({
+/// The citizen's view of one entry: when, who, why, what — no certificate fingerprints or hashes. The
+/// official's ID is shown as the purpose's `official_id_shown` says (masked by default); the legal basis
+/// the official declared is shown as declared.
+fn citizen_view(broker: &Broker, e: &AuditEntry) -> Value {
+    let mut view = json!({
         "time": e.time,
         "agency": e.record.agency,
         "purpose": e.record.purpose,
@@ -110,12 +130,72 @@ fn citizen_view(e: &AuditEntry) -> Value {
         "operation": e.record.operation,
         "fields": e.record.fields,
         "status": e.record.status,
-    })
+    });
+    if let Some(acc) = &e.record.accountability {
+        let shown = purpose_of(broker, e)
+            .map(|p| p.official_id_shown)
+            .unwrap_or_default();
+        if let Some(official) = acc.user_id.as_deref().and_then(|u| shown.show(u)) {
+            view["official"] = json!(official);
+        }
+        if let Some(basis) = &acc.legal_basis {
+            view["legal_basis"] = json!(basis);
+        }
+    }
+    view
 }
 
-/// Entries about one citizen, newest first, paginated.
+/// The catalogue version that served an entry (the one in force now for entries older than versions).
+fn catalogue_of(broker: &Broker, e: &AuditEntry) -> std::sync::Arc<crate::catalogue::CatalogueVersion> {
+    e.record
+        .catalogue_version
+        .as_deref()
+        .and_then(|v| broker.catalogues.get(v))
+        .unwrap_or_else(|| broker.catalogue())
+}
+
+/// The purpose an entry was served under, as the catalogue version that served it declares it (`None`
+/// when the entry names no purpose, or one that version does not know).
+fn purpose_of(broker: &Broker, e: &AuditEntry) -> Option<crate::policy::Purpose> {
+    let purpose = e.record.purpose.as_deref()?;
+    catalogue_of(broker, e).get(purpose).cloned()
+}
+
+/// Is this entry still hidden from the citizen at `now`? Only under a purpose that may hide, and never
+/// longer than that purpose's cap from the time of the access, whatever the request asked: a refused
+/// request under a purpose that may not hide stays visible.
+fn hidden_from_citizen(broker: &Broker, e: &AuditEntry, now: DateTime<Utc>) -> bool {
+    let Some(until) = e
+        .record
+        .accountability
+        .as_ref()
+        .and_then(|a| a.hidden_until_time())
+    else {
+        return false;
+    };
+    let cap_days = purpose_of(broker, e).map_or(0, |p| p.max_hidden_days);
+    let Some(at) = e.parsed_time() else {
+        return false;
+    };
+    cap_days > 0 && now < until.min(at + chrono::Duration::days(i64::from(cap_days)))
+}
+
+/// Entries about one citizen, newest first, paginated. An access hidden for an investigation is left
+/// out until its date has come (by the broker's clock); it stays in the chain and in operator searches.
 pub async fn access_log(broker: &Broker, req: &ReadRequest, id: &CitizenId) -> Result<Value, ApiError> {
     let (before, limit) = page_params(req)?;
     let entries = broker.audit.for_citizen(id.as_str(), before, limit).await?;
-    Ok(page(entries, limit, citizen_view))
+    // The cursor follows what was read, so a page thinned by hidden entries still leads to the next one.
+    let next = if entries.len() == limit {
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    let now = broker.clock.now();
+    let visible: Vec<Value> = entries
+        .iter()
+        .filter(|e| !hidden_from_citizen(broker, e, now))
+        .map(|e| citizen_view(broker, e))
+        .collect();
+    Ok(json!({ "entries": visible, "next_before": next }))
 }

@@ -31,6 +31,13 @@ pub enum StartError {
         /// What went wrong.
         message: String,
     },
+    /// Another process holds the database's lock (sled allows one process per database).
+    #[error(
+        "another lienthong is using data dir {0}: stop it first, or give this one another data dir \
+         (`--data-dir` for the demo, `storage.data_dir` in the config); to change a running broker use its \
+         admin API (`lienthong agency …`, `lienthong citizens import …`)"
+    )]
+    DataDirLocked(PathBuf),
     /// Something else at start-up, with its source named.
     #[error("{0}")]
     Other(String),
@@ -48,8 +55,10 @@ pub struct Broker {
     pub registry: Registry,
     /// The canonical citizen record schema, compiled once.
     pub schema: CitizenSchema,
-    /// The purpose catalogue.
-    pub catalogue: Catalogue,
+    /// The versions of the purpose catalogue; [`Broker::catalogue`] is the one in force now.
+    pub catalogues: crate::catalogue::Catalogues,
+    /// The clock every dated decision asks (tests move it).
+    pub clock: crate::clock::Clock,
     /// The loaded connectors.
     pub connectors: crate::connector::ConnectorSet,
     /// Citizen records.
@@ -68,6 +77,14 @@ pub struct Broker {
     pub metrics: crate::metrics::Metrics,
     /// Client certificates already read, by their hash.
     pub identities: crate::identity::IdentityCache,
+    /// The key every agency-listener answer is signed with, and the published keys.
+    pub answer_keys: crate::signed_answer::AnswerKeys,
+    /// The EU DCC Document Signer, when `[dcc]` names one.
+    pub dcc_signer: Option<crate::dcc::DocumentSigner>,
+    /// The Document Signer certificates `POST /v1/dcc/verify` trusts (the broker's own and `dcc.trust_list`).
+    pub dcc_trust: crate::dcc::TrustList,
+    /// X-Road service codes and what they map to.
+    pub xroad_services: crate::xroad::ServiceMap,
 }
 
 impl Broker {
@@ -78,6 +95,10 @@ impl Broker {
             .map_err(|e| StartError::Other(format!("schema: {e}")))?;
         let catalogue = Catalogue::load(config.catalogue.purposes.as_deref(), &schema)
             .map_err(|e| StartError::Other(format!("purpose catalogue: {e}")))?;
+        let catalogue_origin = config.catalogue.purposes.as_deref().map_or_else(
+            || "schemas/purposes.toml (embedded)".to_string(),
+            |p| p.display().to_string(),
+        );
         let admin_fingerprints = config
             .tls
             .admin_certs
@@ -90,6 +111,7 @@ impl Broker {
             &catalogue,
         )
         .map_err(|e| StartError::Other(format!("connector {e}")))?;
+        let xroad_services = crate::xroad::ServiceMap::load(&config.xroad, &catalogue, &connectors)?;
         let data_dir = &config.storage.data_dir;
         let store_err = |message: String| StartError::Store {
             path: data_dir.clone(),
@@ -104,21 +126,45 @@ impl Broker {
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(config.storage.cache_mb.saturating_mul(1 << 20))
             .open()
-            .map_err(|e| store_err(describe_sled_error(e)))?;
+            .map_err(|e| match is_lock_error(&e) {
+                true => StartError::DataDirLocked(data_dir.clone()),
+                false => store_err(describe_sled_error(e)),
+            })?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
         let checkpoints = crate::checkpoint::store::Checkpoints::open(&db)
             .map_err(|e| store_err(describe_sled_error(e)))?;
-        let audit = AuditLog::open(&data_dir.join("audit"), db.clone(), config.audit.checkpoint_every)
+        let catalogues = crate::catalogue::Catalogues::open(
+            &db,
+            crate::catalogue::CatalogueVersion::new(catalogue, &catalogue_origin),
+            &schema,
+        )
+        .map_err(|e| StartError::Other(format!("purpose catalogue: {e}")))?;
+        for agency in registry.list() {
+            catalogues.set_grants(&agency.code, &agency.granted_purposes);
+        }
+        let clock = crate::clock::Clock::default();
+        let audit_options = crate::audit::AuditOptions {
+            checkpoint_every: config.audit.checkpoint_every,
+            clock: clock.clone(),
+            key_dir: Some(config.audit.key_dir(data_dir)),
+            witness: Some(config.audit.witness(data_dir)),
+            ..Default::default()
+        };
+        let audit = AuditLog::open_with(&data_dir.join("audit"), db.clone(), audit_options)
             .map_err(|e| store_err(format!("audit trail: {e}")))?;
+        let answer_keys = crate::signed_answer::AnswerKeys::open(data_dir)
+            .map_err(|e| store_err(format!("answer-signing key: {e}")))?;
+        let (dcc_signer, dcc_trust) = open_dcc(&config.dcc).map_err(StartError::Other)?;
         Ok(Self {
             config,
             tls,
             admin_fingerprints,
             registry,
             schema,
-            catalogue,
+            catalogues,
+            clock,
             connectors,
             store,
             audit,
@@ -128,7 +174,16 @@ impl Broker {
             db,
             metrics: crate::metrics::Metrics::new(),
             identities: Default::default(),
+            answer_keys,
+            dcc_signer,
+            dcc_trust,
+            xroad_services,
         })
+    }
+
+    /// The catalogue version in force now. A request takes it once, at its start, and keeps it.
+    pub fn catalogue(&self) -> Arc<crate::catalogue::CatalogueVersion> {
+        self.catalogues.at(self.clock.now())
     }
 
     /// The database's sticky I/O error, if it has one: sled keeps its first I/O error (a full disk, a
@@ -150,6 +205,40 @@ impl Broker {
             tracing::error!(error = %e, "flushing the database on shutdown failed");
         }
     }
+}
+
+/// sled reports a held lock as an `Other` I/O error "could not acquire lock on … WouldBlock".
+fn is_lock_error(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock")
+        }
+        _ => false,
+    }
+}
+
+/// The Document Signer (if configured) and the verifier's trust list: the signer's own DSC first.
+fn open_dcc(
+    config: &crate::config::DccConfig,
+) -> Result<(Option<crate::dcc::DocumentSigner>, crate::dcc::TrustList), String> {
+    let signer = match (&config.dsc_cert, &config.dsc_key) {
+        (Some(cert), Some(key)) => {
+            Some(crate::dcc::DocumentSigner::load(cert, key).map_err(|e| format!("dcc.dsc_cert: {e}"))?)
+        }
+        _ => None,
+    };
+    let mut trust = crate::dcc::TrustList::default();
+    if let Some(signer) = &signer {
+        trust
+            .add_der(signer.certificate_der())
+            .map_err(|e| format!("dcc.dsc_cert: {e}"))?;
+    }
+    for path in &config.trust_list {
+        trust
+            .add_pem_file(path)
+            .map_err(|e| format!("dcc.trust_list: {e}"))?;
+    }
+    Ok((signer, trust))
 }
 
 fn describe_sled_error(e: sled::Error) -> String {

@@ -4,12 +4,13 @@
 
 use chrono::Utc;
 use hyper::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::broker::Broker;
+use crate::catalogue::PurposeInForce;
 use crate::citizen_id::{check_consistency, CitizenId, Gender};
 use crate::error::{ApiError, ErrorCode};
-use crate::exchange::{Exchange, Operation};
+use crate::exchange::{Exchange, Operation, ReadRequest};
 use crate::policy::{Purpose, Purpose as P};
 use crate::quota::QuotaCounters;
 use crate::registry::{Agency, AgencyDirectory};
@@ -19,13 +20,14 @@ use crate::store::UpdateOutcome;
 pub use crate::record::History;
 
 /// The declared purpose, checked against the catalogue and the agency: 400 `purpose_required`,
-/// 400 `unknown_purpose`, 403 `purpose_not_allowed`.
-pub fn authorize<'b>(
-    broker: &'b Broker,
+/// 400 `unknown_purpose`, 403 `purpose_not_allowed`; then the declared accountability against the purpose
+/// (consent reference, hiding: see [`crate::accountability::check_against`]).
+pub fn authorize(
+    broker: &Broker,
     exchange: &mut Exchange,
     agency: &Agency,
     purpose: Option<&str>,
-) -> Result<&'b Purpose, ApiError> {
+) -> Result<PurposeInForce, ApiError> {
     let purpose = purpose.map(str::trim).filter(|p| !p.is_empty()).ok_or_else(|| {
         ApiError::new(
             ErrorCode::PurposeRequired,
@@ -34,11 +36,63 @@ pub fn authorize<'b>(
     })?;
     exchange.purpose = Some(purpose.to_string());
     let started = std::time::Instant::now();
-    let authorized = broker.catalogue.authorize(purpose, &agency.code);
+    let authorized = crate::catalogue::authorize(&exchange.catalogue, purpose, &agency.code);
     broker
         .metrics
         .observe_since(crate::metrics::Stage::Policy, started);
-    authorized
+    let purpose = authorized?;
+    crate::accountability::check_against(&purpose, &exchange.accountability, broker.clock.now())?;
+    Ok(purpose)
+}
+
+/// Every catalogue version, the one serving this request marked `in_force` (also on the admin listener).
+pub fn catalogue_versions(broker: &Broker, exchange: &Exchange) -> serde_json::Value {
+    let in_force = &exchange.catalogue.id;
+    let versions: Vec<_> = broker
+        .catalogues
+        .list()
+        .iter()
+        .map(|v| v.summary(in_force))
+        .collect();
+    json!({ "in_force": in_force, "versions": versions })
+}
+
+/// `?from=A&to=B` (default `to`: the version in force): what changed, for machines.
+pub fn catalogue_diff(
+    broker: &Broker,
+    exchange: &Exchange,
+    req: &ReadRequest,
+) -> Result<serde_json::Value, ApiError> {
+    let from = req.query("from").ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidQuery,
+            "give ?from=VERSION (and optionally &to=VERSION)",
+        )
+    })?;
+    let from = broker.catalogues.require(&from)?;
+    let to = match req.query("to") {
+        Some(id) => broker.catalogues.require(&id)?,
+        None => exchange.catalogue.clone(),
+    };
+    Ok(crate::catalogue::diff(&from, &to))
+}
+
+/// What an agency sees of a purpose.
+pub fn describe_purpose(p: &crate::policy::Purpose) -> serde_json::Value {
+    json!({
+        "id": p.id, "title_vi": p.title_vi, "title_en": p.title_en, "legal_basis": p.legal_basis,
+        "read": p.read, "write": p.write, "price_vnd": p.price_vnd,
+        "consent_based": p.consent_based, "max_hidden_days": p.max_hidden_days,
+    })
+}
+
+/// The accountability headers (`X-Road-UserId`, `X-Road-PDU-…`), recorded on the exchange for the audit
+/// entry: 400 `invalid_accountability` when malformed. Checked against the purpose by [`authorize`].
+pub fn declare_accountability(exchange: &mut Exchange, headers: &hyper::HeaderMap) -> Result<(), ApiError> {
+    let declared = crate::accountability::from_headers(headers)?;
+    exchange.accountability = declared.record;
+    exchange.bulk |= declared.bulk;
+    Ok(())
 }
 
 /// A well-formed 12-digit ID, recorded on the exchange: 400 `invalid_citizen_id`.
@@ -129,7 +183,7 @@ pub fn meter(broker: &Broker, exchange: &mut Exchange) -> Result<(), ApiError> {
     let directory: &dyn AgencyDirectory = &broker.registry;
     let counters: &dyn QuotaCounters = &broker.quota;
     let plan = directory.get(agency).and_then(|a| a.plan).unwrap_or_default();
-    match counters.meter(agency, &plan, purpose) {
+    match counters.meter(agency, &plan, purpose, broker.clock.now()) {
         Ok(rate) => {
             exchange.metered = true;
             exchange.rate = rate;
@@ -201,6 +255,7 @@ pub async fn append(
             ),
         ));
     };
+    refuse_future_event(history, &entry)?;
     meter(broker, exchange)?;
     let schema = &broker.schema;
     let change = Box::new(move |record: &mut Value| -> Result<UpdateOutcome, ApiError> {
@@ -223,20 +278,111 @@ pub async fn append(
             };
         }
         items.push(entry.clone());
-        schema.validate(record)?;
+        schema
+            .validate(record)
+            .map_err(|v| ApiError::from(hide_history_position(field, v)))?;
         Ok(UpdateOutcome::Written(entry.clone()))
     });
+    // Every entry up to here is durable: the store may remember having seen the trail this long.
+    let trail_seen = broker.audit.head().0;
     let started = std::time::Instant::now();
     let outcome = broker.store.update(id.as_str(), change).await;
     broker
         .metrics
         .observe_since(crate::metrics::Stage::Store, started);
     let outcome = outcome?;
+    if matches!(outcome, UpdateOutcome::Written(_)) {
+        raise_audit_high_water(broker, trail_seen)?;
+    }
     exchange.fields = vec![field.to_string()];
     Ok(match outcome {
         UpdateOutcome::Written(e) => (StatusCode::CREATED, e),
         UpdateOutcome::Unchanged(e) => (StatusCode::OK, e),
     })
+}
+
+/// Where the store keeps the longest audit trail it has seen before a write.
+const META_TREE: &str = "meta";
+const AUDIT_HIGH_WATER: &[u8] = b"audit_high_water";
+
+/// Remember that the trail had reached `seq` before a store write. A trail found shorter at start-up
+/// has lost entries the store outlived ([`audit_high_water`]).
+fn raise_audit_high_water(broker: &Broker, seq: u64) -> Result<(), ApiError> {
+    let tree = broker
+        .db
+        .open_tree(META_TREE)
+        .map_err(|e| crate::store::unavailable("meta", e))?;
+    tree.fetch_and_update(AUDIT_HIGH_WATER, |old| {
+        let old = old
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_be_bytes);
+        Some(old.max(seq).to_be_bytes().to_vec())
+    })
+    .map_err(|e| crate::store::unavailable("meta", e))?;
+    Ok(())
+}
+
+/// The longest audit trail the store has seen before one of its writes (0 if none yet).
+pub fn audit_high_water(db: &sled::Db) -> Result<u64, String> {
+    let tree = db.open_tree(META_TREE).map_err(|e| e.to_string())?;
+    let value = tree.get(AUDIT_HIGH_WATER).map_err(|e| e.to_string())?;
+    Ok(value
+        .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+/// A violation inside the history being appended to is about the entry being written: name it
+/// `/{field}/-/…` (as JSON Patch names an appended item), never by its index, which would tell a writer
+/// how many entries a history it may not read holds.
+fn hide_history_position(
+    field: &str,
+    mut violation: crate::schema::SchemaViolation,
+) -> crate::schema::SchemaViolation {
+    let prefix = format!("/{field}/");
+    if let Some(rest) = violation.pointer.strip_prefix(&prefix) {
+        let tail = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+        if tail.len() < rest.len() {
+            violation.pointer = format!("{prefix}-{tail}");
+        }
+    }
+    violation
+}
+
+/// The entry field holding when the event happened, for the histories whose events can only be past
+/// (check-ins have their own window, checked by the checkpoint channel).
+fn event_date_field(history: History) -> Option<&'static str> {
+    match history {
+        History::Vaccinations | History::TestResults => Some("date"),
+        History::Recoveries => Some("recovered_on"),
+        History::CheckIns => None,
+    }
+}
+
+/// A dose, test or recovery dated after today (Vietnam time) has not happened: 422 `invalid_value`
+/// (a future dose would also skew `covid_status`). The schema checks the format; this checks the day.
+fn refuse_future_event(history: History, entry: &Value) -> Result<(), ApiError> {
+    let Some(field) = event_date_field(history) else {
+        return Ok(());
+    };
+    let Some(day) = entry
+        .get(field)
+        .and_then(Value::as_str)
+        .and_then(|s| s.get(..10))
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+    else {
+        return Ok(()); // missing or malformed: the schema names it
+    };
+    let today_in_vietnam = (chrono::Utc::now() + chrono::Duration::hours(7)).date_naive();
+    if day > today_in_vietnam {
+        return Err(ApiError::new(
+            ErrorCode::InvalidValue,
+            format!(
+                "/{}/-/{field}: {day} is in the future (today is {today_in_vietnam} in Vietnam)",
+                history.field()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Validate a whole record before it is stored: the schema, then what JSON Schema cannot say (the ID

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, CONTENT_TYPE};
+use hyper::header::HeaderMap;
 use hyper::{Method, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
@@ -181,6 +181,19 @@ impl MtlsClient {
         conn.send(method, path, content_type, body.into()).await
     }
 
+    /// One request with arbitrary headers on a fresh connection (tests of what browsers add).
+    pub async fn request_with_headers(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Response, ClientError> {
+        let mut conn = self.connect(addr).await?;
+        conn.send_with_headers(method, path, headers, body.into()).await
+    }
+
     /// GET on a fresh connection.
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Response, ClientError> {
         self.request(addr, Method::GET, path, None, Bytes::new()).await
@@ -228,14 +241,29 @@ impl Connection {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<Response, ClientError> {
+        let headers: &[(&str, &str)] = match content_type {
+            Some(ct) => &[("content-type", ct)],
+            None => &[],
+        };
+        self.send_with_headers(method, path, headers, body).await
+    }
+
+    /// Send one request with the given headers and read the whole answer.
+    pub async fn send_with_headers(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Response, ClientError> {
         let mut builder = Request::builder().method(method);
         builder = match self {
             // HTTP/2 needs an absolute URI (the :authority pseudo-header); HTTP/1.1 sends a Host header.
             Connection::H2(_) => builder.uri(format!("https://localhost{path}")),
             Connection::H1(_) => builder.uri(path).header(hyper::header::HOST, "localhost"),
         };
-        if let Some(ct) = content_type {
-            builder = builder.header(CONTENT_TYPE, ct);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         let request = builder.body(Full::new(body))?;
         let response = match self {

@@ -38,6 +38,64 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Audit trail settings.
     pub audit: AuditConfig,
+    /// EU Digital COVID Certificates: the Document Signer and the verifier's trust list.
+    pub dcc: DccConfig,
+    /// The X-Road channel: which service codes map to which operation and purpose.
+    pub xroad: XRoadConfig,
+}
+
+/// EU DCC issuing and verifying. Without `dsc_cert` and `dsc_key` the broker issues no certificates
+/// (503 `dcc_not_configured`); it still verifies against `trust_list`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DccConfig {
+    /// The Document Signer certificate (PEM), issued by the country signing CA.
+    pub dsc_cert: Option<PathBuf>,
+    /// Its P-256 private key (PEM, PKCS#8).
+    pub dsc_key: Option<PathBuf>,
+    /// The certificate issuer (`is`), at most 80 characters.
+    pub issuer: String,
+    /// How long an issued certificate is valid (CWT `exp` − `iat`), in days.
+    pub validity_days: u32,
+    /// Further Document Signer certificates (PEM files) the verifier trusts besides the broker's own.
+    pub trust_list: Vec<PathBuf>,
+}
+
+impl Default for DccConfig {
+    fn default() -> Self {
+        Self {
+            dsc_cert: None,
+            dsc_key: None,
+            issuer: "Bộ Y tế (Ministry of Health of Viet Nam)".into(),
+            validity_days: 365,
+            trust_list: Vec::new(),
+        }
+    }
+}
+
+/// The X-Road channel (SOAP at `POST /xroad`, REST at `/r1/…`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct XRoadConfig {
+    /// One entry per X-Road service lienthong provides.
+    pub services: Vec<XRoadServiceConfig>,
+}
+
+/// One X-Road service: its identifier and the lienthong operation behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XRoadServiceConfig {
+    /// `INSTANCE/CLASS/MEMBER[/SUBSYSTEM]/SERVICECODE`, as X-Road REST writes a service id.
+    pub service: String,
+    /// `read` (a citizen, for the purpose), `list_purposes` (the purposes open to the client's agency) or
+    /// `connector` (the message, as received, to the connector named by `connector`).
+    pub operation: String,
+    /// The purpose a `read` is made under.
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// The connector (its `name`) a `connector` service hands the message to.
+    #[serde(default)]
+    pub connector: Option<String>,
 }
 
 /// The agency listener.
@@ -183,13 +241,37 @@ impl Default for LimitsConfig {
 pub struct AuditConfig {
     /// Sign a checkpoint of the chain head every this many entries (and on shutdown).
     pub checkpoint_every: u64,
+    /// Folder of the checkpoint signing key and the body-hash key (mode 0600), outside the data dir;
+    /// default: the data dir's sibling `<name>-keys`. The data dir keeps only the public key.
+    pub key_dir: Option<PathBuf>,
+    /// Witness file every signed checkpoint is also appended to, outside the data dir (ideally on
+    /// another volume); default `<key_dir>/witness.jsonl`. At start-up a trail behind it is refused.
+    pub witness: Option<PathBuf>,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             checkpoint_every: 1000,
+            key_dir: None,
+            witness: None,
         }
+    }
+}
+
+impl AuditConfig {
+    /// The key folder in force for `data_dir`.
+    pub fn key_dir(&self, data_dir: &Path) -> PathBuf {
+        self.key_dir
+            .clone()
+            .unwrap_or_else(|| crate::audit::default_key_dir(data_dir))
+    }
+
+    /// The witness file in force for `data_dir`.
+    pub fn witness(&self, data_dir: &Path) -> PathBuf {
+        self.witness
+            .clone()
+            .unwrap_or_else(|| self.key_dir(data_dir).join("witness.jsonl"))
     }
 }
 
@@ -211,10 +293,13 @@ impl Config {
             key: "(file)".into(),
             message: format!("cannot read: {e}"),
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError {
-            file: file.clone(),
-            key: key_of_toml_error(&e),
-            message: e.message().to_string() + &line_of(&text, e.span()),
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            let (key, line) = locate_toml_error(&text, &e);
+            ConfigError {
+                file: file.clone(),
+                key,
+                message: e.message().to_string() + &line.map(|n| format!(" (line {n})")).unwrap_or_default(),
+            }
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -235,10 +320,15 @@ impl Config {
         self.tls.crls.iter_mut().for_each(fix);
         self.tls.admin_certs.iter_mut().for_each(fix);
         fix(&mut self.storage.data_dir);
+        self.dcc.trust_list.iter_mut().for_each(fix);
         for p in [
             &mut self.catalogue.schema,
             &mut self.catalogue.purposes,
             &mut self.catalogue.connectors_dir,
+            &mut self.audit.key_dir,
+            &mut self.audit.witness,
+            &mut self.dcc.dsc_cert,
+            &mut self.dcc.dsc_key,
         ]
         .into_iter()
         .flatten()
@@ -294,6 +384,22 @@ impl Config {
         if self.storage.cache_mb == 0 {
             return Err(err("storage.cache_mb", "must be greater than 0".into()));
         }
+        // The keys and the witness are there to survive someone who can rewrite the data dir.
+        let data_dir = &self.storage.data_dir;
+        for (key, path) in [
+            ("audit.key_dir", self.audit.key_dir(data_dir)),
+            ("audit.witness", self.audit.witness(data_dir)),
+        ] {
+            if path.starts_with(data_dir) {
+                return Err(err(
+                    key,
+                    format!(
+                        "{} is inside storage.data_dir; keep it apart from the trail",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         if self.limits.max_body_bytes == 0 {
             return Err(err("limits.max_body_bytes", "must be greater than 0".into()));
         }
@@ -308,6 +414,25 @@ impl Config {
         }
         if self.audit.checkpoint_every == 0 {
             return Err(err("audit.checkpoint_every", "must be greater than 0".into()));
+        }
+        match (&self.dcc.dsc_cert, &self.dcc.dsc_key) {
+            (Some(cert), Some(key)) => {
+                must_exist("dcc.dsc_cert", cert)?;
+                must_exist("dcc.dsc_key", key)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(err("dcc.dsc_key", "dcc.dsc_cert needs its key".into())),
+            (None, Some(_)) => return Err(err("dcc.dsc_cert", "dcc.dsc_key needs its certificate".into())),
+        }
+        for p in &self.dcc.trust_list {
+            must_exist("dcc.trust_list", p)?;
+        }
+        let issuer_chars = self.dcc.issuer.chars().count();
+        if issuer_chars == 0 || issuer_chars > 80 {
+            return Err(err("dcc.issuer", "must be 1 to 80 characters".into()));
+        }
+        if self.dcc.validity_days == 0 {
+            return Err(err("dcc.validity_days", "must be greater than 0".into()));
         }
         Ok(())
     }
@@ -330,29 +455,93 @@ impl Config {
     }
 }
 
-/// The dotted key a TOML error is about, read from serde's message where it names one.
-fn key_of_toml_error(e: &toml::de::Error) -> String {
-    let msg = e.message();
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        if let Some(end) = rest.find('`') {
-            return rest[..end].to_string();
+/// The dotted key (`storage.cache_mb`) and the 1-based line a TOML error is about. toml reports an unknown
+/// field with the span of its whole table and a type error with the span of the value, so the key is
+/// read from serde's message where it names one, else from the line the span starts on; the table is the
+/// nearest `[header]` above.
+fn locate_toml_error(text: &str, e: &toml::de::Error) -> (String, Option<usize>) {
+    let named = ["unknown field `", "missing field `"].iter().find_map(|prefix| {
+        let rest = e.message().strip_prefix(prefix)?;
+        Some(rest[..rest.find('`')?].to_string())
+    });
+    let Some(span) = e.span() else {
+        return (named.unwrap_or_else(|| "(syntax)".into()), None);
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let start_line = text[..span.start.min(text.len())].matches('\n').count();
+    let table_at = |line: usize| {
+        lines[..=line.min(lines.len().saturating_sub(1))]
+            .iter()
+            .rev()
+            .find_map(|l| table_header(l))
+            .unwrap_or_default()
+    };
+    let dotted = |table: &str, key: &str| match table {
+        "" => key.to_string(),
+        t => format!("{t}.{key}"),
+    };
+    match named {
+        Some(key) => {
+            // The key's own line inside the reported table, if it is written there.
+            let table = table_at(start_line);
+            let line = (start_line..lines.len())
+                .take_while(|&n| n == start_line || table_header(lines[n]).is_none())
+                .find(|&n| key_of_line(lines[n]) == Some(key.as_str()));
+            (dotted(&table, &key), Some(line.unwrap_or(start_line) + 1))
         }
+        None => match lines.get(start_line).and_then(|l| key_of_line(l)) {
+            Some(key) => (dotted(&table_at(start_line), key), Some(start_line + 1)),
+            None => ("(syntax)".into(), Some(start_line + 1)),
+        },
     }
-    if let Some(rest) = msg.strip_prefix("missing field `") {
-        if let Some(end) = rest.find('`') {
-            return rest[..end].to_string();
-        }
-    }
-    "(syntax)".into()
 }
 
-/// ` (line N)` for the start of a span, or nothing.
-fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    match span {
-        Some(s) => format!(
-            " (line {})",
-            text[..s.start.min(text.len())].lines().count().max(1)
-        ),
-        None => String::new(),
+/// `storage` for a `[storage]` line.
+fn table_header(line: &str) -> Option<String> {
+    let t = line.trim();
+    let inner = t.strip_prefix('[')?.split(']').next()?;
+    (!inner.starts_with('[')).then(|| inner.trim().to_string())
+}
+
+/// `cache_mb` for a `cache_mb = 256` line.
+fn key_of_line(line: &str) -> Option<&str> {
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with('#') && !key.starts_with('[')).then_some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn error_for(edit: impl Fn(&str) -> String) -> (ConfigError, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lienthong.toml")).unwrap();
+        let text = edit(&example);
+        let path = dir.path().join("lienthong.toml");
+        std::fs::write(&path, &text).unwrap();
+        (Config::load(&path).unwrap_err(), text)
+    }
+
+    fn line_of_text(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).unwrap() + 1
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_on_its_own_line_with_its_table() {
+        let (e, text) = error_for(|t| t.replace("max_body_bytes", "max_body_byte"));
+        assert_eq!(e.key, "limits.max_body_byte");
+        let line = line_of_text(&text, "max_body_byte =");
+        assert!(e.message.ends_with(&format!("(line {line})")), "{}", e.message);
+    }
+
+    #[test]
+    fn a_type_error_names_the_dotted_key() {
+        let (e, text) = error_for(|t| t.replace("cache_mb = 256", "cache_mb = \"256\""));
+        assert_eq!(e.key, "storage.cache_mb");
+        let line = line_of_text(&text, "cache_mb =");
+        assert!(e.message.ends_with(&format!("(line {line})")), "{}", e.message);
     }
 }

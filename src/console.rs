@@ -49,7 +49,7 @@ pub async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) 
         }
         (&Method::POST, ["admin", "console", "agencies", code, action @ ("suspend" | "resume")]) => {
             exchange.operation = Some(Operation::Admin(AdminOperation::suspend_or_resume(action)));
-            same_origin(req)?;
+            refuse_cross_site(req)?;
             let status = if *action == "suspend" {
                 AgencyStatus::Suspended
             } else {
@@ -99,42 +99,6 @@ fn page_reply(status: StatusCode, content_type: &'static str, body: bytes::Bytes
         error_code: None,
         internal_cause: None,
     }
-}
-
-/// A browser posting from another site sends its own `Origin` (or `Sec-Fetch-Site: cross-site`); the
-/// admin certificate would go along with it, so such posts are refused. Non-browser clients send
-/// neither header and are authenticated by their certificate alone.
-fn same_origin(req: &ReadRequest) -> Result<(), ApiError> {
-    let headers = &req.parts.headers;
-    let refuse = || {
-        ApiError::new(
-            ErrorCode::CrossOrigin,
-            "form posts must come from the console itself",
-        )
-    };
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.to_str(), Ok("same-origin") | Ok("none")) {
-            return Err(refuse());
-        }
-    }
-    if let Some(origin) = headers.get(hyper::header::ORIGIN) {
-        let host = req
-            .parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                headers
-                    .get(hyper::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
-            .ok_or_else(refuse)?;
-        if origin.to_str().ok() != Some(&format!("https://{host}")) {
-            return Err(refuse());
-        }
-    }
-    Ok(())
 }
 
 fn status_text(status: AgencyStatus) -> &'static str {
@@ -200,6 +164,8 @@ impl Filters {
             citizen_id: some(&self.citizen_id),
             from: None,
             to: None,
+            user_id: None,
+            issue: None,
         })
     }
 }
@@ -243,7 +209,7 @@ async fn render(broker: &Broker, req: &ReadRequest) -> Result<String, ApiError> 
     }
     agency_options.push_str(&option("admin", &filters.agency));
     let mut purpose_options = String::from("<option value=\"\">any</option>");
-    for p in broker.catalogue.all() {
+    for p in broker.catalogue().all() {
         purpose_options.push_str(&option(&p.id, &filters.purpose));
     }
 
@@ -256,9 +222,9 @@ async fn render(broker: &Broker, req: &ReadRequest) -> Result<String, ApiError> 
             None => r.status.to_string(),
         };
         entry_rows.push_str(&format!(
-            "<tr{class}><td class=\"num\">{seq}</td><td>{time}</td><td>{agency}</td><td>{purpose}</td>\
+            "<tr{class}><td class=\"num\">{seq}</td><td class=\"time\">{time}</td><td>{agency}</td><td>{purpose}</td>\
              <td>{channel}</td><td>{operation}</td><td>{citizen}</td><td>{fields}</td><td>{status}</td>\
-             <td><code>{request_id}</code></td></tr>",
+             <td><code class=\"rid\" title=\"{request_id}\">{request_id}</code></td></tr>",
             seq = e.seq,
             time = escape(&e.time),
             agency = escape(r.agency.as_deref().unwrap_or("-")),
@@ -274,7 +240,7 @@ async fn render(broker: &Broker, req: &ReadRequest) -> Result<String, ApiError> 
         entry_rows = "<tr><td colspan=\"10\" class=\"empty\">no matching entries</td></tr>".into();
     }
 
-    let usage = usage(broker);
+    let usage = usage(broker).await;
     Ok(PAGE
         .replace("{{chain_class}}", chain_class)
         .replace("{{chain}}", &chain)
@@ -338,13 +304,13 @@ struct Usage {
     billing_html: String,
 }
 
-fn usage(broker: &Broker) -> Usage {
-    let month = crate::quota::month_of(chrono::Utc::now());
+async fn usage(broker: &Broker) -> Usage {
+    let month = crate::quota::month_of(broker.clock.now());
     Usage {
         quota_period: "this minute, today and this month (Vietnam time)".into(),
         quota_html: quota_table(broker).unwrap_or_else(unavailable),
         billing_period: month.clone(),
-        billing_html: billing_table(broker, &month).unwrap_or_else(unavailable),
+        billing_html: billing_table(broker, &month).await.unwrap_or_else(unavailable),
     }
 }
 
@@ -370,7 +336,7 @@ fn quota_table(broker: &Broker) -> Result<String, ApiError> {
     let mut rows = String::new();
     for agency in broker.registry.list() {
         let plan = agency.plan.clone().unwrap_or_default();
-        for purpose in broker.catalogue.for_agency(&agency.code) {
+        for purpose in broker.catalogue().for_agency(&agency.code) {
             let used = broker.quota.usage(&agency.code, &purpose.id)?;
             let limits = plan.for_purpose(&purpose.id);
             let count = |w: &str| used.get(w).copied().unwrap_or(0);
@@ -395,8 +361,8 @@ fn quota_table(broker: &Broker) -> Result<String, ApiError> {
 }
 
 /// The month's billing report (the same one `GET /admin/v1/billing/report` answers).
-fn billing_table(broker: &Broker, month: &str) -> Result<String, ApiError> {
-    let report = crate::billing::report(broker, month)?;
+async fn billing_table(broker: &Broker, month: &str) -> Result<String, ApiError> {
+    let report = crate::billing::report(broker, month).await?;
     if report.lines.is_empty() {
         return Ok("<p class=\"empty\">no calls this month</p>".into());
     }
@@ -421,6 +387,43 @@ fn billing_table(broker: &Broker, month: &str) -> Result<String, ApiError> {
          <tfoot><tr><th colspan=\"5\">total</th><th class=\"num\" id=\"billing-total\">{total}</th><th></th></tr></tfoot></table>",
         total = report.total_vnd
     ))
+}
+
+/// A browser sending a request from another site adds its own `Origin` (or `Sec-Fetch-Site: cross-site`);
+/// the operator's admin certificate, imported into that browser, would go along with it, so such
+/// requests are refused. Non-browser clients send neither header and are authenticated by their
+/// certificate alone.
+pub(crate) fn refuse_cross_site(req: &ReadRequest) -> Result<(), ApiError> {
+    let headers = &req.parts.headers;
+    let refuse = || {
+        ApiError::new(
+            ErrorCode::CrossOrigin,
+            "state-changing admin requests must not come from another site",
+        )
+    };
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.to_str(), Ok("same-origin") | Ok("none")) {
+            return Err(refuse());
+        }
+    }
+    if let Some(origin) = headers.get(hyper::header::ORIGIN) {
+        let host = req
+            .parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                headers
+                    .get(hyper::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .ok_or_else(refuse)?;
+        if origin.to_str().ok() != Some(&format!("https://{host}")) {
+            return Err(refuse());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -463,8 +466,8 @@ mod tests {
 
     #[test]
     fn cross_site_posts_are_refused() {
-        assert!(same_origin(&post(&[])).is_ok());
-        assert!(same_origin(&post(&[
+        assert!(refuse_cross_site(&post(&[])).is_ok());
+        assert!(refuse_cross_site(&post(&[
             ("origin", "https://127.0.0.1:8444"),
             ("sec-fetch-site", "same-origin")
         ]))
@@ -475,7 +478,7 @@ mod tests {
             &[("sec-fetch-site", "cross-site")][..],
             &[("sec-fetch-site", "same-site")][..],
         ] {
-            let err = same_origin(&post(headers)).err().map(|e| e.code.as_str());
+            let err = refuse_cross_site(&post(headers)).err().map(|e| e.code.as_str());
             assert_eq!(err, Some("cross_origin"), "{headers:?}");
         }
     }

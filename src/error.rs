@@ -83,6 +83,42 @@ error_codes! {
     MalformedRequest = "malformed_request" => BAD_REQUEST,
     /// The request body could not be read.
     BadBody = "bad_body" => BAD_REQUEST,
+    /// A query parameter given twice, or a connector's mapped XML element given twice.
+    DuplicateParameter = "duplicate_parameter" => BAD_REQUEST,
+    /// Binding an admin certificate (`tls.admin_certs`) to an agency.
+    AdminCertificate = "admin_certificate" => BAD_REQUEST,
+    /// Binding a certificate no CA of `tls.ca_bundle` issued.
+    UntrustedCertificate = "untrusted_certificate" => BAD_REQUEST,
+    /// A certificate `format` other than `json`, `hc1`, `png`.
+    UnknownFormat = "unknown_format" => BAD_REQUEST,
+    /// A malformed or repeated accountability header.
+    InvalidAccountability = "invalid_accountability" => BAD_REQUEST,
+    /// A consent-based purpose without `X-Road-PDU-Consent-Ref`.
+    ConsentRefRequired = "consent_ref_required" => BAD_REQUEST,
+    /// `X-Road-PDU-Hidden-Until` beyond the purpose's `max_hidden_days`.
+    HiddenTooLong = "hidden_too_long" => BAD_REQUEST,
+    /// X-Road: a message that is not XML.
+    XroadInvalidXml = "xroad_invalid_xml" => BAD_REQUEST,
+    /// X-Road: not a SOAP envelope.
+    XroadInvalidSoap = "xroad_invalid_soap" => BAD_REQUEST,
+    /// X-Road: no SOAP header.
+    XroadMissingHeader = "xroad_missing_header" => BAD_REQUEST,
+    /// X-Road: a required header field missing.
+    XroadMissingHeaderField = "xroad_missing_header_field" => BAD_REQUEST,
+    /// X-Road: a header field given twice.
+    XroadDuplicateHeaderField = "xroad_duplicate_header_field" => BAD_REQUEST,
+    /// X-Road: a protocol version other than 4.x.
+    XroadInvalidProtocolVersion = "xroad_invalid_protocol_version" => BAD_REQUEST,
+    /// X-Road: no SOAP body.
+    XroadMissingBody = "xroad_missing_body" => BAD_REQUEST,
+    /// X-Road: a SOAP body that does not fit the service.
+    XroadInvalidBody = "xroad_invalid_body" => BAD_REQUEST,
+    /// X-Road: headers that disagree with each other or with the message.
+    XroadInconsistentHeaders = "xroad_inconsistent_headers" => BAD_REQUEST,
+    /// X-Road: a malformed client identifier.
+    XroadInvalidClientIdentifier = "xroad_invalid_client_identifier" => BAD_REQUEST,
+    /// X-Road: a REST request that breaks the protocol.
+    XroadBadRequest = "xroad_bad_request" => BAD_REQUEST,
     /// The certificate is valid but bound to no agency, or an admin call names no registered agency.
     UnknownAgency = "unknown_agency" => FORBIDDEN,
     /// The agency is suspended.
@@ -97,6 +133,10 @@ error_codes! {
     CheckpointNotOwned = "checkpoint_not_owned" => FORBIDDEN,
     /// A cross-site form post to the admin console.
     CrossOrigin = "cross_origin" => FORBIDDEN,
+    /// `X-Road-PDU-Hidden` under a purpose that may not hide an access.
+    HidingNotAllowed = "hiding_not_allowed" => FORBIDDEN,
+    /// The X-Road client named is not the one bound to the certificate's agency.
+    XroadClientMismatch = "xroad_client_mismatch" => FORBIDDEN,
     /// No such citizen.
     CitizenNotFound = "citizen_not_found" => NOT_FOUND,
     /// No such certificate binding.
@@ -105,6 +145,12 @@ error_codes! {
     UnknownCheckpoint = "unknown_checkpoint" => NOT_FOUND,
     /// No such route.
     NotFound = "not_found" => NOT_FOUND,
+    /// No `[[xroad.services]]` entry for the X-Road service named.
+    XroadUnknownService = "xroad_unknown_service" => NOT_FOUND,
+    /// No catalogue version with that id.
+    UnknownCatalogueVersion = "unknown_catalogue_version" => NOT_FOUND,
+    /// A closed month's bill asked for before it was closed.
+    MonthNotClosed = "month_not_closed" => NOT_FOUND,
     /// Wrong method on a known route.
     MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED,
     /// The body arrived too slowly.
@@ -123,12 +169,30 @@ error_codes! {
     CheckpointExists = "checkpoint_exists" => CONFLICT,
     /// A QR's name or birth date does not match the record.
     QrMismatch = "qr_mismatch" => CONFLICT,
+    /// A citizens import line with the same `citizen_id` as an earlier line (reported per line only).
+    DuplicateCitizen = "duplicate_citizen" => CONFLICT,
+    /// The X-Road client is bound to another agency.
+    XroadIdBound = "xroad_id_bound" => CONFLICT,
+    /// Revoking a grant the catalogue file itself makes.
+    PurposeInCatalogue = "purpose_in_catalogue" => CONFLICT,
+    /// A catalogue version id already loaded.
+    CatalogueVersionExists = "catalogue_version_exists" => CONFLICT,
+    /// An effective instant already past or taken.
+    CatalogueEffectiveConflict = "catalogue_effective_conflict" => CONFLICT,
+    /// Closing a month before it ends.
+    MonthNotOver = "month_not_over" => CONFLICT,
+    /// Closing a month twice.
+    MonthClosed = "month_closed" => CONFLICT,
     /// Body over `limits.max_body_bytes`.
     BodyTooLarge = "body_too_large" => PAYLOAD_TOO_LARGE,
     /// A FHIR batch over the entry limit.
     BatchTooLarge = "batch_too_large" => PAYLOAD_TOO_LARGE,
+    /// A request line over hyper's limit (answered by hyper; audit only, as `connection:uri_too_long`).
+    UriTooLong = "uri_too_long" => URI_TOO_LONG,
     /// Wrong content type.
     UnsupportedMediaType = "unsupported_media_type" => UNSUPPORTED_MEDIA_TYPE,
+    /// X-Road SOAP: not `text/xml`.
+    XroadInvalidContentType = "xroad_invalid_content_type" => UNSUPPORTED_MEDIA_TYPE,
     /// A write that breaks the canonical schema.
     SchemaViolation = "schema_violation" => UNPROCESSABLE_ENTITY,
     /// A connector request lacks a mapped value.
@@ -141,6 +205,14 @@ error_codes! {
     InvalidTime = "invalid_time" => UNPROCESSABLE_ENTITY,
     /// New TLS material that does not load; the old one stays in use.
     TlsReloadFailed = "tls_reload_failed" => UNPROCESSABLE_ENTITY,
+    /// A catalogue version refused (`FILE:LINE: what is wrong`).
+    InvalidCatalogue = "invalid_catalogue" => UNPROCESSABLE_ENTITY,
+    /// A citizens import batch with refused lines; nothing written.
+    InvalidImport = "invalid_import" => UNPROCESSABLE_ENTITY,
+    /// A certificate asked for a citizen with no recorded vaccination.
+    NoVaccination = "no_vaccination" => UNPROCESSABLE_ENTITY,
+    /// The latest dose's vaccine code is not in the DCC value-set table.
+    VaccineNotInValueSet = "vaccine_not_in_value_set" => UNPROCESSABLE_ENTITY,
     /// Too many requests in flight for this agency.
     ConcurrencyLimit = "concurrency_limit" => TOO_MANY_REQUESTS,
     /// Over the agency's plan for this purpose.
@@ -155,6 +227,8 @@ error_codes! {
     InternalError = "internal_error" => INTERNAL_SERVER_ERROR,
     /// The audit trail cannot be written.
     AuditUnavailable = "audit_unavailable" => SERVICE_UNAVAILABLE,
+    /// The broker has no Document Signer (`[dcc] dsc_cert`, `dsc_key`).
+    DccNotConfigured = "dcc_not_configured" => SERVICE_UNAVAILABLE,
     /// The database cannot be written.
     StoreUnavailable = "store_unavailable" => SERVICE_UNAVAILABLE,
 }

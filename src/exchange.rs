@@ -40,6 +40,12 @@ pub enum Operation {
     Whoami,
     /// `GET /v1/catalogue`.
     Catalogue,
+    /// `GET /v1/catalogue/versions`.
+    CatalogueVersions,
+    /// `GET /v1/catalogue/diff`.
+    CatalogueDiff,
+    /// `GET /.well-known/jwks.json`: the answer-signing keys.
+    Jwks,
     /// `GET /v1/purposes`.
     ListPurposes,
     /// `GET /v1/purposes/{id}/release`.
@@ -60,6 +66,12 @@ pub enum Operation {
     CheckpointCheckin,
     /// Contact tracing for the health authority.
     ContactTracing,
+    /// An X-Road message (SOAP or REST) before it names its service.
+    Xroad,
+    /// Issue an EU Digital COVID Certificate.
+    DccIssue,
+    /// Verify an EU Digital COVID Certificate.
+    DccVerify,
     /// Refused before the body: too many requests in flight for the agency.
     ConcurrencyLimit,
     /// A request hyper refused before the pipeline saw it (`connection:{code}`).
@@ -97,18 +109,40 @@ pub enum AdminOperation {
     SetPlan,
     /// Set an agency's billing class.
     SetBillingClass,
+    /// Bind an agency to its X-Road client.
+    SetXroad,
+    /// Clear an agency's X-Road client.
+    ClearXroad,
+    /// Grant a purpose to an agency at run time.
+    GrantPurpose,
+    /// Revoke a run-time purpose grant.
+    RevokePurpose,
+    /// Import citizens' records (JSON Lines).
+    ImportCitizens,
     /// An agency's quota usage.
     Usage,
     /// The monthly billing report.
     BillingReport,
     /// Billing reconciled with the audit trail.
     BillingReconcile,
+    /// A closed month's signed bill.
+    BillingClosed,
+    /// Close a month.
+    BillingClose,
+    /// Every catalogue version.
+    CatalogueVersions,
+    /// What changed between two catalogue versions.
+    CatalogueDiff,
+    /// Load a catalogue version; [`Exchange::operation_detail`] names it once loaded.
+    LoadCatalogue,
     /// The audit trail's head.
     AuditHead,
     /// Verify the audit trail.
     AuditVerify,
     /// Search the audit trail.
     AuditEntries,
+    /// A signed audit checkpoint (the head, for a witness).
+    AuditCheckpoint,
 }
 
 impl AdminOperation {
@@ -129,6 +163,9 @@ impl Operation {
             Operation::Health => "health",
             Operation::Whoami => "whoami",
             Operation::Catalogue => "catalogue",
+            Operation::CatalogueVersions => "catalogue_versions",
+            Operation::CatalogueDiff => "catalogue_diff",
+            Operation::Jwks => "jwks",
             Operation::ListPurposes => "list_purposes",
             Operation::ReleaseDryRun => "release_dry_run",
             Operation::Read => "read",
@@ -139,11 +176,15 @@ impl Operation {
             Operation::CheckpointList => "checkpoint:list",
             Operation::CheckpointCheckin => "checkpoint:checkin",
             Operation::ContactTracing => "contact_tracing",
+            Operation::Xroad => "xroad",
+            Operation::DccIssue => "dcc_issue",
+            Operation::DccVerify => "dcc_verify",
             Operation::ConcurrencyLimit => "concurrency_limit",
             Operation::Connection(code) => match code {
                 ErrorCode::HeadersTooLarge => "connection:headers_too_large",
                 ErrorCode::MalformedRequest => "connection:malformed_request",
                 ErrorCode::HeaderTimeout => "connection:header_timeout",
+                ErrorCode::UriTooLong => "connection:uri_too_long",
                 _ => "connection:refused",
             },
             Operation::Admin(op) => match op {
@@ -160,12 +201,23 @@ impl Operation {
                 AdminOperation::TlsReload => "admin:tls_reload",
                 AdminOperation::SetPlan => "admin:set_plan",
                 AdminOperation::SetBillingClass => "admin:set_billing_class",
+                AdminOperation::SetXroad => "admin:set_xroad",
+                AdminOperation::ClearXroad => "admin:clear_xroad",
+                AdminOperation::GrantPurpose => "admin:grant_purpose",
+                AdminOperation::RevokePurpose => "admin:revoke_purpose",
+                AdminOperation::ImportCitizens => "admin:import_citizens",
                 AdminOperation::Usage => "admin:usage",
                 AdminOperation::BillingReport => "admin:billing_report",
                 AdminOperation::BillingReconcile => "admin:billing_reconcile",
+                AdminOperation::BillingClosed => "admin:billing_closed",
+                AdminOperation::BillingClose => "admin:billing_close",
+                AdminOperation::CatalogueVersions => "admin:catalogue_versions",
+                AdminOperation::CatalogueDiff => "admin:catalogue_diff",
+                AdminOperation::LoadCatalogue => "admin:load_catalogue",
                 AdminOperation::AuditHead => "admin:audit_head",
                 AdminOperation::AuditVerify => "admin:audit_verify",
                 AdminOperation::AuditEntries => "admin:audit_entries",
+                AdminOperation::AuditCheckpoint => "admin:audit_checkpoint",
             },
         }
     }
@@ -200,10 +252,12 @@ pub struct Exchange {
     pub agency: Option<String>,
     /// Declared purpose.
     pub purpose: Option<String>,
-    /// `canonical`, a connector name, or `admin`.
+    /// `canonical`, a connector name, `xroad-soap`, `xroad-rest` or `admin`.
     pub channel: String,
     /// What was attempted, once routing knows; the audit entry falls back to [`Exchange::route`].
     pub operation: Option<Operation>,
+    /// What the operation acted on, when its audit name carries it (`admin:load_catalogue:{version}`).
+    pub operation_detail: Option<String>,
     /// The citizen concerned, if any.
     pub citizen_id: Option<String>,
     /// Field paths released (reads) or written (writes).
@@ -220,6 +274,10 @@ pub struct Exchange {
     pub rate: Option<RateInfo>,
     /// Other citizens a bulk answer released data about; each gets an audit entry of their own.
     pub also_concerns: Vec<String>,
+    /// The catalogue version in force when the request started: the only one it sees.
+    pub catalogue: Arc<crate::catalogue::CatalogueVersion>,
+    /// The person behind the request and the reason, as declared ([`crate::accountability`]).
+    pub accountability: crate::accountability::Accountability,
 }
 
 /// An answer before it becomes an HTTP response.
@@ -274,8 +332,13 @@ impl Reply {
 
 impl Exchange {
     /// A fresh request from `peer` on `side`, before anything is known about it; `route` is the method and
-    /// (masked) path for the log.
-    pub fn new(side: Side, peer: Arc<PeerIdentity>, route: String) -> Self {
+    /// (masked) path for the log; `catalogue` is the version in force now.
+    pub fn new(
+        side: Side,
+        peer: Arc<PeerIdentity>,
+        route: String,
+        catalogue: Arc<crate::catalogue::CatalogueVersion>,
+    ) -> Self {
         Self {
             request_id: uuid::Uuid::new_v4().to_string(),
             peer,
@@ -286,6 +349,7 @@ impl Exchange {
                 Side::Agency => "canonical".into(),
             },
             operation: None,
+            operation_detail: None,
             citizen_id: None,
             fields: Vec::new(),
             body_sha256: String::new(),
@@ -294,14 +358,17 @@ impl Exchange {
             metered: false,
             rate: None,
             also_concerns: Vec::new(),
+            catalogue,
+            accountability: Default::default(),
         }
     }
 
     /// The operation's audit name, or the route when routing never got that far.
     pub fn operation_name(&self) -> String {
-        match self.operation {
-            Some(op) => op.as_str().to_string(),
-            None => self.route.clone(),
+        match (self.operation, &self.operation_detail) {
+            (Some(op), Some(detail)) => format!("{}:{detail}", op.as_str()),
+            (Some(op), None) => op.as_str().to_string(),
+            (None, _) => self.route.clone(),
         }
     }
 }
@@ -360,14 +427,39 @@ impl ReadRequest {
         })
     }
 
+    /// The `charset` parameter of `Content-Type`, lower-cased and unquoted, if given.
+    pub fn charset(&self) -> Option<String> {
+        let ct = self.parts.headers.get(CONTENT_TYPE)?.to_str().ok()?;
+        ct.split(';').skip(1).find_map(|param| {
+            let (name, value) = param.split_once('=')?;
+            (name.trim().eq_ignore_ascii_case("charset"))
+                .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+        })
+    }
+
     /// The media type of the body (`Content-Type` without parameters), lower-cased.
     pub fn media_type(&self) -> Option<String> {
         let ct = self.parts.headers.get(CONTENT_TYPE)?.to_str().ok()?;
         Some(ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
     }
+
+    /// The body's declared media type when it is one of `accepted`, else 415 `unsupported_media_type`
+    /// (`expected` names what is accepted in the message).
+    pub fn require_media_type(&self, accepted: &[&str], expected: &str) -> Result<String, ApiError> {
+        match self.media_type() {
+            Some(media) if accepted.contains(&media.as_str()) => Ok(media),
+            other => Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "expected {expected}, got {}",
+                    other.as_deref().unwrap_or("no Content-Type")
+                ),
+            )),
+        }
+    }
 }
 
-fn decode(s: &str) -> String {
+pub(crate) fn decode(s: &str) -> String {
     let plus_as_space = s.replace('+', " ");
     percent_encoding::percent_decode_str(&plus_as_space)
         .decode_utf8_lossy()

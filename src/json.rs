@@ -13,17 +13,23 @@ use crate::exchange::ReadRequest;
 /// Deepest nesting of arrays and objects accepted.
 pub const MAX_DEPTH: usize = 64;
 
-/// Parse a JSON body into `T`: 415 if it is not JSON, 400 `invalid_json` naming the problem.
-pub fn body<T: de::DeserializeOwned>(req: &ReadRequest) -> Result<T, ApiError> {
-    match req.media_type().as_deref() {
-        Some("application/json") | None => {}
-        Some(other) => {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!("expected application/json, got {other}"),
-            ))
-        }
+/// JSON is UTF-8 (RFC 8259): a body declared in another charset would be misread, so it is refused (415).
+pub fn refuse_non_utf8_charset(req: &ReadRequest) -> Result<(), ApiError> {
+    match req.charset() {
+        None => Ok(()),
+        Some(charset) if charset == "utf-8" || charset == "utf8" => Ok(()),
+        Some(other) => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("JSON bodies are UTF-8; charset={other} is not accepted"),
+        )),
     }
+}
+
+/// Parse a JSON body into `T`: 415 unless it is declared `application/json` (UTF-8), 400 `invalid_json`
+/// naming the problem.
+pub fn body<T: de::DeserializeOwned>(req: &ReadRequest) -> Result<T, ApiError> {
+    req.require_media_type(&["application/json"], "application/json")?;
+    refuse_non_utf8_charset(req)?;
     let value = parse(&req.body)?;
     serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))
 }

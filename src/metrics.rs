@@ -123,6 +123,13 @@ pub struct Metrics {
     handshake_failures: Family<HandshakeLabels, Counter>,
     store_available: Gauge,
     store_reopens: Counter,
+    crl_stale: Gauge,
+    hidden_accesses: Family<PurposeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PurposeLabels {
+    purpose: String,
 }
 
 impl Default for Metrics {
@@ -151,6 +158,13 @@ impl Metrics {
         let store_available = Gauge::default();
         store_available.set(1);
         let store_reopens = Counter::default();
+        let crl_stale = Gauge::default();
+        let hidden_accesses = Family::<PurposeLabels, Counter>::default();
+        registry.register(
+            "hidden_accesses",
+            "Accesses served hidden from the citizen's access log until a date (investigations), by purpose",
+            hidden_accesses.clone(),
+        );
         registry.register(
             "requests",
             "Answered requests by listener, agency, purpose, connector and HTTP status",
@@ -192,6 +206,11 @@ impl Metrics {
             "Times the database was reopened live after failing (see src/supervisor.rs)",
             store_reopens.clone(),
         );
+        registry.register(
+            "crl_stale",
+            "Configured CRLs past their nextUpdate (still used; publish fresh ones)",
+            crl_stale.clone(),
+        );
         for side in [Side::Agency, Side::Admin] {
             // Present from the start so dashboards see 0, not "no data".
             let _ = open_connections.get_or_create(&SideLabels {
@@ -208,7 +227,23 @@ impl Metrics {
             handshake_failures,
             store_available,
             store_reopens,
+            crl_stale,
+            hidden_accesses,
         }
+    }
+
+    /// Count one access served hidden from the citizen.
+    pub fn count_hidden_access(&self, purpose: &str) {
+        self.hidden_accesses
+            .get_or_create(&PurposeLabels {
+                purpose: purpose.to_string(),
+            })
+            .inc();
+    }
+
+    /// How many CRLs in force are past their `nextUpdate` (set on every scrape).
+    pub fn set_stale_crls(&self, stale: usize) {
+        self.crl_stale.set(i64::try_from(stale).unwrap_or(i64::MAX));
     }
 
     /// Whether the database accepts writes (set by the supervisor).

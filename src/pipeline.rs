@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use sha2::{Digest, Sha256};
+
 use tracing::Instrument;
 
 use crate::admission::{InFlight, InFlightSlot};
@@ -26,7 +26,7 @@ use crate::exchange::{mask_citizen_ids, Exchange, Operation, ReadRequest, Reply,
 use crate::identity::PeerIdentity;
 use crate::metrics::Stage;
 use crate::quota::QuotaCounters;
-use crate::registry::{Agency, AgencyDirectory, AgencyStatus};
+use crate::registry::{Agency, AgencyDirectory};
 
 /// Answer one request from `peer` on `side`. `pending` counts bytes read on the connection since the
 /// last request was consumed (the listener tells a half-sent request from an idle one by it).
@@ -39,7 +39,7 @@ pub(crate) async fn run(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let route = format!("{} {}", req.method(), mask_citizen_ids(req.uri().path()));
-    let mut exchange = Exchange::new(side, peer, route);
+    let mut exchange = Exchange::new(side, peer, route, broker.catalogue());
     let span = tracing::info_span!(
         "request",
         request_id = %exchange.request_id,
@@ -65,7 +65,7 @@ pub(crate) async fn run(
         };
         // read body
         let started = Instant::now();
-        let read = read_body(&broker.config.limits, &mut exchange, req).await;
+        let read = read_body(&broker, &mut exchange, req).await;
         broker.metrics.observe_since(Stage::Decode, started);
         // The request is consumed: any byte read from here on belongs to the next request's head.
         pending.store(0, Ordering::Relaxed);
@@ -121,7 +121,7 @@ fn admit(
         Some(slot) => Ok((agency, Some(slot))),
         None => {
             exchange.operation = Some(Operation::ConcurrencyLimit);
-            exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+            exchange.body_sha256 = broker.audit.body_hash(b"");
             let mut err = ApiError::new(
                 ErrorCode::ConcurrencyLimit,
                 format!(
@@ -159,9 +159,21 @@ async fn agency_door(
         if let Some(health) = health(broker, exchange, req.path()) {
             return Ok(health);
         }
-        let agency = authenticate(exchange, agency)?;
         let method = &req.parts.method;
         let path = req.path();
+        // The answer-signing keys are public: any connected client may fetch them to check a signature.
+        if method == Method::GET && path == crate::signed_answer::JWKS_PATH {
+            exchange.operation = Some(Operation::Jwks);
+            let mut reply = Reply::json(StatusCode::OK, broker.answer_keys.jwks());
+            reply.content_type = "application/jwk-set+json";
+            return Ok(reply);
+        }
+        // X-Road authenticates and reads the accountability headers itself, to answer in its own form.
+        if let Some(protocol) = crate::xroad::Protocol::of(path) {
+            return Ok(crate::xroad::handle(broker, exchange, agency, protocol, &req).await);
+        }
+        let agency = crate::admission::authenticate(exchange, agency)?;
+        crate::canonical::declare_accountability(exchange, &req.parts.headers)?;
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
             (_, ["v1", "checkpoints", rest @ ..]) => {
@@ -186,27 +198,6 @@ async fn agency_door(
     }
 }
 
-/// The active agency bound to the peer's certificate: 403 `unknown_agency` or `agency_suspended`.
-fn authenticate(exchange: &mut Exchange, agency: Option<Agency>) -> Result<Agency, ApiError> {
-    let Some(agency) = agency else {
-        return Err(ApiError::new(
-            ErrorCode::UnknownAgency,
-            format!(
-                "the client certificate (SHA-256 {}) is not bound to any registered agency",
-                exchange.peer.fingerprint_sha256
-            ),
-        ));
-    };
-    exchange.agency = Some(agency.code.clone());
-    if agency.status == AgencyStatus::Suspended {
-        return Err(ApiError::new(
-            ErrorCode::AgencySuspended,
-            format!("agency {} is suspended", agency.code),
-        ));
-    }
-    Ok(agency)
-}
-
 /// `GET /healthz`, the same on both listeners: the answer, or `None` for any other path. 503
 /// `store_unavailable` while the database has failed (until the supervisor has reopened it).
 fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Reply> {
@@ -223,12 +214,15 @@ fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Reply>
     })
 }
 
-/// Read the body within the size and time limits, hashing it for the audit trail.
+/// Read the body within the size and time limits, hashing it for the audit trail (keyed: see
+/// [`crate::audit::AuditLog::body_hash`]). The request target is checked first ([`refuse_ambiguous_target`]),
+/// and a declared length over the limit is refused before a byte of the body is awaited.
 async fn read_body(
-    limits: &crate::config::LimitsConfig,
+    broker: &Broker,
     exchange: &mut Exchange,
     req: Request<Incoming>,
 ) -> Result<ReadRequest, ApiError> {
+    let limits = &broker.config.limits;
     let (parts, body) = req.into_parts();
     let head_bytes = parts.uri.to_string().len()
         + parts
@@ -237,7 +231,7 @@ async fn read_body(
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
     if head_bytes > limits.max_header_bytes {
-        exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+        exchange.body_sha256 = broker.audit.body_hash(b"");
         return Err(ApiError::new(
             ErrorCode::HeadersTooLarge,
             format!(
@@ -245,6 +239,16 @@ async fn read_body(
                 limits.max_header_bytes
             ),
         ));
+    }
+    refuse_ambiguous_target(&parts.uri)?;
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
+        exchange.body_sha256 = broker.audit.body_hash(b"");
+        return Err(body_too_large(limits.max_body_bytes));
     }
     let limited = Limited::new(body, limits.max_body_bytes);
     let collected = tokio::time::timeout(
@@ -255,14 +259,8 @@ async fn read_body(
     let body = match collected {
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            exchange.body_sha256 = hex::encode(Sha256::digest(b""));
-            return Err(ApiError::new(
-                ErrorCode::BodyTooLarge,
-                format!(
-                    "the request body is over the limit of {} bytes",
-                    limits.max_body_bytes
-                ),
-            ));
+            exchange.body_sha256 = broker.audit.body_hash(b"");
+            return Err(body_too_large(limits.max_body_bytes));
         }
         Ok(Err(e)) => {
             return Err(ApiError::new(
@@ -277,16 +275,88 @@ async fn read_body(
             ))
         }
     };
-    exchange.body_sha256 = hex::encode(Sha256::digest(&body));
+    exchange.body_sha256 = broker.audit.body_hash(&body);
     Ok(ReadRequest { parts, body })
+}
+
+fn body_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::BodyTooLarge,
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+}
+
+/// One rule for every route on both listeners, applied before routing: a path with an empty segment
+/// (`//v1/…`, `/v1/citizens/{id}/`) names no resource (404), and a query parameter given twice
+/// (`?purpose=a&purpose=b`) is refused (400 `duplicate_parameter`) rather than one of them picked.
+fn refuse_ambiguous_target(uri: &hyper::Uri) -> Result<(), ApiError> {
+    let path = uri.path();
+    if path != "/"
+        && path
+            .strip_prefix('/')
+            .is_none_or(|p| p.split('/').any(str::is_empty))
+    {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no route for {}: empty path segment", mask_citizen_ids(path)),
+        ));
+    }
+    if let Some(query) = uri.query() {
+        let mut seen = std::collections::HashSet::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let name = crate::exchange::decode(pair.split_once('=').map_or(pair, |(k, _)| k));
+            if !seen.insert(name.clone()) {
+                return Err(ApiError::new(
+                    ErrorCode::DuplicateParameter,
+                    format!("query parameter {name} is given more than once"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Record the exchange in the audit trail, then hand back the reply to send. If the trail cannot be
 /// written the reply is replaced by 503 `audit_unavailable`: nothing leaves unaccounted. Health checks,
 /// metrics scrapes and console assets on the admin listener are not recorded (they touch no data).
-pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Reply) -> Reply {
+/// On the agency listener the final answer is signed ([`crate::signed_answer`]) over its body, the
+/// request id, agency, purpose and the audit entry's time.
+pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, reply: Reply) -> Reply {
+    let (reply, time) = record(broker, side, exchange, reply).await;
+    match side {
+        Side::Agency => sign(broker, exchange, reply, &time),
+        Side::Admin => reply,
+    }
+}
+
+/// Add the detached JWS of `reply` to its headers.
+fn sign(broker: &Broker, exchange: &Exchange, mut reply: Reply, time: &str) -> Reply {
+    let signature = broker.answer_keys.sign(
+        &reply.body,
+        crate::signed_answer::Exchange {
+            request_id: &exchange.request_id,
+            agency: exchange.agency.as_deref(),
+            purpose: exchange.purpose.as_deref(),
+            time,
+        },
+    );
+    match HeaderValue::from_str(&signature) {
+        Ok(value) => reply.headers.push((
+            HeaderName::from_static(crate::signed_answer::SIGNATURE_HEADER),
+            value,
+        )),
+        // base64url and dots only: always a valid header value.
+        Err(e) => tracing::error!(error = %e, "answer signature is not a header value"),
+    }
+    reply
+}
+
+/// [`audit`] without the signature: the reply to send and the time to sign it with (the audit entry's,
+/// or now when nothing was recorded).
+async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Reply) -> (Reply, String) {
+    let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     if side == Side::Admin && exchange.operation.is_some_and(Operation::unaudited_on_admin) {
-        return reply;
+        return (reply, now());
     }
     if let Some(rate) = &exchange.rate {
         reply.headers.extend(rate.headers());
@@ -295,6 +365,10 @@ pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut 
     let counters: &dyn QuotaCounters = &broker.quota;
     let served = exchange.metered && reply.status.is_success();
     let entry = AuditRecord::of(exchange, &reply);
+    // A hidden access: a citizen's data served under a purpose that allowed hiding it.
+    let hidden = reply.status.is_success()
+        && exchange.citizen_id.is_some()
+        && exchange.accountability.hidden_until.is_some();
     let unavailable = || {
         Reply::error(
             &ApiError::new(
@@ -315,7 +389,7 @@ pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut 
             };
             if let Err(e) = sink.append_entry(per_citizen).await {
                 tracing::error!(error = %e, "audit append failed; withholding the answer");
-                return unavailable();
+                return (unavailable(), now());
             }
         }
     }
@@ -324,6 +398,12 @@ pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut 
     broker.metrics.observe_since(Stage::AuditFlush, started);
     match appended {
         Ok(entry) => {
+            if hidden {
+                // Oversight sees how much is hidden, whatever the citizens cannot see yet.
+                broker
+                    .metrics
+                    .count_hidden_access(exchange.purpose.as_deref().unwrap_or("-"));
+            }
             // Billing totals follow the audit trail: counted only once the entry is durable.
             let outcome = if served {
                 Some("served")
@@ -341,11 +421,11 @@ pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, mut 
                     tracing::error!(error = %e.message, "billing counter not updated; `billing reconcile` will show it");
                 }
             }
-            reply
+            (reply, entry.time)
         }
         Err(e) => {
             tracing::error!(error = %e, "audit append failed; withholding the answer");
-            unavailable()
+            (unavailable(), now())
         }
     }
 }
@@ -356,7 +436,7 @@ fn log(broker: &Broker, side: Side, exchange: &Exchange, reply: &Reply) {
     let purpose = exchange
         .purpose
         .as_deref()
-        .filter(|p| broker.catalogue.get(p).is_some())
+        .filter(|p| exchange.catalogue.get(p).is_some())
         .unwrap_or("-");
     let agency = exchange.agency.as_deref().unwrap_or("-");
     broker.metrics.count_request(crate::metrics::RequestOutcome {

@@ -21,7 +21,7 @@ pub enum AgencyStatus {
 }
 
 /// How an agency's served calls are billed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum BillingClass {
     /// Charged per call at the purpose's price.
@@ -67,6 +67,12 @@ pub struct Agency {
     /// Quota plan, typed once when it is set or loaded (set by the admin API). `None` (`null`) = unlimited.
     #[serde(default)]
     pub plan: Option<crate::quota::Plan>,
+    /// Purposes an operator granted at run time, beyond those the catalogue lists it for.
+    #[serde(default)]
+    pub granted_purposes: Vec<String>,
+    /// The agency's X-Road member or subsystem: the only X-Road client its certificates may name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xroad: Option<crate::xroad_id::ClientId>,
     /// When it was registered, RFC 3339.
     pub created_at: String,
     /// When it last changed, RFC 3339.
@@ -87,6 +93,41 @@ pub struct NewAgency {
     /// Certificates to bind right away.
     #[serde(default)]
     pub fingerprints: Vec<String>,
+}
+
+/// A dated change of an agency's billing class; the bill applies the class in force at each call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassChange {
+    /// When the change took effect, RFC 3339 UTC.
+    pub at: String,
+    /// The class before.
+    pub from: BillingClass,
+    /// The class from `at` on.
+    pub to: BillingClass,
+}
+
+/// An agency's billing classes over time.
+#[derive(Debug, Clone)]
+pub struct ClassHistory {
+    /// `(at, from, to)`, oldest first.
+    changes: Vec<(chrono::DateTime<chrono::Utc>, BillingClass, BillingClass)>,
+    current: BillingClass,
+}
+
+impl ClassHistory {
+    /// The class at `t`: after the last change at or before `t`, else before the first change after it,
+    /// else the class now.
+    pub fn at(&self, t: chrono::DateTime<chrono::Utc>) -> BillingClass {
+        let after = self.changes.partition_point(|(at, _, _)| *at <= t);
+        match (
+            after.checked_sub(1).map(|i| &self.changes[i]),
+            self.changes.get(after),
+        ) {
+            (Some((_, _, to)), _) => *to,
+            (None, Some((_, from, _))) => *from,
+            (None, None) => self.current,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -114,6 +155,8 @@ pub type RegistryResult<T> = Result<T, ApiError>;
 /// The agency registry.
 pub struct Registry {
     tree: sled::Tree,
+    /// Billing-class changes, keyed `code \0 millis (20 digits)`: append-only, so a bill can be recomputed.
+    class_changes: sled::Tree,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serialises admin changes so read-modify-write of the tree and the snapshot rebuild stay in step.
     writer: tokio::sync::Mutex<()>,
@@ -163,6 +206,7 @@ impl Registry {
         let tree = db.open_tree("agencies")?;
         let registry = Self {
             tree,
+            class_changes: db.open_tree("billing_class_changes")?,
             snapshot: RwLock::default(),
             writer: tokio::sync::Mutex::new(()),
         };
@@ -252,6 +296,8 @@ impl Registry {
             fingerprints,
             billing_class: new.billing_class,
             plan: None,
+            granted_purposes: Vec::new(),
+            xroad: None,
             created_at: at.clone(),
             updated_at: at,
         };
@@ -315,6 +361,91 @@ impl Registry {
         .await
     }
 
+    /// Change an agency's billing class from `at` on, keeping the change (dated) for the bills.
+    pub async fn set_billing_class(
+        &self,
+        code: &str,
+        class: BillingClass,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> RegistryResult<Agency> {
+        let mut from = None;
+        let agency = self
+            .update(code, |a| {
+                from = Some(a.billing_class);
+                a.billing_class = class;
+                Ok(())
+            })
+            .await?;
+        if let Some(from) = from.filter(|from| *from != class) {
+            let change = ClassChange {
+                at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                from,
+                to: class,
+            };
+            let key = format!("{code}\u{0}{:020}", at.timestamp_millis().max(0));
+            let bytes = serde_json::to_vec(&change).map_err(store_err)?;
+            self.class_changes
+                .insert(key.as_bytes(), bytes)
+                .map_err(store_err)?;
+            crate::store::durable_flush(&self.class_changes)
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(agency)
+    }
+
+    /// Every billing-class change of an agency, oldest first.
+    pub fn class_changes(&self, code: &str) -> RegistryResult<Vec<ClassChange>> {
+        self.class_changes
+            .scan_prefix(format!("{code}\u{0}").as_bytes())
+            .map(|item| {
+                let (_, value) = item.map_err(store_err)?;
+                serde_json::from_slice(&value).map_err(store_err)
+            })
+            .collect()
+    }
+
+    /// The agency's billing classes over time (an unknown agency is billed).
+    pub fn class_history(&self, code: &str) -> RegistryResult<ClassHistory> {
+        let changes = self
+            .class_changes(code)?
+            .into_iter()
+            .map(|c| {
+                let at = chrono::DateTime::parse_from_rfc3339(&c.at).map_err(store_err)?;
+                Ok((at.with_timezone(&chrono::Utc), c.from, c.to))
+            })
+            .collect::<RegistryResult<Vec<_>>>()?;
+        let current = self.get(code).map(|a| a.billing_class).unwrap_or_default();
+        Ok(ClassHistory { changes, current })
+    }
+
+    /// Set (or with `None` clear) the agency's X-Road identity: 409 `xroad_id_bound` if another agency
+    /// holds it.
+    pub async fn set_xroad(
+        &self,
+        code: &str,
+        id: Option<crate::xroad_id::ClientId>,
+    ) -> RegistryResult<Agency> {
+        let id = id.map(crate::xroad_id::ClientId::validated).transpose()?;
+        if let Some(id) = &id {
+            if let Some(owner) = self
+                .list()
+                .into_iter()
+                .find(|a| a.code != code && a.xroad.as_ref() == Some(id))
+            {
+                return Err(ApiError::new(
+                    ErrorCode::XroadIdBound,
+                    format!("X-Road client {id} is already bound to agency {}", owner.code),
+                ));
+            }
+        }
+        self.update(code, |a| {
+            a.xroad = id;
+            Ok(())
+        })
+        .await
+    }
+
     /// Suspend or resume an agency.
     pub async fn set_status(&self, code: &str, status: AgencyStatus) -> RegistryResult<Agency> {
         self.update(code, |a| {
@@ -322,5 +453,37 @@ impl Registry {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_class_at_an_instant_follows_the_dated_changes() {
+        use BillingClass::{Billed, StateBudget};
+        let history = ClassHistory {
+            changes: vec![
+                (at("2030-05-10T00:00:00+07:00"), Billed, StateBudget),
+                (at("2030-06-01T00:00:00+07:00"), StateBudget, Billed),
+            ],
+            current: Billed,
+        };
+        assert_eq!(history.at(at("2030-05-09T23:59:59.999+07:00")), Billed);
+        assert_eq!(history.at(at("2030-05-10T00:00:00+07:00")), StateBudget);
+        assert_eq!(history.at(at("2030-05-31T12:00:00+07:00")), StateBudget);
+        assert_eq!(history.at(at("2030-06-01T00:00:00+07:00")), Billed);
+        let unchanged = ClassHistory {
+            changes: Vec::new(),
+            current: StateBudget,
+        };
+        assert_eq!(unchanged.at(at("1999-01-01T00:00:00Z")), StateBudget);
     }
 }

@@ -84,6 +84,32 @@ impl From<SchemaViolation> for ApiError {
     }
 }
 
+/// Whether `text` holds a C0 or C1 control character (or DEL).
+pub fn has_control_char(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
+/// The JSON Pointer of the first string (key or value) in `value` holding a control character.
+fn first_control_char(value: &Value, pointer: String) -> Option<String> {
+    match value {
+        Value::String(s) => has_control_char(s).then_some(pointer),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_control_char(v, format!("{pointer}/{i}"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let mut at = pointer.clone();
+            push_token(&mut at, k);
+            if has_control_char(k) {
+                Some(at)
+            } else {
+                first_control_char(v, at)
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// The compiled canonical schema, with the field paths and derived fields read from it.
 pub struct CitizenSchema {
     raw: Value,
@@ -189,6 +215,14 @@ impl CitizenSchema {
             return Err(SchemaViolation {
                 pointer,
                 message: e.masked().to_string(),
+            });
+        }
+        // Text is for people and for the agencies' own systems: a NUL or a terminal escape stored here
+        // would travel into every answer and export.
+        if let Some(pointer) = first_control_char(record, String::new()) {
+            return Err(SchemaViolation {
+                pointer,
+                message: "control characters (U+0000-U+001F, U+007F-U+009F) are not allowed in text".into(),
             });
         }
         // JSON Schema cannot say "NFC"; names are compared after normalisation, so store them so.

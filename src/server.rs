@@ -13,7 +13,6 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -23,6 +22,7 @@ use crate::broker::Broker;
 use crate::error::{ApiError, ErrorCode};
 use crate::exchange::{Exchange, Operation, Reply, Side};
 use crate::identity::PeerIdentity;
+use crate::listener::Opening;
 
 /// Both accept loops of one broker, on listeners that outlive it (the supervisor swaps brokers).
 pub(crate) struct Accepting {
@@ -123,7 +123,7 @@ async fn accept_loop(
             _ = stop.changed() => break,
             permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
         };
-        let (tcp, remote) = tokio::select! {
+        let (mut tcp, remote) = tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -143,15 +143,33 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 let _permit = permit;
-                let acceptor = tokio_rustls::TlsAcceptor::from(broker.tls.current());
+                let acceptor = tokio_rustls::TlsAcceptor::from(match side {
+                    Side::Agency => broker.tls.current(),
+                    Side::Admin => broker.tls.admin(),
+                });
                 let handshake = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
                 let started = std::time::Instant::now();
-                let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                match crate::listener::sniff_opening(&mut tcp, handshake).await {
+                    Opening::Handshake => {}
+                    Opening::AnsweredPlaintext => {
+                        broker.metrics.count_handshake_failure(side, "plaintext_http");
+                        return;
+                    }
+                    Opening::Silent => {
+                        broker.metrics.count_handshake_failure(side, "timeout");
+                        tracing::info!("TLS handshake timed out");
+                        return;
+                    }
+                }
+                let handshake = handshake.saturating_sub(started.elapsed());
+                let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp).into_fallible()).await {
                     Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
+                    Ok(Err((e, tcp))) => {
                         let reason = crate::metrics::handshake_failure_reason(&e);
                         broker.metrics.count_handshake_failure(side, reason);
-                        tracing::info!(error = %e, reason, "TLS handshake refused");
+                        let hint = crate::listener::handshake_hint(reason);
+                        tracing::info!(error = %e, reason, hint, "TLS handshake refused");
+                        crate::listener::close_after_refusal(tcp, reason).await;
                         return;
                     }
                     Err(_) => {
@@ -174,6 +192,10 @@ async fn accept_loop(
                     None => return,
                 };
                 tracing::debug!(subject = %peer.subject, fingerprint = %peer.fingerprint_sha256, "connected");
+                if side == Side::Agency && broker.registry.by_fingerprint(&peer.fingerprint_sha256).is_none()
+                {
+                    crate::listener::log_unbound_certificate(&peer);
+                }
                 let pending = Arc::new(AtomicU64::new(0));
                 let service = hyper::service::service_fn({
                     let (broker, peer, pending) = (broker.clone(), peer.clone(), pending.clone());
@@ -278,6 +300,10 @@ fn connection_event(
     let mut source = Some(err);
     while let Some(e) = source {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            // hyper answers an over-long request line 414 itself and tells it apart only in its message.
+            if h.is_parse_too_large() && h.to_string().contains("URI too long") {
+                return Some((ErrorCode::UriTooLong, "request URI over the size limit"));
+            }
             if h.is_parse_too_large() {
                 return Some((ErrorCode::HeadersTooLarge, "request headers over the size limit"));
             }
@@ -313,11 +339,11 @@ async fn record_connection_event(
         .by_fingerprint(&peer.fingerprint_sha256)
         .map(|a| a.code);
     tracing::warn!(status = code.status().as_u16(), %code, agency = agency.as_deref().unwrap_or("-"), fingerprint = %peer.fingerprint_sha256, "connection refused by the HTTP layer");
-    let mut exchange = Exchange::new(side, peer, "-".into());
+    let mut exchange = Exchange::new(side, peer, "-".into(), broker.catalogue());
     exchange.agency = if side == Side::Admin { None } else { agency };
     exchange.channel = "connection".into();
     exchange.operation = Some(Operation::Connection(code));
-    exchange.body_sha256 = hex::encode(Sha256::digest(b""));
+    exchange.body_sha256 = broker.audit.body_hash(b"");
     let reply = Reply::error(&ApiError::new(code, message), &exchange.request_id);
     let _ = crate::pipeline::audit(broker, side, &exchange, reply).await;
 }

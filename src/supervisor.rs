@@ -371,6 +371,17 @@ const HISTORIES: [&str; 4] = ["vaccinations", "test_results", "recoveries", "che
 /// *after* the store write succeeded, so every recent `201` entry naming a history list is a write the
 /// store must still hold: a store with fewer entries in that list is corrupt or rolled back.
 pub async fn check_store_against_audit(broker: &Broker) -> Result<(), String> {
+    // The other direction: the store outlived entries of the trail (a tail cut below what the store saw).
+    let high_water = crate::canonical::audit_high_water(&broker.db)?;
+    let head = broker.audit.head().0;
+    if head < high_water {
+        return Err(format!(
+            "audit trail {}: ends at seq {head}, but the store saw it reach seq {high_water} before a later \
+             write: entries were cut from its end. Refusing to start; restore the trail from a backup and run \
+             `lienthong audit verify --witness …`.",
+            broker.config.storage.data_dir.join("audit").display()
+        ));
+    }
     let filter = crate::audit::AuditFilter {
         status: Some(201),
         ..Default::default()

@@ -57,6 +57,22 @@ fn the_example_config_is_valid() {
     );
 }
 
+/// Issue 20, item 2: a CRL under the CA's name but signed by another key is refused by `check-config`.
+#[test]
+fn check_config_refuses_a_crl_with_a_bad_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config_in(dir.path());
+    let forged = lienthong::dev::certs::CertAuthority::generate("lienthong development CA")
+        .unwrap()
+        .crl(&[], 9)
+        .unwrap();
+    std::fs::write(dir.path().join("certs/demo/crl.pem"), forged).unwrap();
+    let out = lienthong(&["check-config", "-c", config.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("crl.pem") && err.contains("signature"), "{err}");
+}
+
 #[test]
 fn unknown_key_exits_2_naming_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,4 +139,58 @@ async fn agency_commands_drive_the_admin_api() {
     assert_eq!(listed["agencies"].as_array().unwrap().len(), 5);
     let out = run(&["show", "nosuch"]).await;
     assert_eq!(out.status.code(), Some(1));
+    // The X-Road identity: bound, refused when malformed (exit 2, nothing sent), cleared.
+    let out = run(&["xroad", "moh", "VN/GOV/000.00.00.G10/moh"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let xroad = |b: &common::TestBroker| b.broker().registry.get("moh").unwrap().xroad;
+    assert_eq!(xroad(&b).unwrap().to_string(), "VN/GOV/000.00.00.G10/moh");
+    let out = run(&["xroad", "moh", "VN/GOV"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["xroad", "moh", "--clear"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(xroad(&b), None);
+}
+
+#[test]
+fn serve_on_an_empty_data_dir_prints_a_summary_and_the_next_steps() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config_in(dir.path());
+    let (agency, admin) = (common::free_port(), common::free_port());
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{agency}"))
+        .replace("127.0.0.1:8444", &format!("127.0.0.1:{admin}"));
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lienthong"))
+        .args(["serve", "-c", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut summary = String::new();
+    while !summary.contains("citizens import") {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        summary.push_str(&line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for expected in [
+        format!("agency API  https://127.0.0.1:{agency}"),
+        format!("console     https://127.0.0.1:{admin}/admin/console"),
+        "agencies    0 registered, 0 active".to_string(),
+        "citizens    0".to_string(),
+        "lienthong agency add CODE".to_string(),
+        "lienthong citizens import citizens.jsonl".to_string(),
+    ] {
+        assert!(
+            summary.contains(&expected),
+            "{expected:?} missing from:\n{summary}"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! The operator console end to end in headless Chromium (Debian's `chromium`, installed by
 //! `scripts/install-deps.sh`): the browser presents the admin client certificate from an NSS database
-//! (picked by the `AutoSelectCertificateForUrls` managed policy), loads the page, clicks Suspend and
-//! Resume through the DevTools protocol, and saves a screenshot to `target/console.png`.
+//! (picked by the per-run profile's `auto_select_certificate` site setting: nothing is written outside
+//! the test's temporary folder), loads the page at 1280×800, clicks Suspend and Resume through the
+//! DevTools protocol, and saves a screenshot to `target/console.png`.
 //!
 //! This test fails (it does not skip) when chromium, certutil or pk12util is missing: CI installs them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,8 +16,6 @@ use std::time::Duration;
 
 use common::TestBroker;
 use serde_json::{json, Value};
-
-const POLICY_DIR: &str = "/etc/chromium/policies/managed";
 
 fn run(cmd: &mut Command) {
     let out = cmd
@@ -76,27 +75,18 @@ fn nss_home(dir: &Path, certs: &Path) -> PathBuf {
     home
 }
 
-/// The managed policy that makes Chromium present the admin certificate to this broker without asking;
-/// removed again when dropped.
-struct Policy(PathBuf);
-
-impl Policy {
-    fn install(origin: &str) -> Self {
-        std::fs::create_dir_all(POLICY_DIR).unwrap_or_else(|e| {
-            panic!("cannot create {POLICY_DIR} ({e}); the console test runs as root in CI")
-        });
-        let path = Path::new(POLICY_DIR).join(format!("lienthong-console-test-{}.json", std::process::id()));
-        let rule = json!({ "pattern": origin, "filter": { "ISSUER": { "CN": "lienthong development CA" } } });
-        let policy = json!({ "AutoSelectCertificateForUrls": [rule.to_string()] });
-        std::fs::write(&path, policy.to_string()).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for Policy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// A fresh Chromium profile that presents the admin certificate to `origin` without asking: the
+/// "remember this choice" site setting, written into the profile's `Preferences` before the browser
+/// starts (a managed policy would need a file under `/etc`).
+fn profile_selecting_certificate(dir: &Path, origin: &str) -> PathBuf {
+    let profile = dir.join("profile");
+    std::fs::create_dir_all(profile.join("Default")).unwrap();
+    let filter = json!({ "ISSUER": { "CN": "lienthong development CA" } });
+    let prefs = json!({ "profile": { "content_settings": { "exceptions": { "auto_select_certificate": {
+        format!("{origin},*"): { "setting": { "filters": [filter] } }
+    } } } } });
+    std::fs::write(profile.join("Default/Preferences"), prefs.to_string()).unwrap();
+    profile
 }
 
 /// A minimal DevTools protocol client over `--remote-debugging-pipe` (NUL-terminated JSON on fds 3 and
@@ -110,16 +100,16 @@ struct Browser {
 }
 
 impl Browser {
-    fn launch(dir: &Path, home: &Path) -> Self {
+    fn launch(dir: &Path, home: &Path, profile: &Path) -> Self {
         let input = dir.join("cdp-in");
         let output = dir.join("cdp-out");
         run(Command::new("mkfifo").arg(&input).arg(&output));
         let script = format!(
             "exec chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
              --disable-background-networking --disable-component-update --disable-sync \
-             --disable-dev-shm-usage --window-size=1280,1600 --user-data-dir='{}' \
+             --disable-dev-shm-usage --window-size=1280,800 --user-data-dir='{}' \
              --remote-debugging-pipe about:blank 3<'{}' 4>'{}'",
-            dir.join("profile").display(),
+            profile.display(),
             input.display(),
             output.display()
         );
@@ -190,7 +180,7 @@ impl Browser {
         self.call("Page.enable", json!({}));
         self.call(
             "Emulation.setDeviceMetricsOverride",
-            json!({ "width": 1280, "height": 1600, "deviceScaleFactor": 1, "mobile": false }),
+            json!({ "width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false }),
         );
     }
 
@@ -292,16 +282,18 @@ async fn console_in_headless_chromium() {
     let work = tempfile::tempdir().unwrap();
     let home = nss_home(work.path(), &b.certs_dir());
     let origin = format!("https://127.0.0.1:{}", b.admin.port());
-    let _policy = Policy::install(&origin);
+    let profile = profile_selecting_certificate(work.path(), &origin);
     let url = format!("{origin}/admin/console");
     let shot = target_dir().join("console.png");
     let dir = work.path().to_path_buf();
 
     let driven = tokio::task::spawn_blocking(move || {
-        let mut browser = Browser::launch(&dir, &home);
+        let mut browser = Browser::launch(&dir, &home, &profile);
         browser.open_page();
         browser.navigate(&url);
         let first = browser.dom();
+        // Nothing clipped or scrolled sideways at 1280 px: the widest element fits the window.
+        let page_width = browser.eval("document.documentElement.scrollWidth");
 
         browser.click("#agency-pccovid button.suspend");
         let suspended = browser.dom();
@@ -315,9 +307,9 @@ async fn console_in_headless_chromium() {
 
         browser.click("#agency-pccovid button.resume");
         let resumed = browser.dom();
-        (first, suspended, png, filtered, dvc_rows, resumed)
+        (first, page_width, suspended, png, filtered, dvc_rows, resumed)
     });
-    let (first, suspended, png, filtered, dvc_rows, resumed) =
+    let (first, page_width, suspended, png, filtered, dvc_rows, resumed) =
         tokio::time::timeout(Duration::from_secs(120), driven)
             .await
             .unwrap_or_else(|_| {
@@ -343,6 +335,10 @@ async fn console_in_headless_chromium() {
         "a citizen ID in the clear on the console"
     );
     assert!(first.contains("data-js=\"ready\""), "console.js did not run");
+    assert!(
+        page_width.as_u64().is_some_and(|w| w <= 1280),
+        "the console is {page_width} px wide in a 1280 px window"
+    );
     // Quota use and billing for the month: one served prefill read at 1,000 VND; the refusal is free.
     assert!(
         first.contains("data-agency=\"dvc\" data-purpose=\"public-service-prefill\""),
@@ -362,18 +358,9 @@ async fn console_in_headless_chromium() {
     );
     assert!(suspended.contains("id=\"notice\""), "no notice after the action");
     // (checked after the browser resumed it again below; here via the trail)
-    let trail = b
-        .admin_get("/admin/v1/audit/entries?agency=admin&limit=50")
-        .await
-        .json();
-    let ops: Vec<&str> = trail["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["operation"].as_str())
-        .collect();
-    assert!(ops.contains(&"admin:suspend"), "{ops:?}");
-    assert!(ops.contains(&"admin:resume"), "{ops:?}");
+    let ops = b.admin_operations().await;
+    assert!(ops.iter().any(|op| op == "admin:suspend"), "{ops:?}");
+    assert!(ops.iter().any(|op| op == "admin:resume"), "{ops:?}");
 
     // The filter form narrows the table to one agency.
     assert!(

@@ -165,6 +165,33 @@ async fn slowloris_body_gets_408_and_an_entry() {
     );
 }
 
+/// Issue 20, item 12: a declared length over the limit is refused at once, not after the body timeout.
+#[tokio::test]
+async fn a_declared_oversized_body_gets_413_at_once() {
+    let b = TestBroker::start().await;
+    let mut tls = raw(&b, "moh").await;
+    tls.write_all(
+        format!(
+            "POST /v1/citizens/{AN}/vaccinations?purpose=vaccination-sync HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{{\"dose"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_until_closed_or_answered(&mut tls).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let e = entry_for(&b, &header_value(&answer, "x-request-id")).await;
+    assert_eq!(e["status"], 413);
+}
+
 /// Read one response head and body (the server may keep the connection open after answering).
 async fn read_until_closed_or_answered(tls: &mut Tls) -> String {
     let mut out = Vec::new();
@@ -277,6 +304,20 @@ async fn oversized_headers_get_431() {
         (e["agency"].as_str(), e["status"].as_u64()),
         (Some("moh"), Some(431))
     );
+
+    // A request line over hyper's URI limit: hyper answers 414; the entry says so (issue 20, item 13).
+    let mut tls = raw(&b, "moh").await;
+    let long = "a".repeat(70 * 1024);
+    let request = format!("GET /v1/whoami?x={long} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let _ = tls.write_all(request.as_bytes()).await;
+    let _ = tls.flush().await;
+    let answer = read_until_closed(&mut tls).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 414"),
+        "{answer:.300}"
+    );
+    let e = wait_for_operation(&b, "connection:uri_too_long").await;
+    assert_eq!(e["status"].as_u64(), Some(414));
 }
 
 #[tokio::test]

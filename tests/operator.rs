@@ -89,7 +89,7 @@ async fn catalogue_describes_every_route_purpose_and_error() {
     }
     // Every purpose of the loaded catalogue, with legal basis and price.
     let purposes = doc["x-purposes"].as_array().unwrap();
-    for p in b.broker().catalogue.all() {
+    for p in b.broker().catalogue().all() {
         let published = purposes.iter().find(|x| x["id"] == p.id.as_str()).unwrap();
         assert_eq!(published["legal_basis"], p.legal_basis.as_str());
         assert_eq!(published["price_vnd"], p.price_vnd);
@@ -102,7 +102,7 @@ async fn catalogue_describes_every_route_purpose_and_error() {
         .unwrap();
     let readers = b
         .broker()
-        .catalogue
+        .catalogue()
         .all()
         .iter()
         .filter(|p| !p.read.is_empty())

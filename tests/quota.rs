@@ -145,6 +145,14 @@ async fn counters_survive_a_restart() {
 #[tokio::test]
 async fn state_budget_use_is_counted_but_not_charged_and_csv_is_available() {
     let b = TestBroker::start().await;
+    // The class applies from the change on (issue 22: calls are billed at the class of their instant).
+    let r = b
+        .admin_put(
+            "/admin/v1/agencies/dvc/billing-class",
+            r#"{"billing_class":"state-budget"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
     for _ in 0..3 {
         assert_eq!(
             b.get(
@@ -157,13 +165,6 @@ async fn state_budget_use_is_counted_but_not_charged_and_csv_is_available() {
         );
     }
     assert_eq!(b.get("pccovid", &read_path()).await.status, 200);
-    let r = b
-        .admin_put(
-            "/admin/v1/agencies/dvc/billing-class",
-            r#"{"billing_class":"state-budget"}"#,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
     let report = b
         .admin_get(&format!("/admin/v1/billing/report?month={}", month()))
         .await

@@ -94,14 +94,7 @@ async fn no_client_certificate_fails_the_handshake() {
 #[tokio::test]
 async fn revoked_certificate_fails_the_handshake_after_crl_reload() {
     let b = TestBroker::start().await;
-    let cert = b.issue("moh-2", Validity::days(30));
-    let r = b
-        .admin_post(
-            "/admin/v1/agencies/moh/certificates",
-            json!({ "certificate_pem": cert.cert_pem }),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let cert = b.issue_bound("moh", "moh-2").await;
     let c = b.client_with(&cert, Alpn::Both);
     assert_eq!(c.get(b.agency, "/v1/whoami").await.unwrap().status, 200);
     b.revoke(std::slice::from_ref(&cert.serial)).await;

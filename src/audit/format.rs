@@ -22,8 +22,10 @@ pub(crate) const MAX_SEQ: u64 = u64::MAX / 2;
 
 /// File holding the signed checkpoints, one JSON object per line.
 pub(crate) const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
-/// Ed25519 signing key, PKCS#8 DER, mode 0600.
+/// Ed25519 signing key, PKCS#8 DER, mode 0600, in the key folder (`audit.key_dir`), not beside the trail.
 pub(crate) const KEY_FILE: &str = "checkpoint.key";
+/// The HMAC-SHA256 key of `request_sha256` (32 random bytes, mode 0600), beside the signing key.
+pub(crate) const BODY_KEY_FILE: &str = "body-hash.key";
 /// The matching public key, lowercase hex, one line.
 pub(crate) const PUBLIC_KEY_FILE: &str = "checkpoint.pub";
 /// Where the remaining chain starts after pruning.
@@ -32,6 +34,7 @@ pub(crate) const BASE_FILE: &str = "base.json";
 const SEGMENT_PREFIX: &str = "seg-";
 const SEGMENT_SUFFIX: &str = ".jsonl";
 const CHECKPOINT_DOMAIN: &str = "lienthong-audit-checkpoint-v1";
+const BASE_DOMAIN: &str = "lienthong-audit-base-v1";
 
 /// What the pipeline knows about one request; the log adds `seq`, `time`, `prev_hash` and `hash`.
 ///
@@ -45,7 +48,7 @@ pub struct AuditRecord {
     pub cert_fingerprint: Option<String>,
     /// Declared purpose.
     pub purpose: Option<String>,
-    /// `"canonical"`, a connector name, or `"admin"`.
+    /// `"canonical"`, a connector name, `"xroad-soap"`, `"xroad-rest"` or `"admin"`.
     pub channel: String,
     /// `"read"`, `"write"`, `"admin:<action>"`, …
     pub operation: String,
@@ -67,6 +70,20 @@ pub struct AuditRecord {
     /// counts served calls from this).
     #[serde(default)]
     pub metered: bool,
+    /// The catalogue version in force when the request was served (its prices and grants applied), so
+    /// the bill prices each call at the terms of its own instant. Left out of the line when `None`:
+    /// entries written before versions existed keep their encoding and their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalogue_version: Option<String>,
+    /// Hex SHA-256 of the answer body sent (the bytes an agency holds and the answer signature covers).
+    /// Absent from entries written before it existed, and then left out of their hash too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_sha256: Option<String>,
+    /// The person behind the request and the reason (end user, case, legal basis, consent, hiding), when
+    /// the client declared them. Absent from the encoding when `None`, so entries written before this
+    /// field existed hash exactly as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accountability: Option<crate::accountability::Accountability>,
 }
 
 impl AuditRecord {
@@ -92,6 +109,9 @@ impl AuditRecord {
             request_sha256: exchange.body_sha256.clone(),
             bulk: exchange.bulk,
             metered: exchange.metered,
+            catalogue_version: Some(exchange.catalogue.id.clone()),
+            answer_sha256: Some(hex::encode(Sha256::digest(&reply.body))),
+            accountability: (!exchange.accountability.is_empty()).then(|| exchange.accountability.clone()),
         }
     }
 }
@@ -100,8 +120,10 @@ impl AuditRecord {
 ///
 /// `hash = hex(SHA-256(prev_hash_hex ‖ canonical))`, where `canonical` is the compact serde_json encoding of
 /// the entry without `hash`, fields in this order: `seq, time, agency, cert_fingerprint, purpose, channel,
-/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered, prev_hash`
-/// (`None` as `null`). The stored line is the same encoding with `hash` appended.
+/// operation, citizen_id, fields, status, error_code, request_id, request_sha256, bulk, metered,
+/// [catalogue_version,] [answer_sha256,] [accountability,] prev_hash` (`None` as `null`, except
+/// `catalogue_version`, `answer_sha256` and `accountability`, which are left out when absent so that entries
+/// written before they existed hash as they did). The stored line is the same encoding with `hash` appended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEntry {
     /// 1-based position in the chain.
@@ -286,6 +308,10 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 pub(crate) struct Base {
     pub(crate) seq: u64,
     pub(crate) prev_hash: String,
+    /// Ed25519 over `"lienthong-audit-base-v1\n{seq}\n{prev_hash}"`, hex: a prune is signed, so a base
+    /// written by hand (to hide deleted segments) does not verify. Absent only on the genesis base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) signature: Option<String>,
 }
 
 impl Base {
@@ -302,8 +328,49 @@ impl Base {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self {
                 seq: 1,
                 prev_hash: GENESIS_HASH.to_owned(),
+                signature: None,
             }),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    fn message(seq: u64, prev_hash: &str) -> Vec<u8> {
+        format!("{BASE_DOMAIN}\n{seq}\n{prev_hash}").into_bytes()
+    }
+
+    /// A base after pruning, signed.
+    pub(crate) fn signed(key: &Ed25519KeyPair, seq: u64, prev_hash: String) -> Self {
+        let signature = hex::encode(key.sign(&Self::message(seq, &prev_hash)).as_ref());
+        Self {
+            seq,
+            prev_hash,
+            signature: Some(signature),
+        }
+    }
+
+    /// The genesis base needs no signature; any other must carry a valid one.
+    pub(crate) fn check(&self, public_key: &[u8]) -> Result<(), String> {
+        if self.seq == 1 && self.prev_hash == GENESIS_HASH {
+            return Ok(());
+        }
+        let valid = self
+            .signature
+            .as_deref()
+            .and_then(|s| hex::decode(s).ok())
+            .is_some_and(|signature| {
+                UnparsedPublicKey::new(&ED25519, public_key)
+                    .verify(&Self::message(self.seq, &self.prev_hash), &signature)
+                    .is_ok()
+            });
+        if valid {
+            Ok(())
+        } else {
+            Err(format!(
+                "{BASE_FILE} (the trail starts at seq {}) is not signed by the checkpoint key: \
+                 older segments were deleted without a signed prune (a trail pruned before bases were \
+                 signed: check it against its archive, then `lienthong audit sign-base`)",
+                self.seq
+            ))
         }
     }
 
@@ -366,7 +433,12 @@ pub(crate) struct Checkpoints {
 
 impl Checkpoints {
     pub(crate) fn read(dir: &Path) -> Result<Self, AuditError> {
-        let path = dir.join(CHECKPOINTS_FILE);
+        Self::read_file(&dir.join(CHECKPOINTS_FILE))
+    }
+
+    /// Read a checkpoints file (the trail's, or a witness copy) at any path.
+    pub(crate) fn read_file(path: &Path) -> Result<Self, AuditError> {
+        let name = path.display();
         if !path.exists() {
             return Ok(Self {
                 list: Vec::new(),
@@ -374,11 +446,11 @@ impl Checkpoints {
                 torn: false,
             });
         }
-        let segment = Segment::read(&path)?;
+        let segment = Segment::read(path)?;
         let mut list = Vec::new();
         for (i, line) in segment.lines().enumerate() {
             let checkpoint = serde_json::from_slice(line)
-                .map_err(|e| AuditError::Corrupt(format!("{CHECKPOINTS_FILE} line {}: {e}", i + 1)))?;
+                .map_err(|e| AuditError::Corrupt(format!("{name} line {}: {e}", i + 1)))?;
             list.push(checkpoint);
         }
         Ok(Self {
@@ -389,45 +461,112 @@ impl Checkpoints {
     }
 }
 
-/// Load the signing key, creating it (mode 0600) and its public half on first use.
-pub(crate) fn load_or_create_key(dir: &Path) -> Result<Ed25519KeyPair, AuditError> {
-    let key_path = dir.join(KEY_FILE);
-    let pkcs8 = match fs::read(&key_path) {
-        Ok(bytes) => bytes,
+/// Write a new secret file (mode 0600), synced.
+fn create_secret(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Read a secret file of the key folder, creating it with `generate` on first use.
+fn load_or_create_secret(
+    path: &Path,
+    generate: impl FnOnce() -> Result<Vec<u8>, AuditError>,
+) -> Result<Vec<u8>, AuditError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-                .map_err(|_| AuditError::Io("cannot generate the checkpoint signing key".into()))?;
-            let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&key_path)?;
-            file.write_all(doc.as_ref())?;
-            file.sync_all()?;
-            doc.as_ref().to_vec()
+            let bytes = generate()?;
+            create_secret(path, &bytes)?;
+            Ok(bytes)
         }
-        Err(e) => return Err(e.into()),
-    };
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A trail written before the key folder existed keeps its signing key beside the segments: move it to
+/// the key folder (the same key, so old checkpoints still verify) and delete it from the trail.
+fn move_legacy_key(key_dir: &Path, trail_dir: &Path) -> Result<(), AuditError> {
+    let legacy = trail_dir.join(KEY_FILE);
+    if key_dir == trail_dir || !legacy.is_file() {
+        return Ok(());
+    }
+    let moved = key_dir.join(KEY_FILE);
+    if !moved.exists() {
+        create_secret(&moved, &fs::read(&legacy)?)?;
+    } else if fs::read(&moved)? != fs::read(&legacy)? {
+        return Err(AuditError::Corrupt(format!(
+            "{} and {} are different signing keys; keep the right one in the key folder",
+            legacy.display(),
+            moved.display()
+        )));
+    }
+    fs::remove_file(&legacy)?;
+    sync_dir(trail_dir)?;
+    tracing::warn!(from = %legacy.display(), to = %moved.display(),
+        "moved the audit signing key out of the trail's folder");
+    Ok(())
+}
+
+/// Load the signing key from `key_dir`, creating it (mode 0600) on first use, and write its public half
+/// beside the trail (`trail_dir/checkpoint.pub`) and beside the key.
+pub(crate) fn load_or_create_key(key_dir: &Path, trail_dir: &Path) -> Result<Ed25519KeyPair, AuditError> {
+    fs::create_dir_all(key_dir)?;
+    move_legacy_key(key_dir, trail_dir)?;
+    let pkcs8 = load_or_create_secret(&key_dir.join(KEY_FILE), || {
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map(|doc| doc.as_ref().to_vec())
+            .map_err(|_| AuditError::Io("cannot generate the checkpoint signing key".into()))
+    })?;
     let key = Ed25519KeyPair::from_pkcs8(&pkcs8)
         .map_err(|e| AuditError::Corrupt(format!("{KEY_FILE}: not an Ed25519 PKCS#8 key ({e})")))?;
     let public_hex = hex::encode(key.public_key().as_ref());
-    let pub_path = dir.join(PUBLIC_KEY_FILE);
-    match fs::read_to_string(&pub_path) {
-        Ok(text) if text.trim() == public_hex => {}
-        Ok(_) => {
-            return Err(AuditError::Corrupt(format!(
-                "{PUBLIC_KEY_FILE} does not match {KEY_FILE}"
-            )));
+    for dir in [trail_dir, key_dir] {
+        let pub_path = dir.join(PUBLIC_KEY_FILE);
+        match fs::read_to_string(&pub_path) {
+            Ok(text) if text.trim() == public_hex => {}
+            Ok(_) => {
+                return Err(AuditError::Corrupt(format!(
+                    "{} does not match the signing key {}",
+                    pub_path.display(),
+                    key_dir.join(KEY_FILE).display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut file = File::create(&pub_path)?;
+                file.write_all(format!("{public_hex}\n").as_bytes())?;
+                file.sync_all()?;
+                sync_dir(dir)?;
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let mut file = File::create(&pub_path)?;
-            file.write_all(format!("{public_hex}\n").as_bytes())?;
-            file.sync_all()?;
-            sync_dir(dir)?;
-        }
-        Err(e) => return Err(e.into()),
     }
     Ok(key)
+}
+
+/// Load the key of the keyed body hash from `key_dir`, creating it (32 random bytes, mode 0600).
+pub(crate) fn load_or_create_body_key(key_dir: &Path) -> Result<ring::hmac::Key, AuditError> {
+    fs::create_dir_all(key_dir)?;
+    let bytes = load_or_create_secret(&key_dir.join(BODY_KEY_FILE), || {
+        let mut bytes = vec![0u8; 32];
+        ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes)
+            .map_err(|_| AuditError::Io("cannot generate the body-hash key".into()))?;
+        Ok(bytes)
+    })?;
+    if bytes.len() < 32 {
+        return Err(AuditError::Corrupt(format!(
+            "{BODY_KEY_FILE}: shorter than 32 bytes"
+        )));
+    }
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
 }
 
 /// The public key written beside the signing key.

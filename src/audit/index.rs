@@ -555,5 +555,13 @@ impl AuditFilter {
                 .as_ref()
                 .is_none_or(|c| record.citizen_id.as_ref() == Some(c))
             && self.status.is_none_or(|s| record.status == s)
+            && self
+                .user_id
+                .as_ref()
+                .is_none_or(|u| record.accountability.as_ref().and_then(|a| a.user_id.as_ref()) == Some(u))
+            && self
+                .issue
+                .as_ref()
+                .is_none_or(|i| record.accountability.as_ref().and_then(|a| a.issue.as_ref()) == Some(i))
     }
 }

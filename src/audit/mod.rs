@@ -28,7 +28,7 @@ mod writer;
 mod tests;
 
 use std::fs::{self, OpenOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -36,9 +36,15 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 pub use format::{AuditEntry, AuditRecord, GENESIS_HASH};
-pub use offline::{archive_and_prune, export, verify_dir, VerifyFailure, VerifyReport};
+pub use offline::{
+    archive_and_prune, check_witness, default_key_dir, export, sign_base, verify_dir, VerifyFailure,
+    VerifyReport,
+};
 
-use format::{list_segments, load_or_create_key, Base, Checkpoints, Segment, CHECKPOINTS_FILE, MAX_SEQ};
+use format::{
+    list_segments, load_or_create_body_key, load_or_create_key, Base, Checkpoints, Segment, CHECKPOINTS_FILE,
+    MAX_SEQ,
+};
 use index::Index;
 use writer::{Cmd, OpenSegment, Shared, Writer, MAX_BATCH};
 
@@ -122,6 +128,10 @@ pub struct AuditFilter {
     pub from: Option<DateTime<Utc>>,
     /// Entries strictly before this time.
     pub to: Option<DateTime<Utc>>,
+    /// The official (end user) named in the entry's accountability.
+    pub user_id: Option<String>,
+    /// The case or issue reference named in the entry's accountability.
+    pub issue: Option<String>,
 }
 
 /// Tuning of [`AuditLog::open_with`].
@@ -133,6 +143,14 @@ pub struct AuditOptions {
     pub segment_max_bytes: u64,
     /// …or this many entries. Checked between batches, so a segment may overshoot by one batch.
     pub segment_max_entries: u64,
+    /// Dates the entries (the broker's clock, so a test can move time; never backwards along the chain).
+    pub clock: crate::clock::Clock,
+    /// Where the signing key and the body-hash key live, apart from the trail (`None`: in the trail's
+    /// own folder, as before issue 20; only unit tests do that).
+    pub key_dir: Option<PathBuf>,
+    /// A file outside the data dir that every signed checkpoint is also appended to; at open, a trail
+    /// behind (or diverging from) what it holds is refused.
+    pub witness: Option<PathBuf>,
 }
 
 impl Default for AuditOptions {
@@ -141,6 +159,9 @@ impl Default for AuditOptions {
             checkpoint_every: 1000,
             segment_max_bytes: 64 << 20,
             segment_max_entries: 100_000,
+            clock: crate::clock::Clock::default(),
+            key_dir: None,
+            witness: None,
         }
     }
 }
@@ -154,6 +175,21 @@ pub struct AuditLog {
     index: Arc<Index>,
     /// Joined by [`AuditLog::close`], so that a reopen knows the thread's files are closed.
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The key of `request_sha256` (HMAC-SHA256), kept like the signing key.
+    body_key: ring::hmac::Key,
+    /// The checkpoint signing key, also used for statements made about the trail (a closed month's bill).
+    key: Arc<ring::signature::Ed25519KeyPair>,
+}
+
+/// A statement signed with the trail's key: Ed25519 over `"{domain}\n{message}"`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignedStatement {
+    /// The domain the signature is separated by, e.g. `lienthong-billing-close-v1`.
+    pub domain: String,
+    /// Ed25519 signature, hex.
+    pub signature: String,
+    /// The public key (as in the trail's `checkpoint.pub`), hex.
+    pub public_key: String,
 }
 
 /// The sled trees older versions kept the index in; dropped on open (the `.idx` files replace them).
@@ -178,8 +214,12 @@ impl AuditLog {
     /// [`AuditLog::open`] with every knob.
     pub fn open_with(dir: &Path, db: sled::Db, options: AuditOptions) -> Result<Arc<Self>, AuditError> {
         fs::create_dir_all(dir)?;
-        let key = load_or_create_key(dir)?;
+        let key_dir = options.key_dir.clone().unwrap_or_else(|| dir.to_path_buf());
+        let key = Arc::new(load_or_create_key(&key_dir, dir)?);
+        let body_key = load_or_create_body_key(&key_dir)?;
         let base = Base::read(dir)?;
+        base.check(ring::signature::KeyPair::public_key(key.as_ref()).as_ref())
+            .map_err(|e| AuditError::Corrupt(format!("{e}; run audit verify")))?;
         let segments = list_segments(dir)?;
 
         let mut head = (base.seq - 1, base.prev_hash.clone());
@@ -237,6 +277,11 @@ impl AuditLog {
             )));
         }
 
+        let witness = match &options.witness {
+            Some(path) => Some(open_witness(path, &key, dir, &base, &head)?),
+            None => None,
+        };
+
         for tree in OLD_INDEX_TREES {
             db.drop_tree(tree)?;
         }
@@ -254,11 +299,12 @@ impl AuditLog {
             seq: head.0,
             head_hash: head.1,
             last_time,
-            key,
+            key: Arc::clone(&key),
             checkpoints: checkpoints_file,
             checkpoints_len: checkpoints.complete_len,
             checkpoints_need_repair: false,
             last_checkpoint_seq,
+            witness,
             shared: Arc::clone(&shared),
             index: Arc::clone(&index),
         };
@@ -271,6 +317,8 @@ impl AuditLog {
             shared,
             index,
             writer: Mutex::new(Some(writer)),
+            key,
+            body_key,
         }))
     }
 
@@ -301,6 +349,25 @@ impl AuditLog {
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// The `request_sha256` of a body: HMAC-SHA256 under the body-hash key, hex. Unkeyed, the hash of a
+    /// short body (an SMS look-up: a phone number and an ID) could be reversed by trying every candidate.
+    pub fn body_hash(&self, body: &[u8]) -> String {
+        hex::encode(ring::hmac::sign(&self.body_key, body).as_ref())
+    }
+
+    /// Sign `message` with the checkpoint key, separated by `domain` so that no statement can pass for a
+    /// checkpoint or for another kind of statement.
+    pub fn sign_statement(&self, domain: &str, message: &[u8]) -> SignedStatement {
+        use ring::signature::KeyPair;
+        let mut signed = format!("{domain}\n").into_bytes();
+        signed.extend_from_slice(message);
+        SignedStatement {
+            domain: domain.to_string(),
+            signature: hex::encode(self.key.sign(&signed).as_ref()),
+            public_key: hex::encode(self.key.public_key().as_ref()),
+        }
     }
 
     /// `(count, head hash)`: the seq of the last durable entry and its hash.
@@ -350,4 +417,61 @@ impl AuditLog {
     pub fn fsync_count(&self) -> u64 {
         self.shared.fsyncs.load(Ordering::Relaxed)
     }
+}
+
+/// The last signed checkpoint of the trail in `dir` (`null` if none yet), as the witness line it is.
+pub fn latest_checkpoint(dir: &Path) -> Result<serde_json::Value, AuditError> {
+    let checkpoints = Checkpoints::read(dir)?;
+    let latest = checkpoints.list.into_iter().max_by_key(|c| c.seq);
+    serde_json::to_value(latest).map_err(|e| AuditError::Corrupt(e.to_string()))
+}
+
+/// Open the witness for appending, after checking the trail against it: every checkpoint it holds must
+/// carry this trail's signature, and the trail must reach it with the same hash (a truncated or rewritten
+/// tail is refused, even when `checkpoints.jsonl` went with it).
+fn open_witness(
+    path: &Path,
+    key: &ring::signature::Ed25519KeyPair,
+    dir: &Path,
+    base: &Base,
+    head: &(u64, String),
+) -> Result<std::fs::File, AuditError> {
+    use ring::signature::KeyPair;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    let witnessed = Checkpoints::read_file(path)?;
+    if let Some(last) = witnessed.list.iter().max_by_key(|c| c.seq) {
+        if !last.signature_valid(key.public_key().as_ref()) {
+            return Err(AuditError::Corrupt(format!(
+                "witness {}: its last checkpoint (seq {}) is not signed by this trail's key",
+                path.display(),
+                last.seq
+            )));
+        }
+        if last.seq > head.0 {
+            return Err(AuditError::Corrupt(format!(
+                "the trail ends at seq {} but the witness {} saw it signed at seq {}: entries were cut \
+                 from its end; refusing to start (restore the trail, then run audit verify --witness; a \
+                 deliberately fresh data dir needs its old witness moved away)",
+                head.0,
+                path.display(),
+                last.seq
+            )));
+        }
+        let at = offline::hash_at(dir, base, last.seq).map_err(|f| AuditError::Corrupt(f.to_string()))?;
+        if at.as_deref().is_some_and(|h| h != last.hash) {
+            return Err(AuditError::Corrupt(format!(
+                "the trail's entry {} differs from what the witness {} saw signed: the trail was \
+                 rewritten; refusing to start",
+                last.seq,
+                path.display()
+            )));
+        }
+    }
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    if witnessed.torn {
+        file.set_len(witnessed.complete_len)?;
+    }
+    Ok(file)
 }

@@ -10,7 +10,10 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::format::{list_segments, read_public_key, sync_dir, Base, Checkpoints, Segment};
+use super::format::{
+    list_segments, load_or_create_key, read_public_key, sync_dir, Base, Checkpoint, Checkpoints, Segment,
+    KEY_FILE,
+};
 use super::{AuditEntry, AuditError};
 
 /// What a successful [`verify_dir`] found.
@@ -61,10 +64,17 @@ fn failure(seq: u64, reason: impl Into<String>) -> VerifyFailure {
 /// canonical encoding of each line, then check every signed checkpoint (valid signature, and the chain has
 /// that seq with that hash, so a rewritten or truncated tail is detected). Reads only; never opens sled.
 ///
-/// Limits: without an external copy of the public key or of a recent checkpoint, someone who can write
-/// the folder can replace the key and re-sign, or drop the checkpoints file together with the tail.
+/// A pruned trail's `base.json` must be signed by the checkpoint key.
+///
+/// Limits: on its own this cannot see a tail cut together with `checkpoints.jsonl`, nor a key replaced
+/// in the folder and everything re-signed; [`check_witness`] against a copy of the checkpoints kept
+/// elsewhere can.
 pub fn verify_dir(dir: &Path) -> Result<VerifyReport, VerifyFailure> {
     let base = Base::read(dir).map_err(|e| failure(0, e.to_string()))?;
+    if base.seq > 1 {
+        let public_key = read_public_key(dir).map_err(|e| failure(0, e))?;
+        base.check(&public_key).map_err(|e| failure(base.seq, e))?;
+    }
     let checkpoints = Checkpoints::read(dir).map_err(|e| failure(0, e.to_string()))?;
     let segments =
         list_segments(dir).map_err(|e| failure(0, format!("cannot list {}: {e}", dir.display())))?;
@@ -168,6 +178,115 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, VerifyFailure> {
     })
 }
 
+/// Sign the `base.json` of a trail pruned before bases were signed (issue 20), so that it verifies and the
+/// broker starts on it again. Run it only after checking the base against the archive that ends where it
+/// begins (its last entry's hash is the base's `prev_hash`): this vouches for the base as it stands.
+pub fn sign_base(dir: &Path, key_dir: &Path) -> Result<(u64, String), AuditError> {
+    if !key_dir.join(KEY_FILE).is_file() && !dir.join(KEY_FILE).is_file() {
+        return Err(AuditError::Io(format!(
+            "{}: no signing key here",
+            key_dir.join(KEY_FILE).display()
+        )));
+    }
+    let key = load_or_create_key(key_dir, dir)?;
+    let base = Base::read(dir)?;
+    if base.seq == 1 {
+        return Err(AuditError::Corrupt(
+            "the trail was never pruned: nothing to sign".into(),
+        ));
+    }
+    Base::signed(&key, base.seq, base.prev_hash.clone()).write(dir)?;
+    Ok((base.seq, base.prev_hash))
+}
+
+/// The default key folder for a data dir: its sibling `<name>-keys` (outside the data dir, so a copy or
+/// a rewrite of the data dir does not carry the keys; put it on another volume in production).
+pub fn default_key_dir(data_dir: &Path) -> std::path::PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    data_dir.with_file_name(format!("{name}-keys"))
+}
+
+/// The hash of entry `seq` in the trail: `None` if it was pruned away, the base's `prev_hash` for the
+/// entry just before the base. An error if the trail does not reach it.
+pub(crate) fn hash_at(dir: &Path, base: &Base, seq: u64) -> Result<Option<String>, VerifyFailure> {
+    if seq.saturating_add(1) < base.seq {
+        return Ok(None);
+    }
+    if seq.saturating_add(1) == base.seq {
+        return Ok(Some(base.prev_hash.clone()));
+    }
+    let segments =
+        list_segments(dir).map_err(|e| failure(0, format!("cannot list {}: {e}", dir.display())))?;
+    if let Some((_, path)) = segments.iter().rev().find(|(first, _)| *first <= seq) {
+        let segment = Segment::read(path).map_err(|e| failure(seq, e.to_string()))?;
+        for line in segment.lines() {
+            let entry = AuditEntry::from_line(line).map_err(|e| failure(seq, e))?;
+            if entry.seq == seq {
+                return Ok(Some(entry.hash));
+            }
+        }
+    }
+    Err(failure(seq, "missing from the trail"))
+}
+
+/// Check a verified trail against a witness — a copy of its signed checkpoints kept outside the data
+/// dir (`audit.witness`, or heads an operator saved from `GET /admin/v1/audit/checkpoint`). Fails when
+/// the trail is shorter than what the witness saw, diverges from it, or the witness's signatures are not
+/// made by the trail's key (the key was replaced). Returns the trail's report and how many witnessed
+/// checkpoints were checked.
+pub fn check_witness(dir: &Path, witness: &Path) -> Result<(VerifyReport, usize), VerifyFailure> {
+    let report = verify_dir(dir)?;
+    let witnessed = Checkpoints::read_file(witness).map_err(|e| failure(0, e.to_string()))?;
+    if witnessed.list.is_empty() {
+        return Err(failure(
+            0,
+            format!("witness {}: no checkpoint in it", witness.display()),
+        ));
+    }
+    let public_key = read_public_key(dir).map_err(|e| failure(0, e))?;
+    let base = Base::read(dir).map_err(|e| failure(0, e.to_string()))?;
+    let mut checked = 0;
+    for checkpoint in &witnessed.list {
+        check_one_witnessed(dir, &base, &report, &public_key, checkpoint)?;
+        checked += 1;
+    }
+    Ok((report, checked))
+}
+
+fn check_one_witnessed(
+    dir: &Path,
+    base: &Base,
+    report: &VerifyReport,
+    public_key: &[u8],
+    checkpoint: &Checkpoint,
+) -> Result<(), VerifyFailure> {
+    if !checkpoint.signature_valid(public_key) {
+        return Err(failure(
+            checkpoint.seq,
+            "the witness's checkpoint is not signed by the trail's key (was the key replaced?)",
+        ));
+    }
+    if checkpoint.seq > report.count {
+        return Err(failure(
+            report.count + 1,
+            format!(
+                "missing: the witness saw the trail signed at seq {}, it ends at {}",
+                checkpoint.seq, report.count
+            ),
+        ));
+    }
+    match hash_at(dir, base, checkpoint.seq)? {
+        Some(hash) if hash != checkpoint.hash => Err(failure(
+            checkpoint.seq,
+            "differs from what the witness saw signed (the trail was rewritten)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Write the entries with `from <= time < to` to `out` as JSON Lines (the stored lines, unchanged), oldest
 /// first. Returns how many were written. A torn last line is skipped.
 pub fn export(
@@ -201,7 +320,20 @@ pub fn export(
 /// new base so [`verify_dir`] still verifies what is left, then delete them. The last segment (the one
 /// being written) is never archived. Returns the number of entries archived. Run [`verify_dir`] first: this
 /// moves lines as they are. A running broker's index keeps the archived entries until it is reopened.
-pub fn archive_and_prune(dir: &Path, before: DateTime<Utc>, archive: &Path) -> Result<u64, AuditError> {
+/// The new base is signed with the checkpoint key from `key_dir` (see [`default_key_dir`]).
+pub fn archive_and_prune(
+    dir: &Path,
+    key_dir: &Path,
+    before: DateTime<Utc>,
+    archive: &Path,
+) -> Result<u64, AuditError> {
+    if !key_dir.join(KEY_FILE).is_file() && !dir.join(KEY_FILE).is_file() {
+        return Err(AuditError::Io(format!(
+            "{}: no signing key here (the base left by a prune must be signed)",
+            key_dir.join(KEY_FILE).display()
+        )));
+    }
+    let key = load_or_create_key(key_dir, dir)?;
     let base = Base::read(dir)?;
     let segments = list_segments(dir)?;
     let Some(((_, _), older)) = segments.split_last() else {
@@ -210,7 +342,7 @@ pub fn archive_and_prune(dir: &Path, before: DateTime<Utc>, archive: &Path) -> R
 
     let mut chosen = Vec::new();
     let mut lines: Vec<Vec<u8>> = Vec::new();
-    let mut continues_from: Option<Base> = None;
+    let mut continues_from: Option<(u64, String)> = None;
     let mut last_hash = None;
     for (i, (_, path)) in older.iter().enumerate() {
         let segment = Segment::read(path)?;
@@ -237,10 +369,7 @@ pub fn archive_and_prune(dir: &Path, before: DateTime<Utc>, archive: &Path) -> R
                 continue;
             }
             if continues_from.is_none() {
-                continues_from = Some(Base {
-                    seq: entry.seq,
-                    prev_hash: entry.prev_hash.clone(),
-                });
+                continues_from = Some((entry.seq, entry.prev_hash.clone()));
             }
             last_hash = Some(entry.hash.clone());
             lines.push(line);
@@ -255,8 +384,7 @@ pub fn archive_and_prune(dir: &Path, before: DateTime<Utc>, archive: &Path) -> R
     if let (Some(continues_from), Some(last_hash), Some(next_first)) = (continues_from, last_hash, next_first)
     {
         let mut file = OpenOptions::new().write(true).create_new(true).open(archive)?;
-        let header =
-            json!({ "continues_from": { "seq": continues_from.seq, "prev_hash": continues_from.prev_hash } });
+        let header = json!({ "continues_from": { "seq": continues_from.0, "prev_hash": continues_from.1 } });
         file.write_all(header.to_string().as_bytes())?;
         file.write_all(b"\n")?;
         for line in &lines {
@@ -268,11 +396,7 @@ pub fn archive_and_prune(dir: &Path, before: DateTime<Utc>, archive: &Path) -> R
             sync_dir(parent)?;
         }
         // The base first: a crash before the deletes leaves segments that verify and open skip.
-        Base {
-            seq: next_first,
-            prev_hash: last_hash,
-        }
-        .write(dir)?;
+        Base::signed(&key, next_first, last_hash).write(dir)?;
     }
     for (_, path) in &chosen {
         fs::remove_file(path)?;

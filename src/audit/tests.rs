@@ -49,7 +49,58 @@ fn record(i: u64, citizen: Option<&str>) -> AuditRecord {
         request_sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
         bulk: false,
         metered: false,
+        catalogue_version: None,
+        answer_sha256: None,
+        accountability: None,
     }
+}
+
+#[test]
+fn answer_hash_is_additive_and_old_entries_hash_as_before() {
+    let time = "2026-01-01T00:00:00.000Z".to_string();
+    let (old, old_line) = AuditEntry::seal(1, time.clone(), record(1, None), GENESIS_HASH.into()).unwrap();
+    // An entry written before the field existed carries no such key, and still hashes the same.
+    assert!(!old_line.contains("answer_sha256"), "{old_line}");
+    let parsed = AuditEntry::from_line(old_line.as_bytes()).unwrap();
+    assert_eq!(parsed.record.answer_sha256, None);
+    assert_eq!(parsed.compute_hash().unwrap(), old.hash);
+    let answered = AuditRecord {
+        answer_sha256: Some("cd".repeat(32)),
+        ..record(1, None)
+    };
+    let (new, new_line) = AuditEntry::seal(1, time, answered, GENESIS_HASH.into()).unwrap();
+    assert!(new_line.contains(&format!("\"answer_sha256\":\"{}\"", "cd".repeat(32))));
+    assert_ne!(new.hash, old.hash, "the answer hash is covered by the entry hash");
+    let parsed = AuditEntry::from_line(new_line.as_bytes()).unwrap();
+    assert_eq!(parsed.compute_hash().unwrap(), new.hash);
+}
+
+#[test]
+fn entries_without_accountability_encode_as_before() {
+    // The stored line of an entry written before `accountability` existed: same bytes, same hash.
+    let (entry, line) = AuditEntry::seal(
+        1,
+        "2026-11-23T12:00:00.000Z".into(),
+        record(1, None),
+        GENESIS_HASH.into(),
+    )
+    .unwrap();
+    assert!(!line.contains("accountability"), "{line}");
+    assert!(line.contains("\"metered\":false,\"prev_hash\""), "{line}");
+    let parsed = AuditEntry::from_line(line.as_bytes()).unwrap();
+    assert_eq!(parsed.compute_hash().unwrap(), entry.hash);
+    let with = AuditRecord {
+        accountability: Some(crate::accountability::Accountability {
+            user_id: Some("EE37702211234".into()),
+            ..Default::default()
+        }),
+        ..record(1, None)
+    };
+    let (entry, line) =
+        AuditEntry::seal(1, "2026-11-23T12:00:00.000Z".into(), with, GENESIS_HASH.into()).unwrap();
+    let parsed = AuditEntry::from_line(line.as_bytes()).unwrap();
+    assert_eq!(parsed.record.accountability, entry.record.accountability);
+    assert_eq!(parsed.compute_hash().unwrap(), entry.hash);
 }
 
 async fn fill(log: &AuditLog, n: u64) -> Vec<AuditEntry> {
@@ -59,6 +110,12 @@ async fn fill(log: &AuditLog, n: u64) -> Vec<AuditEntry> {
         out.push(log.append(record(i, Some(citizen))).await.unwrap());
     }
     out
+}
+
+/// Close, not just drop: the writer and its indexer must be done with the files and `f.db` before the
+/// test reopens or reuses them (a dropped trail's indexer may still be writing under load).
+fn close(log: Arc<AuditLog>) {
+    assert!(log.close().is_ok(), "the test holds the only handle");
 }
 
 fn only_segment(dir: &Path) -> PathBuf {
@@ -154,7 +211,7 @@ async fn tampering_fixture() -> (Fixture, PathBuf) {
     fill(&log, 8).await;
     log.checkpoint().await.unwrap();
     fill(&log, 2).await;
-    drop(log);
+    close(log);
     assert_eq!(verify_dir(&f.dir).unwrap().count, 10);
     let segment = only_segment(&f.dir);
     (f, segment)
@@ -283,7 +340,7 @@ async fn torn_last_line_is_cut_on_reopen() {
     let f = fixture();
     let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
     fill(&log, 3).await;
-    drop(log);
+    close(log);
     let segment = only_segment(&f.dir);
     let whole = fs::metadata(&segment).unwrap().len();
     let mut bytes = fs::read(&segment).unwrap();
@@ -472,17 +529,17 @@ async fn archive_and_prune_keeps_the_rest_verifiable() {
     };
     let log = AuditLog::open_with(&f.dir, f.db.clone(), opts.clone()).unwrap();
     let entries = fill(&log, 10).await; // segments 1-3, 4-6, 7-9, 10
-    drop(log);
+    close(log);
     assert_eq!(format::list_segments(&f.dir).unwrap().len(), 4);
 
     let archive = f.dir.parent().unwrap().join("archive-1.jsonl");
     // Nothing is old enough yet.
     let long_ago = entries[0].parsed_time().unwrap();
-    assert_eq!(archive_and_prune(&f.dir, long_ago, &archive).unwrap(), 0);
+    assert_eq!(archive_and_prune(&f.dir, &f.dir, long_ago, &archive).unwrap(), 0);
     assert!(!archive.exists());
 
     let later = Utc::now() + Duration::hours(1);
-    assert_eq!(archive_and_prune(&f.dir, later, &archive).unwrap(), 9);
+    assert_eq!(archive_and_prune(&f.dir, &f.dir, later, &archive).unwrap(), 9);
     assert_eq!(format::list_segments(&f.dir).unwrap().len(), 1);
     let archived = lines_of(&archive);
     let header: serde_json::Value = serde_json::from_str(&archived[0]).unwrap();
@@ -517,6 +574,20 @@ async fn archive_and_prune_keeps_the_rest_verifiable() {
     // The automatic one at 12 and the one asked for at 13.
     assert_eq!((report.first_seq, report.count, report.checkpoints), (10, 13, 2));
 
+    // The base a prune leaves is signed: one written by hand (to hide deleted older segments) is refused,
+    // by verify and at open.
+    let signed = fs::read_to_string(f.dir.join(format::BASE_FILE)).unwrap();
+    assert!(signed.contains("signature"), "{signed}");
+    let unsigned = serde_json::json!({ "seq": 10, "prev_hash": entries[8].hash }).to_string();
+    fs::write(f.dir.join(format::BASE_FILE), unsigned).unwrap();
+    let failure = verify_dir(&f.dir).unwrap_err();
+    assert!(failure.reason.contains("not signed"), "{failure}");
+    assert!(AuditLog::open(&f.dir, f.db.clone(), 0).is_err());
+    // A trail pruned before bases were signed is accepted again once the operator signs its base.
+    assert_eq!(sign_base(&f.dir, &f.dir).unwrap().0, 10);
+    assert_eq!(verify_dir(&f.dir).unwrap().count, 13);
+    fs::write(f.dir.join(format::BASE_FILE), signed).unwrap();
+
     // Deleting the base (or a segment) after pruning is caught.
     fs::remove_file(f.dir.join(format::BASE_FILE)).unwrap();
     assert_eq!(verify_dir(&f.dir).unwrap_err().seq, 1);
@@ -532,7 +603,7 @@ async fn segments_rotate_and_verify_across_files() {
     };
     let log = AuditLog::open_with(&f.dir, f.db.clone(), opts.clone()).unwrap();
     fill(&log, 9).await;
-    drop(log);
+    close(log);
     let names: Vec<u64> = format::list_segments(&f.dir)
         .unwrap()
         .iter()
@@ -554,7 +625,7 @@ async fn a_fresh_index_is_rebuilt_from_the_segments() {
     let f = fixture();
     let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
     fill(&log, 6).await;
-    drop(log);
+    close(log);
 
     let db = sled::Config::new().temporary(true).open().unwrap();
     let log = AuditLog::open_with(&f.dir, db, options(0)).unwrap();
@@ -587,7 +658,7 @@ fn signing_key_is_private_and_its_public_half_published() {
     use std::os::unix::fs::PermissionsExt;
     let f = fixture();
     let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
-    drop(log);
+    close(log);
     let mode = fs::metadata(f.dir.join(format::KEY_FILE))
         .unwrap()
         .permissions()
@@ -621,7 +692,7 @@ async fn an_index_left_in_sled_by_an_older_version_is_dropped_and_rebuilt_from_t
     let f = fixture();
     let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
     let written = fill(&log, 6).await;
-    drop(log);
+    close(log);
     // Older versions kept the index in sled, whole lines by seq.
     let by_seq = f.db.open_tree("audit/by_seq").unwrap();
     for entry in &written {
@@ -708,4 +779,45 @@ async fn full_segments_are_indexed_to_files_and_searches_span_them() {
     let log = AuditLog::open_with(&f.dir, f.db.clone(), opts).unwrap();
     assert!(!orphan.exists());
     expect(log).await;
+}
+
+#[tokio::test]
+async fn the_catalogue_version_is_additive_and_dated_by_the_clock() {
+    let f = fixture();
+    let clock = crate::clock::Clock::default();
+    let t = chrono::DateTime::parse_from_rfc3339("2031-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    clock.set(t);
+    let log = AuditLog::open_with(
+        &f.dir,
+        f.db.clone(),
+        AuditOptions {
+            clock: clock.clone(),
+            ..options(0)
+        },
+    )
+    .unwrap();
+    // An entry written before versions existed, and one that names the version that served it.
+    let old = log.append(record(1, Some(CITIZEN_A))).await.unwrap();
+    let versioned = log
+        .append(AuditRecord {
+            catalogue_version: Some("2027".into()),
+            ..record(2, Some(CITIZEN_A))
+        })
+        .await
+        .unwrap();
+    assert_eq!(old.time, "2031-01-01T00:00:00.000Z");
+    let lines = lines_of(&only_segment(&f.dir));
+    assert!(!lines[0].contains("catalogue_version"), "{}", lines[0]);
+    assert!(lines[1].contains(r#""metered":false,"catalogue_version":"2027","prev_hash":""#));
+    assert_eq!(versioned.compute_hash().unwrap(), versioned.hash);
+    assert_eq!(verify_dir(&f.dir).unwrap().count, 2);
+    // A statement signed with the trail's key verifies with the published public key.
+    let signed = log.sign_statement("test-domain-v1", b"hello");
+    let public = crate::audit::format::read_public_key(&f.dir).unwrap();
+    assert_eq!(hex::encode(&public), signed.public_key);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
+        .verify(b"test-domain-v1\nhello", &hex::decode(&signed.signature).unwrap())
+        .unwrap();
 }

@@ -52,12 +52,14 @@ pub(crate) struct Writer {
     pub(crate) seq: u64,
     pub(crate) head_hash: String,
     pub(crate) last_time: DateTime<Utc>,
-    pub(crate) key: Ed25519KeyPair,
+    pub(crate) key: Arc<Ed25519KeyPair>,
     pub(crate) checkpoints: File,
     pub(crate) checkpoints_len: u64,
     /// A failed checkpoint write could not be cut back yet.
     pub(crate) checkpoints_need_repair: bool,
     pub(crate) last_checkpoint_seq: u64,
+    /// The witness outside the data dir that every signed checkpoint is also appended to.
+    pub(crate) witness: Option<File>,
     pub(crate) shared: Arc<Shared>,
     /// Given each committed batch before its answers, and each full segment when the next one starts.
     pub(crate) index: Arc<Index>,
@@ -127,7 +129,7 @@ impl Writer {
 
     /// Write one batch and sync it. On any failure nothing of the batch remains and the head is unchanged.
     fn commit(&mut self, records: Vec<AuditRecord>) -> Result<Vec<(AuditEntry, Location)>, AuditError> {
-        let now = truncate_ms(Utc::now());
+        let now = truncate_ms(self.options.clock.now());
         // The clock may step back; the trail's times never do, so range queries can stop early.
         let time = if now > self.last_time { now } else { self.last_time };
         let time_text = format_time(time);
@@ -271,6 +273,14 @@ impl Writer {
         }
         self.checkpoints_len += line.len() as u64;
         self.last_checkpoint_seq = self.seq;
+        // The witness copy: the trail's folder is not trusted to keep its own checkpoints. A failed
+        // witness write fails the checkpoint (logged), not the requests; the next one tries again.
+        if let Some(witness) = &mut self.witness {
+            witness
+                .write_all(&line)
+                .and_then(|()| witness.sync_data())
+                .map_err(|e| unavailable(format!("audit witness: {e}")))?;
+        }
         Ok(())
     }
 }

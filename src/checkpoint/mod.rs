@@ -90,10 +90,10 @@ pub async fn route(
     }
 }
 
-fn require<'p>(
-    purpose: &'p crate::policy::Purpose,
+fn require(
+    purpose: crate::catalogue::PurposeInForce,
     id: &str,
-) -> Result<&'p crate::policy::Purpose, ApiError> {
+) -> Result<crate::catalogue::PurposeInForce, ApiError> {
     if purpose.id == id {
         Ok(purpose)
     } else {
@@ -150,7 +150,7 @@ async fn scan(
         "time": key_time(time),
         "source_record_id": format!("{}@{}", cp.id, key_time(time)),
     });
-    let (status, _) = canonical::append(broker, exchange, purpose, &id, History::CheckIns, entry).await?;
+    let (status, _) = canonical::append(broker, exchange, &purpose, &id, History::CheckIns, entry).await?;
     broker.checkpoints.index(&cp.id, time, id.as_str()).await?;
     let fields = purpose.release_set(None, &broker.schema)?;
     let answer = canonical::release(exchange, &record, &fields);

@@ -115,6 +115,12 @@ impl Checkpoints {
                 "name and address must not be empty",
             ));
         }
+        if crate::schema::has_control_char(&new.name) || crate::schema::has_control_char(&new.address) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidCheckpoint,
+                "name and address must not contain control characters",
+            ));
+        }
         let cp = Checkpoint {
             id: new.id,
             agency: agency.to_string(),

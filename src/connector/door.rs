@@ -70,6 +70,9 @@ async fn run(
     }
     let purpose = canonical::authorize(broker, exchange, agency, Some(&connector.purpose))?;
     let media = req.media_type().unwrap_or_default();
+    if connector.format == Format::Json {
+        crate::json::refuse_non_utf8_charset(req)?;
+    }
     if !connector.content_types.contains(&media) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
@@ -106,7 +109,7 @@ async fn run(
                 .ok_or_else(|| ApiError::internal("write connector without history"))?;
             if let (Some(batch), Doc::Json(v)) = (&connector.batch, &doc) {
                 if v.pointer(&batch.when).and_then(Value::as_str) == Some(batch.equals.as_str()) {
-                    return write_batch(broker, exchange, purpose, connector, history, v, batch).await;
+                    return write_batch(broker, exchange, &purpose, connector, history, v, batch).await;
                 }
             }
             let inputs = extract(connector, &doc)?;
@@ -114,7 +117,7 @@ async fn run(
             let (status, stored) = canonical::append(
                 broker,
                 exchange,
-                purpose,
+                &purpose,
                 &id,
                 history,
                 Value::Object(inputs.entry),
@@ -182,6 +185,20 @@ fn extract(connector: &Connector, doc: &Doc) -> Result<Inputs, ApiError> {
         }
     }
     let mut inputs = Inputs::default();
+    if let Doc::Xml(root) = doc {
+        for m in &connector.request {
+            for at in &m.from {
+                if let Locator::Element { steps, .. } = at {
+                    if root.ambiguous(steps) {
+                        return Err(ApiError::new(
+                            ErrorCode::DuplicateParameter,
+                            format!("{} appears more than once", describe(at)),
+                        ));
+                    }
+                }
+            }
+        }
+    }
     for m in &connector.request {
         let found = m
             .from
@@ -225,7 +242,7 @@ fn extract(connector: &Connector, doc: &Doc) -> Result<Inputs, ApiError> {
 async fn write_batch(
     broker: &Broker,
     exchange: &mut Exchange,
-    purpose: &crate::policy::Purpose,
+    purpose: &crate::catalogue::PurposeInForce,
     connector: &Connector,
     history: canonical::History,
     doc: &Value,

@@ -97,6 +97,11 @@ impl ConnectorSet {
         Ok(Self { connectors })
     }
 
+    /// The connector with this name (X-Road services map to connectors by name).
+    pub fn by_name(&self, name: &str) -> Option<&Connector> {
+        self.connectors.iter().find(|c| c.name == name)
+    }
+
     /// The connector serving this route.
     pub fn find(&self, method: &Method, path: &str) -> Option<&Connector> {
         self.connectors

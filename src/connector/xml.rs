@@ -230,6 +230,32 @@ impl Element {
             .find(|c| c.local == step.local && c.ns == step.ns)
     }
 
+    /// Whether some step of `path` (the first names this element itself) matches more than one element:
+    /// reading the first of two `SoDinhDanh` would silently pick one of two answers.
+    pub fn ambiguous(&self, path: &[Step]) -> bool {
+        let Some((first, rest)) = path.split_first() else {
+            return false;
+        };
+        if first.local != self.local || first.ns != self.ns {
+            return false;
+        }
+        let mut at = self;
+        for step in rest {
+            let mut matching = at
+                .children
+                .iter()
+                .filter(|c| c.local == step.local && c.ns == step.ns);
+            let Some(next) = matching.next() else {
+                return false;
+            };
+            if matching.next().is_some() {
+                return true;
+            }
+            at = next;
+        }
+        false
+    }
+
     /// The text at `path` (the first step names this element itself), or an attribute's value when
     /// `attribute` is given.
     pub fn find(&self, path: &[Step], attribute: Option<&Step>) -> Option<&str> {

@@ -178,12 +178,39 @@ impl CertAuthority {
         self.issue(params)
     }
 
+    /// An EU DCC Document Signer certificate (P-256, digital signature, the DCC extended key usages for
+    /// vaccination, test and recovery certificates), valid two years.
+    pub fn issue_document_signer(&self, common_name: &str) -> Result<IssuedCert, CertError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn(common_name, "Bộ Y tế (Ministry of Health)");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // 1.3.6.1.4.1.1847.2021.1.{1,2,3}: may sign test, vaccination and recovery certificates.
+        params.extended_key_usages = (1..=3)
+            .map(|kind| ExtendedKeyUsagePurpose::Other(vec![1, 3, 6, 1, 4, 1, 1847, 2021, 1, kind]))
+            .collect();
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(730);
+        self.issue(params)
+    }
+
     /// A CRL revoking the given serials, valid for 30 days, PEM.
     pub fn crl(&self, revoked: &[Vec<u8>], number: u64) -> Result<String, CertError> {
+        self.crl_until(revoked, number, Duration::days(30))
+    }
+
+    /// A CRL revoking the given serials whose `nextUpdate` is `next_update` from now (negative: stale), PEM.
+    pub fn crl_until(
+        &self,
+        revoked: &[Vec<u8>],
+        number: u64,
+        next_update: Duration,
+    ) -> Result<String, CertError> {
         let now = OffsetDateTime::now_utc();
+        let this_update = (now + next_update).min(now) - Duration::days(1);
         let params = CertificateRevocationListParams {
-            this_update: now - Duration::minutes(5),
-            next_update: now + Duration::days(30),
+            this_update,
+            next_update: now + next_update,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: revoked
@@ -260,5 +287,38 @@ pub fn init_dir(dir: &Path, clients: &[(&str, &str)]) -> Result<Vec<PathBuf>, Ce
         write_file(&crl, &ca.crl(&[], 1)?, false)?;
         created.push(crl);
     }
+    created.extend(init_dcc_signer(dir)?);
+    Ok(created)
+}
+
+/// The EU DCC certificate pair, beside the TLS PKI: a country signing CA (`dcc-csca.pem`) and the
+/// Document Signer certificate it issues (`dcc-dsc.pem`, with its key), which signs vaccination
+/// certificates. Existing files are reused; returns what was created.
+pub fn init_dcc_signer(dir: &Path) -> Result<Vec<PathBuf>, CertError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| CertError::Io {
+            path: p.into(),
+            source,
+        })
+    };
+    let (csca_pem, csca_key) = (dir.join("dcc-csca.pem"), dir.join("dcc-csca.key"));
+    let (dsc_pem, dsc_key) = (dir.join("dcc-dsc.pem"), dir.join("dcc-dsc.key"));
+    let mut created = Vec::new();
+    if dsc_pem.is_file() && dsc_key.is_file() {
+        return Ok(created);
+    }
+    let csca = if csca_pem.is_file() && csca_key.is_file() {
+        CertAuthority::from_pem(&read(&csca_pem)?, &read(&csca_key)?)?
+    } else {
+        let csca = CertAuthority::generate("lienthong development CSCA VN")?;
+        write_file(&csca_pem, csca.cert_pem(), false)?;
+        write_file(&csca_key, csca.key_pem(), true)?;
+        created.extend([csca_pem, csca_key]);
+        csca
+    };
+    let dsc = csca.issue_document_signer("lienthong development DSC VN 1")?;
+    write_file(&dsc_pem, &dsc.cert_pem, false)?;
+    write_file(&dsc_key, &dsc.key_pem, true)?;
+    created.extend([dsc_pem, dsc_key]);
     Ok(created)
 }

@@ -65,8 +65,30 @@ pub fn demo_config(opts: &DemoOptions) -> Config {
     config.tls.crls = vec![c.join("crl.pem")];
     config.tls.admin_certs = vec![c.join("admin.pem")];
     config.storage.data_dir = opts.data_dir.clone();
+    config.dcc.dsc_cert = Some(c.join("dcc-dsc.pem"));
+    config.dcc.dsc_key = Some(c.join("dcc-dsc.key"));
+    config.xroad.services = vec![
+        crate::config::XRoadServiceConfig {
+            service: DEMO_XROAD_READ.into(),
+            operation: "read".into(),
+            purpose: Some("public-service-prefill".into()),
+            connector: None,
+        },
+        crate::config::XRoadServiceConfig {
+            service: "VN/GOV/lienthong/citizens/listPurposes".into(),
+            operation: "list_purposes".into(),
+            purpose: None,
+            connector: None,
+        },
+    ];
     config
 }
+
+/// The demo's X-Road read service (the portal's `public-service-prefill`).
+pub const DEMO_XROAD_READ: &str = "VN/GOV/lienthong/citizens/getCitizen";
+
+/// The X-Road subsystem the demo binds to `dvc`.
+pub const DEMO_DVC_XROAD: &str = "VN/GOV/000.00.00.H26/dvc";
 
 /// Make the PKI, open the broker and register the demo agencies (idempotent).
 pub async fn prepare(opts: &DemoOptions) -> Result<Arc<Broker>, StartError> {
@@ -114,6 +136,23 @@ pub async fn prepare_with(
             .await
             .map_err(|e| StartError::Other(format!("registering {code}: {}", e.message)))?;
     }
+    let already = broker.store.count();
+    if already > 0 && opts.citizens > 0 && opts.citizens != already {
+        tracing::warn!(
+            "{} already holds {already} citizens: --citizens {} is ignored (the demo seeds only an empty \
+             store; give another --data-dir for a fresh population)",
+            opts.data_dir.display(),
+            opts.citizens
+        );
+    }
+    if broker.registry.get("dvc").is_some_and(|a| a.xroad.is_none()) {
+        let id = crate::xroad::ClientId::parse(DEMO_DVC_XROAD).map_err(|e| StartError::Other(e.message))?;
+        broker
+            .registry
+            .set_xroad("dvc", Some(id))
+            .await
+            .map_err(|e| StartError::Other(format!("binding dvc's X-Road client: {}", e.message)))?;
+    }
     seed_demo(&broker, opts.citizens).await?;
     Ok(broker)
 }
@@ -127,16 +166,40 @@ pub fn curl_lines(certs: &Path, agency_addr: &str, admin_addr: &str) -> String {
     out.push_str(&format!("  {} https://{agency_addr}/v1/whoami\n", curl("dvc")));
     out.push_str(&demo_curl_examples(&curl, agency_addr));
     out.push_str(&format!(
+        "  {} -H 'X-Road-Client: {DEMO_DVC_XROAD}' -H 'X-Road-UserId: VN001090000099' -H 'X-Road-Issue: 1.001234' https://{agency_addr}/r1/{DEMO_XROAD_READ}/001090000001\n",
+        curl("dvc")
+    ));
+    out.push_str(&format!(
         "  {} https://{admin_addr}/admin/v1/agencies\n",
         curl("admin")
     ));
     out.push_str(&format!(
-        "  {} -X POST https://{admin_addr}/admin/v1/agencies/pccovid/suspend\n",
+        "  {} -X POST -H 'content-type: application/json' https://{admin_addr}/admin/v1/agencies/pccovid/suspend\n",
         curl("admin")
     ));
     out.push_str(&format!(
-        "  {} -X POST https://{admin_addr}/admin/v1/agencies/pccovid/resume\n",
+        "  {} -X POST -H 'content-type: application/json' https://{admin_addr}/admin/v1/agencies/pccovid/resume\n",
         curl("admin")
+    ));
+    let phone = crate::dev::population::sample_phone(0).unwrap_or_default();
+    out.push_str(&format!(
+        "\nSMS self-look-up (the sender's number is the one on 001090000001's record):\n\n  {} \\\n    \
+         -H 'content-type: application/json' 'https://{agency_addr}/v1/sms/inbound?purpose=citizen-self-sms' \\\n    \
+         -d '{{\"from\":\"{phone}\",\"text\":\"TTCD 001090000001\"}}'\n",
+        curl("sms")
+    ));
+    out.push_str(&format!(
+        "\nCheckpoints (register one, then check a citizen in):\n\n  {} \\\n    \
+         -H 'content-type: application/json' 'https://{agency_addr}/v1/checkpoints?purpose=checkpoint-checkin' \\\n    \
+         -d '{{\"id\":\"coopmart-cong-quynh\",\"name\":\"Co.opmart Cống Quỳnh\",\"address\":\"189C Cống Quỳnh, Quận 1\",\"kind\":\"supermarket\"}}'\n  {} \\\n    \
+         -H 'content-type: application/json' 'https://{agency_addr}/v1/checkpoints/coopmart-cong-quynh/checkins?purpose=checkpoint-checkin' \\\n    \
+         -d '{{\"citizen_id\":\"001090000001\"}}'\n",
+        curl("vneid"),
+        curl("vneid")
+    ));
+    out.push_str(&format!(
+        "\nConsole: https://{admin_addr}/admin/console in a browser holding {c}/admin.pem and admin.key \
+         (as PKCS#12: openssl pkcs12 -export -in {c}/admin.pem -inkey {c}/admin.key -out admin.p12)\n"
     ));
     out.push_str("\nStop with Ctrl-C (in-flight requests finish, the store is flushed).\n");
     out
@@ -149,7 +212,9 @@ pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::br
     }
     let started = std::time::Instant::now();
     let mut batch = Vec::with_capacity(10_000);
+    let mut progress = crate::progress::Progress::start("seeding citizens", Some(citizens as u64));
     for record in crate::dev::population::generate(citizens, 2021) {
+        progress.advance(1);
         crate::canonical::validate_record(broker, &record).map_err(|e| {
             crate::broker::StartError::Other(format!("synthetic record invalid: {}", e.message))
         })?;
@@ -168,6 +233,7 @@ pub async fn seed_demo(broker: &Broker, citizens: usize) -> Result<(), crate::br
         .put_many(batch)
         .await
         .map_err(|e| crate::broker::StartError::Other(e.message))?;
+    progress.finish();
     tracing::info!(
         citizens,
         elapsed_ms = started.elapsed().as_millis() as u64,

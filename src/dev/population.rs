@@ -392,6 +392,12 @@ fn pick_weighted<'a, T>(rng: &mut fastrand::Rng, items: &'a [(T, u32)]) -> &'a T
     &items[items.len() - 1].0
 }
 
+/// The phone number on the record of `SAMPLE_CITIZENS[i]` (`+84931415926` for `001090000001`): the SMS
+/// examples in the demo banner and the README use it.
+pub fn sample_phone(i: usize) -> Option<String> {
+    phone(i)
+}
+
 fn phone(index: usize) -> Option<String> {
     let i = u64::try_from(index).ok().filter(|i| *i < PHONE_SPACE)?;
     Some(format!(

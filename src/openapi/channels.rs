@@ -1,4 +1,4 @@
-//! The channels' routes: checkpoints (registration, check-ins, contact tracing) and SMS look-ups.
+//! The channels' routes: checkpoints (registration, check-ins, contact tracing), SMS look-ups, EU DCC issue and verify.
 
 use super::*;
 
@@ -223,5 +223,109 @@ pub(super) fn sms_inbound(purposes: &[Purpose]) -> Value {
         } } },
     });
     op["x-purposes"] = json!(["citizen-self-sms"]);
+    json!({ "post": op })
+}
+
+/// Errors of issuing a DCC.
+const DCC_ISSUE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::UnknownFormat,
+    ErrorCode::ForbiddenField,
+    ErrorCode::NoVaccination,
+    ErrorCode::VaccineNotInValueSet,
+    ErrorCode::DccNotConfigured,
+];
+
+pub(super) fn covid_certificate(purposes: &[Purpose]) -> Value {
+    let issuers: Vec<&Purpose> = purposes
+        .iter()
+        .filter(|p| {
+            crate::dcc::SOURCE_FIELDS.iter().all(|f| {
+                f.parse::<crate::policy::FieldPath>()
+                    .is_ok_and(|f| p.read.iter().any(|r| r.covers(&f)))
+            })
+        })
+        .collect();
+    let mut ok = ok_response(
+        "The certificate: DCC JSON, `HC1:` string and facts; or with `format=hc1` the string as text/plain, \
+         with `format=png` the QR code as image/png.",
+        json!({
+            "type": "object",
+            "required": ["citizen_id", "uvci", "kid", "issued_at", "expires", "dcc", "hc1"],
+            "properties": {
+                "citizen_id": { "type": "string" },
+                "uvci": { "type": "string" },
+                "kid": { "type": "string", "description": "Document Signer key id, hex" },
+                "issued_at": { "type": "string" },
+                "expires": { "type": "string" },
+                "dcc": { "type": "object", "description": "EU DCC JSON, schema 1.3.3" },
+                "hc1": { "type": "string" },
+            },
+        }),
+    );
+    ok["content"]["text/plain"] = json!({ "schema": { "type": "string", "pattern": "^HC1:" } });
+    ok["content"]["image/png"] = json!({ "schema": { "type": "string", "contentMediaType": "image/png" } });
+    let mut op = operation(
+        "issueCovidCertificate",
+        "citizens",
+        "An EU Digital COVID Certificate for the citizen's latest vaccination",
+        "COSE_Sign1 (ES256) by the broker's Document Signer certificate, CWT claims iss/iat/exp/hcert, zlib, \
+         base45, `HC1:`. The UVCI's opaque part is the request id. Verify offline with the Document Signer \
+         certificate, or with `POST /v1/dcc/verify`."
+            .into(),
+        vec![
+            citizen_param(),
+            purpose_param("query", &issuers),
+            json!({ "name": "format", "in": "query", "required": false,
+                    "schema": { "type": "string", "enum": ["json", "hc1", "png"], "default": "json" } }),
+        ],
+        &[(200, ok)],
+        &[COMMON_ERRORS, PURPOSE_ERRORS, CITIZEN_ERRORS, DCC_ISSUE_ERRORS],
+    );
+    op["x-purposes"] = json!(issuers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>());
+    json!({ "get": op })
+}
+
+pub(super) fn dcc_verify() -> Value {
+    let mut op = operation(
+        "verifyCovidCertificate",
+        "citizens",
+        "Verify an `HC1:` string against the broker's trust list of Document Signer certificates",
+        "Always 200 for a readable request: `valid` true with the certificate, or false with `reason` one of \
+         bad_prefix, base45, zlib, cose_structure, unknown_kid, bad_signature, expired, schema_violation."
+            .into(),
+        vec![],
+        &[(200, ok_response("The verdict.", json!({
+            "type": "object",
+            "required": ["valid"],
+            "properties": {
+                "valid": { "type": "boolean" },
+                "reason": { "type": "string" },
+                "message": { "type": "string" },
+                "certificate": { "type": "object" },
+            },
+        })))],
+        &[
+            COMMON_ERRORS,
+            &[
+                ErrorCode::InvalidJson,
+                ErrorCode::TooDeep,
+                ErrorCode::UnsupportedMediaType,
+                ErrorCode::SchemaViolation,
+            ],
+        ],
+    );
+    op["requestBody"] = json!({
+        "required": true,
+        "content": { "application/json": { "schema": {
+            "type": "object",
+            "required": ["hc1"],
+            "properties": {
+                "hc1": { "type": "string", "description": "The QR code's text, `HC1:…`" },
+                "trust_list": { "type": "array", "items": { "type": "string", "contentEncoding": "base64" },
+                                "description": "Document Signer certificates (base64 DER) to trust instead of the broker's" },
+                "at": { "type": "string", "format": "date-time", "description": "Check at this instant instead of now" },
+            },
+        } } },
+    });
     json!({ "post": op })
 }

@@ -26,6 +26,7 @@ use schemas::*;
 /// Errors every authenticated agency route can answer, whatever it does.
 const COMMON_ERRORS: &[ErrorCode] = &[
     ErrorCode::BadBody,
+    ErrorCode::DuplicateParameter,
     ErrorCode::UnknownAgency,
     ErrorCode::AgencySuspended,
     ErrorCode::RequestTimeout,
@@ -58,6 +59,7 @@ const WRITE_ERRORS: &[ErrorCode] = &[
     ErrorCode::UnsupportedMediaType,
     ErrorCode::SchemaViolation,
     ErrorCode::InvalidCitizenId,
+    ErrorCode::InvalidValue,
 ];
 
 const ACCESS_LOG_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidQuery];
@@ -84,9 +86,9 @@ const SCAN_ERRORS: &[ErrorCode] = &[
     ErrorCode::SchemaViolation,
 ];
 
-/// The whole document.
-pub fn document(broker: &Broker) -> Value {
-    let purposes = broker.catalogue.all();
+/// The whole document, for one version of the catalogue.
+pub fn document(broker: &Broker, version: &crate::catalogue::CatalogueVersion) -> Value {
+    let purposes = version.all();
     let mut schemas = component_schemas(broker.schema.raw());
     for p in purposes.iter().filter(|p| !p.read.is_empty()) {
         let projected = project_schema(broker.schema.raw(), p);
@@ -96,6 +98,8 @@ pub fn document(broker: &Broker) -> Value {
     paths.insert("/healthz".into(), healthz());
     paths.insert("/v1/whoami".into(), whoami());
     paths.insert("/v1/catalogue".into(), catalogue_route());
+    paths.insert("/v1/catalogue/versions".into(), catalogue_versions_route());
+    paths.insert("/v1/catalogue/diff".into(), catalogue_diff_route());
     paths.insert("/v1/purposes".into(), list_purposes());
     paths.insert("/v1/purposes/{purpose}/release".into(), release(purposes));
     paths.insert("/v1/citizens/{citizen_id}".into(), read_citizen(purposes));
@@ -124,6 +128,12 @@ pub fn document(broker: &Broker) -> Value {
         checkins(purposes),
     );
     paths.insert("/v1/sms/inbound".into(), sms_inbound(purposes));
+    paths.insert(
+        "/v1/citizens/{citizen_id}/covid-certificate".into(),
+        covid_certificate(purposes),
+    );
+    paths.insert("/v1/dcc/verify".into(), dcc_verify());
+    paths.insert(crate::signed_answer::JWKS_PATH.into(), jwks_route());
     for c in broker.connectors.all() {
         let route = connector_route(purposes, c);
         match paths.get_mut(&c.path).and_then(Value::as_object_mut) {
@@ -147,7 +157,10 @@ pub fn document(broker: &Broker) -> Value {
                 for citizen data, a declared purpose from the catalogue below. Each purpose releases only its listed \
                 fields and is billed at its price per served call (agencies funded by the state budget are exempt). \
                 Every request is written to a hash-chained audit trail before the answer leaves. Errors are \
-                `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable `code`.",
+                `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable `code`. Every answer, errors \
+                included, carries `x-jws-signature`: a JWS with detached payload (RFC 7515 Appendix F, EdDSA/Ed25519) \
+                over the exact body bytes, with `request_id`, `agency`, `purpose` and `time` in its protected header; \
+                the keys are published at `/.well-known/jwks.json` and under `x-answer-signing` below.",
             "license": { "name": "Apache-2.0", "identifier": "Apache-2.0" },
         },
         "servers": [{ "url": "/", "description": "this broker's agency listener (mutual TLS)" }],
@@ -158,7 +171,17 @@ pub fn document(broker: &Broker) -> Value {
             { "name": "sms", "description": "SMS self-look-up through the telecom gateway" },
             { "name": "connectors", "description": "agency dialects (JSON, FHIR, SOAP) mapped onto the canonical operations" },
         ],
+        "x-catalogue": {
+            "version": version.id,
+            "effective_at": crate::catalogue::vietnam_time(version.effective_at),
+        },
         "x-purposes": purposes.iter().map(describe_purpose).collect::<Vec<_>>(),
+        "x-answer-signing": {
+            "header": crate::signed_answer::SIGNATURE_HEADER,
+            "format": "JWS compact serialization with detached payload (RFC 7515 Appendix F); alg EdDSA",
+            "jwks_path": crate::signed_answer::JWKS_PATH,
+            "jwks": broker.answer_keys.jwks(),
+        },
         "paths": paths,
         "security": [{ "agencyCertificate": [] }],
         "components": {
@@ -172,6 +195,10 @@ pub fn document(broker: &Broker) -> Value {
             "headers": {
                 "RequestId": {
                     "description": "The request id, also in the error body and the audit entry.",
+                    "schema": { "type": "string" },
+                },
+                "AnswerSignature": {
+                    "description": "Detached JWS over the body bytes, request id, agency, purpose and time (see x-answer-signing).",
                     "schema": { "type": "string" },
                 },
             },
@@ -203,6 +230,7 @@ fn describe_purpose(p: &Purpose) -> Value {
     json!({
         "id": p.id, "title_vi": p.title_vi, "title_en": p.title_en, "legal_basis": p.legal_basis,
         "price_vnd": p.price_vnd, "read": p.read, "write": p.write, "agencies": p.agencies,
+        "consent_based": p.consent_based, "max_hidden_days": p.max_hidden_days,
     })
 }
 
@@ -266,7 +294,10 @@ fn error_responses(lists: &[&[ErrorCode]]) -> Map<String, Value> {
 fn ok_response(description: &str, schema: Value) -> Value {
     json!({
         "description": description,
-        "headers": { "x-request-id": { "$ref": "#/components/headers/RequestId" } },
+        "headers": {
+            "x-request-id": { "$ref": "#/components/headers/RequestId" },
+            "x-jws-signature": { "$ref": "#/components/headers/AnswerSignature" },
+        },
         "content": { "application/json": { "schema": schema } },
     })
 }
@@ -416,6 +447,9 @@ mod tests {
             write: vec![],
             price_vnd: 0,
             agencies: vec![],
+            consent_based: false,
+            max_hidden_days: 0,
+            official_id_shown: Default::default(),
         };
         let projected = project_schema(schema.raw(), &p);
         let addr = &projected["properties"]["permanent_address"];

@@ -46,15 +46,52 @@ pub(super) fn whoami() -> Value {
     ) })
 }
 
+fn version_param(name: &str, required: bool, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": required, "description": description,
+            "schema": { "type": "string" } })
+}
+
 pub(super) fn catalogue_route() -> Value {
     json!({ "get": operation(
         "catalogue",
         "meta",
         "This document",
-        "The OpenAPI 3.1 document of the agency API, generated from the loaded purpose catalogue, schema and connectors.".into(),
+        "The OpenAPI 3.1 document of the agency API, generated from the catalogue version in force (named with its \
+         effective instant under `x-catalogue`), the schema and the connectors; `?version=` gives a past or scheduled \
+         version's document.".into(),
+        vec![version_param("version", false, "A catalogue version id (default: the one in force).")],
+        &[(200, ok_response("An OpenAPI 3.1 document.", json!({ "type": "object", "required": ["openapi", "paths", "x-catalogue"] })))],
+        &[COMMON_ERRORS, &[ErrorCode::UnknownCatalogueVersion]],
+    ) })
+}
+
+pub(super) fn catalogue_versions_route() -> Value {
+    json!({ "get": operation(
+        "catalogueVersions",
+        "meta",
+        "Every catalogue version: past, in force, scheduled",
+        "Each with its effective instant (Vietnam time); the one serving now is marked `in_force`.".into(),
         vec![],
-        &[(200, ok_response("An OpenAPI 3.1 document.", json!({ "type": "object", "required": ["openapi", "paths"] })))],
+        &[(200, ok_response("The versions, oldest first.", json!({ "type": "object", "required": ["in_force", "versions"] })))],
         &[COMMON_ERRORS],
+    ) })
+}
+
+pub(super) fn catalogue_diff_route() -> Value {
+    json!({ "get": operation(
+        "catalogueDiff",
+        "meta",
+        "What changed between two catalogue versions",
+        "Purposes added and removed; for purposes in both: fields granted and withdrawn, prices changed, agencies \
+         granted and withdrawn.".into(),
+        vec![
+            version_param("from", true, "The earlier version id."),
+            version_param("to", false, "The later version id (default: the one in force)."),
+        ],
+        &[(200, ok_response("The differences.", json!({ "type": "object", "required": ["from", "to", "purposes_added",
+            "purposes_removed", "fields_granted", "fields_withdrawn", "prices_changed", "agencies_granted",
+            "agencies_withdrawn"] })))],
+        &[COMMON_ERRORS, &[ErrorCode::InvalidQuery, ErrorCode::UnknownCatalogueVersion]],
     ) })
 }
 
@@ -235,4 +272,32 @@ pub(super) fn write_history(raw: &Value, history: History, writers: &[&Purpose])
     });
     op["x-purposes"] = json!(writers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>());
     json!({ "post": op })
+}
+
+pub(super) fn jwks_route() -> Value {
+    let mut jwks = ok_response(
+        "A JSON Web Key Set.",
+        json!({
+            "type": "object",
+            "required": ["keys"],
+            "properties": { "keys": { "type": "array", "items": { "type": "object" } } },
+        }),
+    );
+    // Served as application/jwk-set+json (RFC 7517, section 8.5).
+    if let Some(content) = jwks["content"].as_object_mut() {
+        if let Some(schema) = content.remove("application/json") {
+            content.insert("application/jwk-set+json".into(), schema);
+        }
+    }
+    json!({ "get": operation(
+        "answerSigningKeys",
+        "meta",
+        "The keys that sign every answer (JWKS), current first",
+        "Ed25519 public keys as OKP JWKs; `kid` is the RFC 7638 thumbprint. Earlier keys stay listed after a \
+         rotation so that saved answers still verify."
+            .into(),
+        vec![],
+        &[(200, jwks)],
+        &[COMMON_ERRORS],
+    ) })
 }

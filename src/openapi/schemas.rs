@@ -67,6 +67,15 @@ pub(super) fn component_schemas(raw: &Value) -> Map<String, Value> {
                 "read": { "type": "array", "items": { "type": "string" } },
                 "write": { "type": "array", "items": { "type": "string" } },
                 "price_vnd": { "type": "integer", "minimum": 0 },
+                "consent_based": {
+                    "type": "boolean",
+                    "description": "Every request names the citizen's consent (X-Road-PDU-Consent-Ref).",
+                },
+                "max_hidden_days": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "How long an access may stay hidden from the citizen (X-Road-PDU-Hidden); 0 = never.",
+                },
             },
         }),
     );

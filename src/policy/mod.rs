@@ -40,6 +40,13 @@ pub struct Purpose {
     pub price_vnd: u64,
     /// Agency codes allowed to use the purpose.
     pub agencies: Vec<String>,
+    /// The purpose rests on the citizen's consent: every request names it (`X-Road-PDU-Consent-Ref`).
+    pub consent_based: bool,
+    /// How many days an access under this purpose may stay hidden from the citizen (investigations);
+    /// 0 = never hidden.
+    pub max_hidden_days: u32,
+    /// How the citizen's "who read my data" shows the official's ID.
+    pub official_id_shown: OfficialIdShown,
 }
 
 impl Purpose {
@@ -60,7 +67,10 @@ impl Purpose {
                 .parse::<FieldPath>()
                 .ok()
                 .filter(|f| schema.field_paths().contains(f.as_str()))
-                .ok_or_else(|| ApiError::new(ErrorCode::UnknownField, format!("unknown field {name:?}")))?;
+                .ok_or_else(|| {
+                    let hint = did_you_mean(name, schema.field_paths().iter().map(String::as_str));
+                    ApiError::new(ErrorCode::UnknownField, format!("unknown field {name:?}{hint}"))
+                })?;
             if !self.read.iter().any(|r| r.covers(&field)) {
                 return Err(ApiError::new(
                     ErrorCode::ForbiddenField,
@@ -96,6 +106,39 @@ impl Purpose {
         field
             .parse::<FieldPath>()
             .is_ok_and(|f| self.write.iter().any(|w| w.covers(&f)))
+    }
+}
+
+/// How the citizen sees the official's ID, as the catalogue says for the purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfficialIdShown {
+    /// Country prefix and last two characters, the rest masked: `EE*********34`.
+    #[default]
+    Masked,
+    /// As declared.
+    Full,
+    /// Not at all.
+    None,
+}
+
+impl OfficialIdShown {
+    /// The official's ID as the citizen sees it.
+    pub fn show(self, user_id: &str) -> Option<String> {
+        match self {
+            OfficialIdShown::Full => Some(user_id.to_string()),
+            OfficialIdShown::None => None,
+            OfficialIdShown::Masked => {
+                let chars: Vec<char> = user_id.chars().collect();
+                if chars.len() <= 4 {
+                    return Some("*".repeat(chars.len()));
+                }
+                let mut out: String = chars[..2].iter().collect();
+                out.extend(std::iter::repeat_n('*', chars.len() - 4));
+                out.extend(&chars[chars.len() - 2..]);
+                Some(out)
+            }
+        }
     }
 }
 
@@ -183,8 +226,55 @@ pub enum CatalogueError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCatalogue {
+    release: Option<Spanned<RawRelease>>,
     #[serde(default)]
     purpose: Vec<RawPurpose>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelease {
+    version: Spanned<String>,
+    effective: Spanned<String>,
+}
+
+/// The `[release]` table of a catalogue file: which yearly version it is and when it takes effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Release {
+    /// The version's identifier, e.g. `2027`.
+    pub version: String,
+    /// The instant it takes effect.
+    pub effective_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An instant as a catalogue or an operator writes it: RFC 3339 (`2027-01-01T00:00:00+07:00`), or a
+/// Vietnam-time date and time (`2027-01-01T00:00:00`) or date (`2027-01-01`, midnight).
+pub fn parse_vietnam_instant(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
+    let text = text.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S"))
+        .ok()
+        .or_else(|| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()?
+                .and_hms_opt(0, 0, 0)
+        })?;
+    crate::clock::vietnam()
+        .from_local_datetime(&naive)
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// True when `id` may name a catalogue version: 1..=32 of letters, digits, `.`, `_` and `-`.
+fn valid_version_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[derive(Deserialize)]
@@ -201,18 +291,70 @@ struct RawPurpose {
     price_vnd: u64,
     #[serde(default)]
     agencies: Vec<Spanned<String>>,
+    #[serde(default)]
+    consent_based: bool,
+    #[serde(default)]
+    max_hidden_days: u32,
+    #[serde(default)]
+    official_id_shown: OfficialIdShown,
 }
 
 /// The purpose catalogue, checked against the schema.
 #[derive(Debug, Clone, Serialize)]
 pub struct Catalogue {
+    #[serde(skip)]
+    release: Option<Release>,
     purposes: Vec<Purpose>,
+    /// Purposes an operator granted to agencies at run time, on top of each purpose's `agencies`.
+    #[serde(skip)]
+    grants: RuntimeGrants,
+}
+
+/// Run-time grants: agency code → purpose ids. The registry persists them with each agency (and its
+/// changes are audited); the broker copies them here at start and after every change, so that
+/// [`Catalogue::authorize`] keeps answering from memory.
+#[derive(Debug, Default)]
+struct RuntimeGrants(std::sync::RwLock<std::collections::HashMap<String, BTreeSet<String>>>);
+
+impl RuntimeGrants {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<String, BTreeSet<String>>> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Clone for RuntimeGrants {
+    fn clone(&self) -> Self {
+        Self(std::sync::RwLock::new(self.read().clone()))
+    }
+}
+
+/// `; did you mean `full_name`?` when one of `known` is close to `name` (a typo, a missing `_` or `-`),
+/// else nothing. The names are the public catalogue's, so suggesting one reveals nothing.
+pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let squash = |s: &str| s.to_lowercase().replace(['_', '-', ' '], "");
+    let wanted = squash(name);
+    known
+        .map(|k| (strsim::damerau_levenshtein(&wanted, &squash(k)), k))
+        .filter(|(distance, k)| *distance <= (k.len() / 4).max(1))
+        .min()
+        .map(|(_, k)| format!("; did you mean `{k}`?"))
+        .unwrap_or_default()
 }
 
 impl Catalogue {
     /// Parses and checks a catalogue; `origin` names its file in errors.
     #[allow(clippy::should_implement_trait)] // needs `origin` and the schema, so it cannot be `FromStr`
     pub fn from_str(text: &str, origin: &str, schema: &CitizenSchema) -> Result<Self, CatalogueError> {
+        Self::from_str_checked(text, origin, schema, &|_| true)
+    }
+
+    /// [`Catalogue::from_str`], also refusing a grant to an agency for which `is_agency` is false.
+    pub fn from_str_checked(
+        text: &str,
+        origin: &str,
+        schema: &CitizenSchema,
+        is_agency: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, CatalogueError> {
         let err = |offset: usize, message: String| CatalogueError::Invalid {
             origin: origin.to_string(),
             line: line_of(text, offset),
@@ -223,6 +365,34 @@ impl Catalogue {
         if raw.purpose.is_empty() {
             return Err(err(0, "the catalogue declares no [[purpose]]".into()));
         }
+        let release = match raw.release {
+            None => None,
+            Some(release) => {
+                let release = release.into_inner();
+                let version = release.version.get_ref().trim().to_string();
+                if !valid_version_id(&version) {
+                    return Err(err(
+                        release.version.span().start,
+                        format!(
+                            "release version {version:?} must be 1..=32 of letters, digits, '.', '_' and '-'"
+                        ),
+                    ));
+                }
+                let effective_at = parse_vietnam_instant(release.effective.get_ref()).ok_or_else(|| {
+                    err(
+                        release.effective.span().start,
+                        format!(
+                            "release effective {:?} is not an instant (RFC 3339, or a Vietnam-time date)",
+                            release.effective.get_ref()
+                        ),
+                    )
+                })?;
+                Some(Release {
+                    version,
+                    effective_at,
+                })
+            }
+        };
         let mut purposes: Vec<Purpose> = Vec::with_capacity(raw.purpose.len());
         let mut first_line = std::collections::HashMap::new();
         for p in raw.purpose {
@@ -273,6 +443,12 @@ impl Catalogue {
                 if a.get_ref().trim().is_empty() {
                     return Err(err(a.span().start, format!("purpose `{id}`: empty agency code")));
                 }
+                if !is_agency(a.get_ref()) {
+                    return Err(err(
+                        a.span().start,
+                        format!("purpose `{id}`: agency `{}` is not registered", a.get_ref()),
+                    ));
+                }
                 if !agencies.contains(a.get_ref()) {
                     agencies.push(a.get_ref().clone());
                 }
@@ -289,9 +465,21 @@ impl Catalogue {
                 write,
                 price_vnd: p.price_vnd,
                 agencies,
+                consent_based: p.consent_based,
+                max_hidden_days: p.max_hidden_days,
+                official_id_shown: p.official_id_shown,
             });
         }
-        Ok(Self { purposes })
+        Ok(Self {
+            release,
+            purposes,
+            grants: RuntimeGrants::default(),
+        })
+    }
+
+    /// The `[release]` table, when the file has one.
+    pub fn release(&self) -> Option<&Release> {
+        self.release.as_ref()
     }
 
     /// Loads the catalogue from `path`, or the embedded one when `None`.
@@ -319,20 +507,58 @@ impl Catalogue {
         &self.purposes
     }
 
-    /// The purposes this agency may use.
+    /// The purposes this agency may use (declared in the catalogue or granted at run time).
     pub fn for_agency(&self, agency: &str) -> Vec<&Purpose> {
+        let grants = self.grants.read();
+        let granted = grants.get(agency);
         self.purposes
             .iter()
-            .filter(|p| p.agencies.iter().any(|a| a == agency))
+            .filter(|p| p.agencies.iter().any(|a| a == agency) || granted.is_some_and(|g| g.contains(&p.id)))
             .collect()
+    }
+
+    /// Whether the catalogue file itself lists `agency` for `purpose` (such a grant cannot be revoked at
+    /// run time: it is part of the published catalogue).
+    pub fn declares(&self, purpose: &str, agency: &str) -> bool {
+        self.get(purpose)
+            .is_some_and(|p| p.agencies.iter().any(|a| a == agency))
+    }
+
+    /// Replace the run-time grants of one agency.
+    /// Take over another catalogue's run-time grants (a new version keeps what operators granted).
+    pub fn copy_grants_from(&self, other: &Catalogue) {
+        let grants = other.grants.read().clone();
+        match self.grants.0.write() {
+            Ok(mut guard) => *guard = grants,
+            Err(poisoned) => *poisoned.into_inner() = grants,
+        }
+    }
+
+    pub fn set_grants(&self, agency: &str, purposes: &[String]) {
+        let mut grants = self
+            .grants
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        grants.insert(agency.to_string(), purposes.iter().cloned().collect());
+    }
+
+    /// The purpose with this id, or 400 `unknown_purpose` suggesting the nearest id.
+    pub fn known(&self, purpose: &str) -> Result<&Purpose, ApiError> {
+        self.get(purpose).ok_or_else(|| {
+            let hint = did_you_mean(purpose, self.all().iter().map(|p| p.id.as_str()));
+            ApiError::new(
+                ErrorCode::UnknownPurpose,
+                format!("unknown purpose {purpose:?}{hint}"),
+            )
+        })
     }
 
     /// The purpose, checked for this agency: 400 `unknown_purpose`, 403 `purpose_not_allowed`.
     pub fn authorize(&self, purpose: &str, agency: &str) -> Result<&Purpose, ApiError> {
-        let p = self.get(purpose).ok_or_else(|| {
-            ApiError::new(ErrorCode::UnknownPurpose, format!("unknown purpose {purpose:?}"))
-        })?;
-        if !p.agencies.iter().any(|a| a == agency) {
+        let p = self.known(purpose)?;
+        let granted = || self.grants.read().get(agency).is_some_and(|g| g.contains(&p.id));
+        if !p.agencies.iter().any(|a| a == agency) && !granted() {
             return Err(ApiError::new(
                 ErrorCode::PurposeNotAllowed,
                 format!("agency {agency:?} may not use purpose `{}`", p.id),

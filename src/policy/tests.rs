@@ -93,7 +93,8 @@ fn embedded_catalogue_loads() {
             "recovery-sync",
             "citizen-self-sms",
             "checkpoint-checkin",
-            "contact-tracing"
+            "contact-tracing",
+            "covid-certificate"
         ]
     );
     let sync = c.get("vaccination-sync").unwrap();
@@ -160,6 +161,20 @@ fn authorize_denies_by_default() {
     let e = c.authorize("marketing", "pccovid").unwrap_err();
     assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "unknown_purpose"));
     assert!(e.message.contains("marketing"));
+    assert_eq!(
+        did_you_mean("fullname", ["full_name", "birth_date"].into_iter()),
+        "; did you mean `full_name`?"
+    );
+    assert_eq!(
+        did_you_mean("salary", ["full_name", "birth_date"].into_iter()),
+        ""
+    );
+    let e = c.authorize("covid-qr-stauts", "pccovid").unwrap_err();
+    assert!(
+        e.message.ends_with("did you mean `covid-qr-status`?"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use crate::exchange::RateInfo;
-use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorCode};
@@ -80,14 +80,10 @@ pub enum Window {
     Month,
 }
 
+pub(crate) use crate::clock::vietnam;
+
 /// In declaration order: [`Calendar`] indexes its windows by discriminant.
 const WINDOWS: [Window; 3] = [Window::Minute, Window::Day, Window::Month];
-
-fn vietnam() -> FixedOffset {
-    // UTC+7 has no daylight saving; the constant cannot fail.
-    FixedOffset::east_opt(7 * 3600)
-        .unwrap_or_else(|| FixedOffset::east_opt(0).unwrap_or_else(|| unreachable!()))
-}
 
 impl Window {
     fn name(self) -> &'static str {
@@ -171,13 +167,15 @@ pub fn month_range(month: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiErr
 /// counter store (PostgreSQL, for several brokers) can implement it beside them without touching the
 /// pipeline.
 pub trait QuotaCounters: Send + Sync {
-    /// Meter one call now. `Ok(Some(info))` when the plan limits this purpose, `Ok(None)` when unlimited,
-    /// 429 `quota_exceeded` (with `Retry-After` and the rate-limit headers) when over any limit.
+    /// Meter one call at `now` (the broker's clock). `Ok(Some(info))` when the plan limits this purpose,
+    /// `Ok(None)` when unlimited, 429 `quota_exceeded` (with `Retry-After` and the rate-limit headers) when
+    /// over any limit.
     fn meter(
         &self,
         agency: &str,
         plan: &Plan,
         purpose: &str,
+        now: DateTime<Utc>,
     ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)>;
 
     /// Count the month's outcome of a metered call: `served` (2xx) or `refused` (429 for quota).
@@ -196,8 +194,9 @@ impl QuotaCounters for Quota {
         agency: &str,
         plan: &Plan,
         purpose: &str,
+        now: DateTime<Utc>,
     ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
-        self.meter_at(agency, plan, purpose, Utc::now())
+        self.meter_at(agency, plan, purpose, now)
     }
 
     fn record_outcome(

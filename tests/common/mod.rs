@@ -176,6 +176,19 @@ impl TestBroker {
         self.ca().issue_client(cn, "test agency", validity).unwrap()
     }
 
+    /// Issue a fresh client certificate and bind it to `agency` through the admin API.
+    pub async fn issue_bound(&self, agency: &str, cn: &str) -> IssuedCert {
+        let cert = self.issue(cn, Validity::days(30));
+        let r = self
+            .admin_post(
+                &format!("/admin/v1/agencies/{agency}/certificates"),
+                serde_json::json!({ "certificate_pem": cert.cert_pem }),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        cert
+    }
+
     /// Publish a CRL revoking `serials` and make the broker take it.
     pub async fn revoke(&self, serials: &[Vec<u8>]) {
         let crl = self.ca().crl(serials, 2).unwrap();
@@ -212,6 +225,20 @@ impl TestBroker {
 
     pub async fn admin_get(&self, path: &str) -> Response {
         self.client("admin").get(self.admin, path).await.unwrap()
+    }
+
+    /// The operations of the latest admin entries in the audit trail (`admin:suspend`, …).
+    pub async fn admin_operations(&self) -> Vec<String> {
+        let trail = self
+            .admin_get("/admin/v1/audit/entries?agency=admin&limit=100")
+            .await
+            .json();
+        trail["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["operation"].as_str().map(str::to_string))
+            .collect()
     }
 
     pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> Response {
@@ -404,4 +431,29 @@ impl ChildBroker {
         }
         panic!("broker did not come up");
     }
+}
+
+/// A PostgreSQL server program (`initdb`, `pg_ctl`, `postgres`): on the PATH, or where Debian keeps it
+/// (`/usr/lib/postgresql/<version>/bin`, newest first). A missing one fails the test naming it — tests
+/// never skip: `scripts/install-deps.sh` installs Debian's `postgresql`.
+pub fn postgres_tool(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.is_file())
+        .collect();
+    debian.sort_by_key(|p| {
+        p.components()
+            .nth(4)
+            .and_then(|v| v.as_os_str().to_str()?.parse::<u32>().ok())
+    });
+    on_path.or_else(|| debian.pop()).unwrap_or_else(|| {
+        panic!("`{name}` (PostgreSQL) is not installed; run scripts/install-deps.sh (Debian's postgresql)")
+    })
 }

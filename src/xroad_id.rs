@@ -1,0 +1,135 @@
+//! The X-Road identifiers: a member or subsystem ([`ClientId`], which the registry binds to an agency) and
+//! a service ([`ServiceId`]). Plain data with their parsing and checks, below both the registry and the
+//! X-Road front door ([`crate::xroad`]), which re-exports them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// The X-Road identifier of a member or subsystem (`INSTANCE/CLASS/MEMBER[/SUBSYSTEM]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientId {
+    /// X-Road instance, e.g. `EE`.
+    pub instance: String,
+    /// Member class, e.g. `GOV`.
+    pub member_class: String,
+    /// Member code.
+    pub member_code: String,
+    /// Subsystem code, for a subsystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsystem_code: Option<String>,
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.instance, self.member_class, self.member_code)?;
+        if let Some(s) = &self.subsystem_code {
+            write!(f, "/{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// X-Road's identifier character set (protocol §2.7): letters, digits and `'()+,-.=?`, plus `_` and
+/// `:`, which X-Road's own test data uses in member codes.
+fn valid_part(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 255
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "'()+,-.=?_:".contains(c))
+}
+
+impl ClientId {
+    /// Check every part's characters: 400 `xroad_invalid_client_identifier`.
+    pub fn validated(self) -> Result<Self, ApiError> {
+        let parts = [
+            Some(&self.instance),
+            Some(&self.member_class),
+            Some(&self.member_code),
+            self.subsystem_code.as_ref(),
+        ];
+        if parts.into_iter().flatten().all(|p| valid_part(p)) {
+            Ok(self)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::XroadInvalidClientIdentifier,
+                "an X-Road identifier part is 1..=255 of letters, digits and '()+,-.=?_:",
+            ))
+        }
+    }
+
+    /// Parse `INSTANCE/CLASS/MEMBER[/SUBSYSTEM]` (each part percent-decoded, as X-Road REST sends it).
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        let parts: Vec<String> = text.split('/').map(percent_decoded).collect();
+        Self::from_parts(&parts)
+    }
+
+    pub(crate) fn from_parts(parts: &[String]) -> Result<Self, ApiError> {
+        let id = match parts {
+            [i, c, m] => ClientId {
+                instance: i.clone(),
+                member_class: c.clone(),
+                member_code: m.clone(),
+                subsystem_code: None,
+            },
+            [i, c, m, s] => ClientId {
+                instance: i.clone(),
+                member_class: c.clone(),
+                member_code: m.clone(),
+                subsystem_code: Some(s.clone()),
+            },
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::XroadInvalidClientIdentifier,
+                    "an X-Road client is INSTANCE/CLASS/MEMBER[/SUBSYSTEM]",
+                ))
+            }
+        };
+        id.validated()
+    }
+}
+
+fn percent_decoded(part: &str) -> String {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// An X-Road service: its provider and service code (the version is not part of the mapping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceId {
+    /// The provider member or subsystem.
+    pub provider: ClientId,
+    /// The service code.
+    pub code: String,
+}
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.provider, self.code)
+    }
+}
+
+impl ServiceId {
+    /// Parse `INSTANCE/CLASS/MEMBER[/SUBSYSTEM]/SERVICECODE`.
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        let parts: Vec<String> = text.split('/').map(percent_decoded).collect();
+        let Some((code, provider)) = parts.split_last() else {
+            return Err(ApiError::new(ErrorCode::XroadUnknownService, "empty service id"));
+        };
+        if !valid_part(code) {
+            return Err(ApiError::new(
+                ErrorCode::XroadUnknownService,
+                "a service code is 1..=255 of letters, digits and '()+,-.=?_:",
+            ));
+        }
+        Ok(Self {
+            provider: ClientId::from_parts(provider)?,
+            code: code.clone(),
+        })
+    }
+}
