@@ -539,7 +539,7 @@ mod tests {
 
     #[test]
     fn a_type_error_names_the_dotted_key() {
-        let (e, text) = error_for(|t| t.replace("cache_mb = 256", "cache_mb = \"256\""));
+        let (e, text) = error_for(|t| t.replace("cache_mb = 64", "cache_mb = \"64\""));
         assert_eq!(e.key, "storage.cache_mb");
         let line = line_of_text(&text, "cache_mb =");
         assert!(e.message.ends_with(&format!("(line {line})")), "{}", e.message);

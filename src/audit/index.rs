@@ -105,19 +105,13 @@ impl IndexItem {
     }
 
     fn from_bytes(bytes: &[u8]) -> Self {
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            if let Some(b) = bytes.get(i * 8..(i + 1) * 8) {
-                w.copy_from_slice(b);
-            }
-            u64::from_be_bytes(w)
-        };
+        let [seq, offset, len, citizen, agency] = words(bytes);
         Self {
-            seq: word(0),
-            offset: word(1),
-            len: word(2),
-            citizen: word(3),
-            agency: word(4),
+            seq,
+            offset,
+            len,
+            citizen,
+            agency,
         }
     }
 
@@ -198,9 +192,20 @@ fn read_at(file: &File, offset: u64, len: u64) -> Result<Vec<u8>, AuditError> {
 
 fn corrupt_index(first: u64) -> AuditError {
     AuditError::Index(format!(
-        "{} does not match its segment; restart to rebuild it",
+        "{} does not match its segment; delete it and restart to rebuild it",
         index_name(first)
     ))
+}
+
+/// Big-endian `u64`s, one per 8 bytes (a short tail reads as zeros).
+fn words<const N: usize>(bytes: &[u8]) -> [u64; N] {
+    std::array::from_fn(|i| {
+        let mut word = [0u8; 8];
+        if let Some(b) = bytes.get(i * 8..(i + 1) * 8) {
+            word.copy_from_slice(b);
+        }
+        u64::from_be_bytes(word)
+    })
 }
 
 /// The rows of a segment, read from its lines.
@@ -227,8 +232,7 @@ fn sealed_header(dir: &Path, first: u64, segment_len: u64) -> Option<(u64, u64)>
     let file = File::open(dir.join(index_name(first))).ok()?;
     let file_len = file.metadata().ok()?.len();
     let header = read_at(&file, 0, HEADER_LEN).ok()?;
-    let words = IndexItem::from_bytes(&header[8..]);
-    let (seq, rows, len, postings) = (words.seq, words.offset, words.len, words.citizen);
+    let [seq, rows, len, postings] = words(&header[8..]);
     let expected_len = HEADER_LEN + rows.checked_mul(ROW_LEN)? + postings.checked_mul(POSTING_LEN)?;
     (&header[..8] == MAGIC && seq == first && len == segment_len && file_len == expected_len)
         .then_some((rows, postings))
@@ -245,7 +249,9 @@ fn write_sealed(dir: &Path, first: u64, segment_len: u64, rows: &[IndexItem]) ->
         }
     }
     postings.sort_unstable();
-    let mut out = Vec::with_capacity(HEADER_LEN as usize + rows.len() * 40 + postings.len() * 16);
+    let mut out = Vec::with_capacity(
+        (HEADER_LEN + rows.len() as u64 * ROW_LEN + postings.len() as u64 * POSTING_LEN) as usize,
+    );
     out.extend_from_slice(MAGIC);
     for word in [first, rows.len() as u64, segment_len, postings.len() as u64] {
         out.extend_from_slice(&word.to_be_bytes());
@@ -289,8 +295,8 @@ impl SealedFile<'_> {
             HEADER_LEN + self.rows * ROW_LEN + i * POSTING_LEN,
             POSTING_LEN,
         )?;
-        let words = IndexItem::from_bytes(&bytes);
-        Ok((words.seq, words.offset))
+        let [key, row] = words(&bytes);
+        Ok((key, row))
     }
 
     /// The number of rows with seq below `below` (rows are in seq order).
