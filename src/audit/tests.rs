@@ -112,8 +112,8 @@ async fn fill(log: &AuditLog, n: u64) -> Vec<AuditEntry> {
     out
 }
 
-/// Close, not just drop: the writer and its indexer must be done with the files and `f.db` before the
-/// test reopens or reuses them (a dropped trail's indexer may still be writing under load).
+/// Close, not just drop: the writer must be done with the files before the test reopens or reuses them
+/// (a dropped trail's writer may still be answering, or writing a full segment's index, under load).
 fn close(log: Arc<AuditLog>) {
     assert!(log.close().is_ok(), "the test holds the only handle");
 }
