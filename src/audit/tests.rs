@@ -725,9 +725,8 @@ fn index_files(dir: &Path) -> Vec<String> {
 async fn full_segments_are_indexed_to_files_and_searches_span_them() {
     let f = fixture();
     let opts = AuditOptions {
-        checkpoint_every: 0,
         segment_max_entries: 4,
-        ..AuditOptions::default()
+        ..options(0)
     };
     let log = AuditLog::open_with(&f.dir, f.db.clone(), opts.clone()).unwrap();
     fill(&log, 10).await; // segments 1-4, 5-8, 9-10; B at 3, 6, 9
