@@ -247,6 +247,10 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             if stale > 0 {
                 tracing::warn!(stale, "reloaded: CRLs past their nextUpdate are in force");
             }
+            // In a cluster, every broker reloads its own files too.
+            if let Some(backend) = &broker.postgres {
+                backend.registry.announce_tls_reload().await?;
+            }
             ok(json!({ "reloaded": true }))
         }
         (&Method::PUT, ["admin", "v1", "agencies", code, "plan"]) => {
@@ -297,7 +301,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
             for purpose in exchange.catalogue.for_agency(code) {
                 usage.insert(
                     purpose.id.clone(),
-                    json!({ "used": broker.quota.usage(code, &purpose.id)?, "limits": plan.for_purpose(&purpose.id) }),
+                    json!({ "used": broker.quota_usage(code, &purpose.id).await?, "limits": plan.for_purpose(&purpose.id) }),
                 );
             }
             ok(json!({ "agency": code, "usage": usage }))

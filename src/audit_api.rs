@@ -42,18 +42,63 @@ fn time_param(req: &ReadRequest, name: &str) -> Result<Option<DateTime<Utc>>, Ap
         .transpose()
 }
 
+/// Entries matching `filter`, newest first, each with its cursor: the embedded trail's seq, or with
+/// PostgreSQL the shared table's id (every broker's entries).
+async fn search(
+    broker: &Broker,
+    filter: &AuditFilter,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(u64, AuditEntry)>, ApiError> {
+    Ok(match &broker.postgres {
+        Some(backend) => crate::postgres::audit::search(&backend.postgres, filter, before, limit).await?,
+        None => broker
+            .audit
+            .search(filter, before, limit)
+            .await?
+            .into_iter()
+            .map(|e| (e.seq, e))
+            .collect(),
+    })
+}
+
+/// The cursor for the next (older) page: the last entry's, when the page is full.
+fn next_before(entries: &[(u64, AuditEntry)], limit: usize) -> Option<u64> {
+    (entries.len() == limit)
+        .then(|| entries.last().map(|(cursor, _)| *cursor))
+        .flatten()
+}
+
 /// A page of entries with the cursor for the next (older) page.
-fn page(entries: Vec<AuditEntry>, limit: usize, view: impl Fn(&AuditEntry) -> Value) -> Value {
-    let next = if entries.len() == limit {
-        entries.last().map(|e| e.seq)
-    } else {
-        None
-    };
-    json!({ "entries": entries.iter().map(view).collect::<Vec<_>>(), "next_before": next })
+fn page(entries: Vec<(u64, AuditEntry)>, limit: usize, view: impl Fn(&AuditEntry) -> Value) -> Value {
+    let next = next_before(&entries, limit);
+    json!({ "entries": entries.iter().map(|(_, e)| view(e)).collect::<Vec<_>>(), "next_before": next })
 }
 
 /// `GET /admin/v1/audit/{head,verify,entries}`.
 pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Result<Reply, ApiError> {
+    if let Some(backend) = &broker.postgres {
+        // Every broker's chains and seals, read from the database.
+        let postgres = &backend.postgres;
+        match action {
+            "head" => {
+                return Ok(Reply::json(
+                    StatusCode::OK,
+                    &crate::postgres::audit::head_json(postgres).await?,
+                ))
+            }
+            "verify" => {
+                return Ok(Reply::json(
+                    StatusCode::OK,
+                    &crate::postgres::audit::verify_json(postgres).await?,
+                ))
+            }
+            "checkpoint" => {
+                broker.embedded_only("a signed checkpoint of one broker (the seals cover every chain)")?
+            }
+            _ => {}
+        }
+    }
     match action {
         "head" => {
             let (count, head_hash) = broker.audit.head();
@@ -111,7 +156,7 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
                 issue: req.query("issue"),
             };
             let (before, limit) = page_params(req)?;
-            let entries = broker.audit.search(&filter, before, limit).await?;
+            let entries = search(broker, &filter, before, limit).await?;
             Ok(Reply::json(StatusCode::OK, &page(entries, limit, |e| json!(e))))
         }
         _ => Err(ApiError::no_route(&req.parts.method, req.path())),
@@ -184,16 +229,17 @@ fn hidden_from_citizen(broker: &Broker, e: &AuditEntry, now: DateTime<Utc>) -> b
 /// out until its date has come (by the broker's clock); it stays in the chain and in operator searches.
 pub async fn access_log(broker: &Broker, req: &ReadRequest, id: &CitizenId) -> Result<Value, ApiError> {
     let (before, limit) = page_params(req)?;
-    let entries = broker.audit.for_citizen(id.as_str(), before, limit).await?;
-    // The cursor follows what was read, so a page thinned by hidden entries still leads to the next one.
-    let next = if entries.len() == limit {
-        entries.last().map(|e| e.seq)
-    } else {
-        None
+    let filter = AuditFilter {
+        citizen_id: Some(id.as_str().to_owned()),
+        ..AuditFilter::default()
     };
+    let entries = search(broker, &filter, before, limit).await?;
+    // The cursor follows what was read, so a page thinned by hidden entries still leads to the next one.
+    let next = next_before(&entries, limit);
     let now = broker.clock.now();
     let visible: Vec<Value> = entries
         .iter()
+        .map(|(_, e)| e)
         .filter(|e| !hidden_from_citizen(broker, e, now))
         .map(|e| citizen_view(broker, e))
         .collect();

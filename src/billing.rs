@@ -218,6 +218,7 @@ pub fn closed(broker: &Broker, month: &str) -> Result<Option<ClosedMonth>, ApiEr
 
 /// The monthly report: the frozen one for a closed month, else recomputed from the audit trail.
 pub async fn report(broker: &Broker, month: &str) -> Result<Report, ApiError> {
+    broker.embedded_only("the billing report")?;
     if let Some(closed) = closed(broker, month)? {
         return Ok(closed.statement.report);
     }
@@ -227,6 +228,7 @@ pub async fn report(broker: &Broker, month: &str) -> Result<Report, ApiError> {
 /// Close a month that is over: 409 `month_not_over` before its last instant has passed (Vietnam time),
 /// 409 `month_closed` when it already is. Durable before it is answered.
 pub async fn close(broker: &Broker, month: &str) -> Result<ClosedMonth, ApiError> {
+    broker.embedded_only("billing close")?;
     let (_, end) = month_range(month)?;
     let now = broker.clock.now();
     if now < end {
@@ -350,6 +352,7 @@ impl Reconciliation {
 
 /// Recompute the month from the audit trail and compare with the counters (and the frozen report).
 pub async fn reconcile(broker: &Broker, month: &str) -> Result<Reconciliation, ApiError> {
+    broker.embedded_only("billing reconcile")?;
     let audited = from_audit(broker, month).await?;
     let counters = broker.quota.month_totals(month)?;
     let mut keys: Vec<&(String, String)> = counters.keys().chain(audited.totals.keys()).collect();

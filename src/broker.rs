@@ -65,10 +65,14 @@ pub struct Broker {
     pub store: Arc<dyn CitizenStore>,
     /// The audit trail.
     pub audit: Arc<AuditLog>,
+    /// Where the pipeline appends audit entries: `audit` itself, or the PostgreSQL trail.
+    pub audit_sink: Arc<dyn crate::audit::AuditSink>,
+    /// The PostgreSQL backend, with `storage.backend = "postgres"` (records and the audit trail there).
+    pub postgres: Option<crate::postgres::Backend>,
     /// Quota counters and monthly billing totals.
     pub quota: crate::quota::Quota,
     /// Registered checkpoints and the check-in index.
-    pub checkpoints: crate::checkpoint::store::Checkpoints,
+    pub checkpoints: Arc<dyn crate::checkpoint::store::CheckpointStore>,
     /// Per-phone-number look-up limiter of the SMS channel.
     pub sms_limiter: crate::admission::PhoneLimiter,
     /// The sled database (one process per database: admin changes go through the running broker).
@@ -131,10 +135,25 @@ impl Broker {
                 false => store_err(describe_sled_error(e)),
             })?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
-        let store = Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?);
+        let postgres = match config.storage.backend {
+            crate::config::StorageBackend::Sled => None,
+            crate::config::StorageBackend::Postgres => Some(
+                crate::postgres::Backend::open(&config)
+                    .map_err(|e| StartError::Other(format!("storage.postgres: {e}")))?,
+            ),
+        };
+        let store: Arc<dyn CitizenStore> = match &postgres {
+            Some(backend) => backend.citizens.clone(),
+            None => Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?),
+        };
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
-        let checkpoints = crate::checkpoint::store::Checkpoints::open(&db)
-            .map_err(|e| store_err(describe_sled_error(e)))?;
+        let checkpoints: Arc<dyn crate::checkpoint::store::CheckpointStore> = match &postgres {
+            Some(backend) => backend.checkpoints.clone(),
+            None => Arc::new(
+                crate::checkpoint::store::Checkpoints::open(&db)
+                    .map_err(|e| store_err(describe_sled_error(e)))?,
+            ),
+        };
         let catalogues = crate::catalogue::Catalogues::open(
             &db,
             crate::catalogue::CatalogueVersion::new(catalogue, &catalogue_origin),
@@ -154,6 +173,10 @@ impl Broker {
         };
         let audit = AuditLog::open_with(&data_dir.join("audit"), db.clone(), audit_options)
             .map_err(|e| store_err(format!("audit trail: {e}")))?;
+        let audit_sink: Arc<dyn crate::audit::AuditSink> = match &postgres {
+            Some(backend) => backend.audit.clone(),
+            None => audit.clone(),
+        };
         let answer_keys = crate::signed_answer::AnswerKeys::open(data_dir)
             .map_err(|e| store_err(format!("answer-signing key: {e}")))?;
         let (dcc_signer, dcc_trust) = open_dcc(&config.dcc).map_err(StartError::Other)?;
@@ -168,6 +191,8 @@ impl Broker {
             connectors,
             store,
             audit,
+            audit_sink,
+            postgres,
             checkpoints,
             quota,
             sms_limiter: Default::default(),
@@ -194,6 +219,81 @@ impl Broker {
         // `context` and `global_error` are public but hidden in sled 0.34 (pinned in Cargo.lock); they
         // read the one atomic that every sled write checks.
         self.db.context.global_error().err().map(|e| e.to_string())
+    }
+
+    /// Bring an external database up to date before serving: with PostgreSQL, run the migrations (a
+    /// database newer than this broker is refused, naming both versions).
+    pub async fn prepare_storage(self: &Arc<Self>) -> Result<(), String> {
+        self.migrate_storage().await?;
+        self.follow_shared_registry().await
+    }
+
+    /// With PostgreSQL: run the migrations and count the records.
+    pub async fn migrate_storage(&self) -> Result<(), String> {
+        match &self.postgres {
+            Some(backend) => backend.prepare().await,
+            None => Ok(()),
+        }
+    }
+
+    /// With PostgreSQL: admin changes go to the shared registry first from now on, and this broker
+    /// follows it (loaded once before this returns, then on every change).
+    pub async fn follow_shared_registry(self: &Arc<Self>) -> Result<(), String> {
+        let Some(backend) = &self.postgres else {
+            return Ok(());
+        };
+        self.registry.share_through(backend.registry.clone());
+        backend.registry.clone().follow(self).await.map_err(|e| {
+            format!(
+                "{}: loading the registry: {}",
+                backend.postgres.redacted_url, e.message
+            )
+        })
+    }
+
+    /// 501 `not_supported_on_postgres` for an operator feature that still reads this broker's own files
+    /// (its audit segments, its counters): with PostgreSQL they would answer for this node only.
+    pub fn embedded_only(&self, feature: &str) -> Result<(), crate::error::ApiError> {
+        match self.postgres {
+            Some(_) => Err(crate::error::ApiError::new(
+                crate::error::ErrorCode::NotSupportedOnPostgres,
+                format!("not yet supported with backend = postgres: {feature}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Calls counted in the current windows for one agency and purpose: in PostgreSQL (every broker's) or
+    /// the embedded counters.
+    pub async fn quota_usage(
+        &self,
+        agency: &str,
+        purpose: &str,
+    ) -> Result<std::collections::BTreeMap<&'static str, u64>, crate::error::ApiError> {
+        match &self.postgres {
+            Some(backend) => backend.quota.usage(agency, purpose, self.clock.now()).await,
+            None => self.quota.usage(agency, purpose),
+        }
+    }
+
+    /// Where the pipeline meters quotas: the counters in PostgreSQL (exact across brokers) or the
+    /// embedded ones.
+    pub fn quota_counters(&self) -> &dyn crate::quota::QuotaCounters {
+        match &self.postgres {
+            Some(backend) => &*backend.quota,
+            None => &self.quota,
+        }
+    }
+
+    /// The external dependency that is down and why, for `/healthz`: `postgres` while the database does
+    /// not answer.
+    pub fn dependency_failure(&self) -> Option<(&'static str, String)> {
+        let backend = self.postgres.as_ref()?;
+        backend
+            .postgres
+            .health()
+            .failure()
+            .map(|cause| ("postgres", cause))
     }
 
     /// Flush what is buffered; called on graceful shutdown after the last request.

@@ -152,7 +152,7 @@ async fn fetch_fields(
     id: &CitizenId,
     keep: Option<&[&str]>,
 ) -> Result<Value, ApiError> {
-    meter(broker, exchange)?;
+    meter(broker, exchange).await?;
     let started = std::time::Instant::now();
     let stored = match keep {
         Some(keep) => broker.store.get_fields(id.as_str(), keep).await,
@@ -173,7 +173,7 @@ async fn fetch_fields(
 
 /// Count this request against the agency's quota for its purpose, once, as it reaches the store:
 /// 429 `quota_exceeded` when over a limit. The rate-limit figures go on the exchange for the headers.
-pub fn meter(broker: &Broker, exchange: &mut Exchange) -> Result<(), ApiError> {
+pub async fn meter(broker: &Broker, exchange: &mut Exchange) -> Result<(), ApiError> {
     if exchange.metered {
         return Ok(());
     }
@@ -181,9 +181,9 @@ pub fn meter(broker: &Broker, exchange: &mut Exchange) -> Result<(), ApiError> {
         return Err(ApiError::internal("metering a request without agency or purpose"));
     };
     let directory: &dyn AgencyDirectory = &broker.registry;
-    let counters: &dyn QuotaCounters = &broker.quota;
+    let counters: &dyn QuotaCounters = broker.quota_counters();
     let plan = directory.get(agency).and_then(|a| a.plan).unwrap_or_default();
-    match counters.meter(agency, &plan, purpose, broker.clock.now()) {
+    match counters.meter(agency, &plan, purpose, broker.clock.now()).await {
         Ok(rate) => {
             exchange.metered = true;
             exchange.rate = rate;
@@ -256,7 +256,7 @@ pub async fn append(
         ));
     };
     refuse_future_event(history, &entry)?;
-    meter(broker, exchange)?;
+    meter(broker, exchange).await?;
     let schema = &broker.schema;
     let change = Box::new(move |record: &mut Value| -> Result<UpdateOutcome, ApiError> {
         let list = record

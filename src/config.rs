@@ -173,6 +173,22 @@ pub struct StorageConfig {
     /// 1024). Records beyond it are read back from the file system's cache; at 100,000 citizens 32, 64 and
     /// 256 cost the same per request (BENCHMARKS.md), so the default keeps memory low.
     pub cache_mb: u64,
+    /// Where citizen records and the audit trail live: `sled` (embedded, the default) or `postgres`
+    /// (shared by several brokers; see [`crate::postgres`]).
+    pub backend: StorageBackend,
+    /// The PostgreSQL database, with `backend = "postgres"`.
+    pub postgres: crate::postgres::PostgresConfig,
+}
+
+/// Which storage backend the broker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Embedded sled database and audit segment files in `data_dir`.
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by every broker of a cluster.
+    Postgres,
 }
 
 impl Default for StorageConfig {
@@ -180,6 +196,8 @@ impl Default for StorageConfig {
         Self {
             data_dir: "data/demo".into(),
             cache_mb: 64,
+            backend: StorageBackend::Sled,
+            postgres: Default::default(),
         }
     }
 }
@@ -320,6 +338,9 @@ impl Config {
         self.tls.crls.iter_mut().for_each(fix);
         self.tls.admin_certs.iter_mut().for_each(fix);
         fix(&mut self.storage.data_dir);
+        if let Some(p) = &mut self.storage.postgres.ca_bundle {
+            fix(p);
+        }
         self.dcc.trust_list.iter_mut().for_each(fix);
         for p in [
             &mut self.catalogue.schema,
@@ -399,6 +420,12 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.storage.backend == StorageBackend::Postgres {
+            self.storage
+                .postgres
+                .validate()
+                .map_err(|(key, m)| err(&format!("storage.postgres.{key}"), m))?;
         }
         if self.limits.max_body_bytes == 0 {
             return Err(err("limits.max_body_bytes", "must be greater than 0".into()));

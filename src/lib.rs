@@ -47,6 +47,7 @@
 //! | [`quota`] | meter: per agency/purpose limits per minute, day and month; served and refused totals |
 //! | [`billing`] | the monthly report at the terms in force at each call, its reconciliation, closed (signed) months |
 //! | [`store`] | store: citizen records behind the [`store::CitizenStore`] seam (sled by default); data-dir probes |
+//! | [`postgres`] | the PostgreSQL backend of a cluster: records, audit chains and seals, quotas, registry, checkpoints, migrations, `db import` |
 //! | [`audit`] | audit: the append-only, hash-chained audit trail |
 //! | [`audit_api`] | the audit trail for operators (head, verify, search) and citizens (who read my data) |
 //! | [`openapi`] | the published catalogue as an OpenAPI 3.1 document (`GET /v1/catalogue`) |
@@ -54,7 +55,7 @@
 //! | [`metrics`] | log: Prometheus metrics (`GET /metrics` on the admin listener) |
 //! | [`broker`] | the broker's state: config, stores, registry, catalogue, connectors, limits |
 //! | [`supervisor`] | `serve`: runs the listeners, reopens a failed database live, checks the store against the audit trail |
-//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `citizens`, `audit`, `billing`, `catalogue`, `dcc`, `verify-response`, `answer-keys` |
+//! | [`cli`] | the command line: `demo`, `serve`, `certs`, `agency`, `citizens`, `audit`, `billing`, `catalogue`, `dcc`, `verify-response`, `answer-keys`, `db` |
 //! | [`progress`] | progress of long work: a bar on a terminal, a periodic log line otherwise |
 //! | [`dev::bench`] | dev tool: `lienthong bench`, the pipeline against a bare hyper + rustls baseline |
 //! | [`client`] | a small mTLS HTTP client used by the CLI, the tests and the benchmarks |
@@ -93,6 +94,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pipeline;
 pub mod policy;
+pub mod postgres;
 pub mod progress;
 pub mod qr;
 pub mod quota;

@@ -203,6 +203,15 @@ async fn agency_door(
 fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Reply> {
     (path == "/healthz").then(|| {
         exchange.operation = Some(Operation::Health);
+        if let Some((dependency, _cause)) = broker.dependency_failure() {
+            // Which dependency is down, for the operator's probe; the cause (a host, an OS error) is logged.
+            let err = ApiError::new(ErrorCode::StoreUnavailable, crate::store::UNAVAILABLE);
+            let mut reply = Reply::error(&err, &exchange.request_id);
+            let mut body = err.to_json(&exchange.request_id);
+            body["error"]["dependency"] = dependency.into();
+            reply.body = serde_json::to_vec(&body).unwrap_or_default().into();
+            return reply;
+        }
         match broker.store_failure() {
             None => Reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             // The supervisor has logged the cause; a health probe every few seconds need not repeat it.
@@ -361,8 +370,8 @@ async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Rep
     if let Some(rate) = &exchange.rate {
         reply.headers.extend(rate.headers());
     }
-    let sink: &dyn AuditSink = &*broker.audit;
-    let counters: &dyn QuotaCounters = &broker.quota;
+    let sink: &dyn AuditSink = &*broker.audit_sink;
+    let counters: &dyn QuotaCounters = broker.quota_counters();
     let served = exchange.metered && reply.status.is_success();
     let entry = AuditRecord::of(exchange, &reply);
     // A hidden access: a citizen's data served under a purpose that allowed hiding it.
@@ -417,7 +426,7 @@ async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Rep
                 let at = chrono::DateTime::parse_from_rfc3339(&entry.time)
                     .map(|t| t.with_timezone(&chrono::Utc))
                     .unwrap_or_else(|_| chrono::Utc::now());
-                if let Err(e) = counters.record_outcome(agency, purpose, kind, at) {
+                if let Err(e) = counters.record_outcome(agency, purpose, kind, at).await {
                     tracing::error!(error = %e.message, "billing counter not updated; `billing reconcile` will show it");
                 }
             }

@@ -50,6 +50,15 @@ impl AgencyDirectory for Registry {
     }
 }
 
+/// Where a cluster's brokers share the registry (PostgreSQL): each admin change is written there first,
+/// then locally; every broker follows the shared copy ([`Registry::replace_all`]). Unset: this broker's
+/// sled tree is the registry.
+pub trait SharedRegistry: Send + Sync {
+    /// Write `agency` where every broker reads it; `new` = a registration (409 `agency_exists` if another
+    /// broker registered the code first).
+    fn publish<'a>(&'a self, agency: &'a Agency, new: bool) -> crate::store::StoreFuture<'a, ()>;
+}
+
 /// One registered agency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Agency {
@@ -160,6 +169,8 @@ pub struct Registry {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serialises admin changes so read-modify-write of the tree and the snapshot rebuild stay in step.
     writer: tokio::sync::Mutex<()>,
+    /// The cluster's shared registry, if any.
+    shared: std::sync::OnceLock<Arc<dyn SharedRegistry>>,
 }
 
 fn now() -> String {
@@ -209,6 +220,7 @@ impl Registry {
             class_changes: db.open_tree("billing_class_changes")?,
             snapshot: RwLock::default(),
             writer: tokio::sync::Mutex::new(()),
+            shared: std::sync::OnceLock::new(),
         };
         registry
             .rebuild()
@@ -254,7 +266,36 @@ impl Registry {
         self.snapshot().by_code.values().cloned().collect()
     }
 
-    async fn persist(&self, agency: &Agency) -> RegistryResult<()> {
+    /// Write admin changes to `shared` first from now on (set once, at start-up).
+    pub fn share_through(&self, shared: Arc<dyn SharedRegistry>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// Make the local copy exactly `agencies` (what the shared registry holds), then rebuild the snapshot.
+    pub async fn replace_all(&self, agencies: Vec<Agency>) -> RegistryResult<()> {
+        let _guard = self.writer.lock().await;
+        let mut batch = sled::Batch::default();
+        for item in self.tree.iter() {
+            let (code, _) = item.map_err(store_err)?;
+            if !agencies.iter().any(|a| a.code.as_bytes() == code.as_ref()) {
+                batch.remove(code);
+            }
+        }
+        for agency in &agencies {
+            batch.insert(
+                agency.code.as_bytes(),
+                serde_json::to_vec(agency).map_err(store_err)?,
+            );
+        }
+        self.tree.apply_batch(batch).map_err(store_err)?;
+        crate::store::durable_flush(&self.tree).await.map_err(store_err)?;
+        self.rebuild()
+    }
+
+    async fn persist(&self, agency: &Agency, new: bool) -> RegistryResult<()> {
+        if let Some(shared) = self.shared.get() {
+            shared.publish(agency, new).await?;
+        }
         let bytes = serde_json::to_vec(agency).map_err(store_err)?;
         self.tree
             .insert(agency.code.as_bytes(), bytes)
@@ -301,7 +342,7 @@ impl Registry {
             created_at: at.clone(),
             updated_at: at,
         };
-        self.persist(&agency).await?;
+        self.persist(&agency, true).await?;
         Ok(agency)
     }
 
@@ -327,7 +368,7 @@ impl Registry {
             .ok_or_else(|| ApiError::new(ErrorCode::UnknownAgency, format!("no agency {code}")))?;
         change(&mut agency)?;
         agency.updated_at = now();
-        self.persist(&agency).await?;
+        self.persist(&agency, false).await?;
         Ok(agency)
     }
 

@@ -78,6 +78,10 @@ pub async fn supervise(
     shutdown: impl Future<Output = ()>,
     slot: Option<BrokerSlot>,
 ) -> std::io::Result<()> {
+    broker
+        .prepare_storage()
+        .await
+        .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m))?;
     check_store_against_audit(&broker)
         .await
         .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m))?;
@@ -290,10 +294,19 @@ where
                     tracing::error!(%message, "the reopened database is not what the audit trail acknowledges; stopping");
                     return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
                 }
-                broker.tls = carried.tls;
-                broker.metrics = carried.metrics;
-                broker.sms_limiter = carried.sms_limiter;
-                return Ok(Some(Arc::new(broker)));
+                if let Err(message) = broker.migrate_storage().await {
+                    message
+                } else {
+                    broker.tls = carried.tls;
+                    broker.metrics = carried.metrics;
+                    broker.sms_limiter = carried.sms_limiter;
+                    let broker = Arc::new(broker);
+                    if let Err(message) = broker.follow_shared_registry().await {
+                        // Its local copy serves meanwhile; the follower catches up once the database answers.
+                        tracing::warn!(%message, "the shared registry is not loaded yet");
+                    }
+                    return Ok(Some(broker));
+                }
             }
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),

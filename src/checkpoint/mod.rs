@@ -42,10 +42,11 @@ fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
 }
 
 /// The checkpoint, which must exist and (for scans and listing) belong to `agency`.
-fn owned_checkpoint(broker: &Broker, agency: &Agency, id: &str) -> Result<Checkpoint, ApiError> {
+async fn owned_checkpoint(broker: &Broker, agency: &Agency, id: &str) -> Result<Checkpoint, ApiError> {
     let cp = broker
         .checkpoints
-        .get(id)?
+        .get(id)
+        .await?
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownCheckpoint, format!("no checkpoint {id}")))?;
     if cp.agency != agency.code {
         return Err(ApiError::new(
@@ -72,7 +73,8 @@ pub async fn route(
             canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())
                 .and_then(|p| require(p, "checkpoint-checkin"))?;
             let new: NewCheckpoint = crate::json::body(req)?;
-            let cp = broker.checkpoints.register(&agency.code, new).await?;
+            let cp = new.into_checkpoint(&agency.code)?;
+            broker.checkpoints.insert(&cp).await?;
             Ok(Reply::json(StatusCode::CREATED, &json!({ "checkpoint": cp })))
         }
         (&Method::GET, []) => {
@@ -81,11 +83,11 @@ pub async fn route(
                 .and_then(|p| require(p, "checkpoint-checkin"))?;
             Ok(Reply::json(
                 StatusCode::OK,
-                &json!({ "checkpoints": broker.checkpoints.for_agency(&agency.code)? }),
+                &json!({ "checkpoints": broker.checkpoints.for_agency(&agency.code).await? }),
             ))
         }
         (&Method::POST, [cp, "checkins"]) => scan(broker, exchange, agency, req, cp).await,
-        (&Method::GET, [cp, "checkins"]) => trace(broker, exchange, agency, req, cp),
+        (&Method::GET, [cp, "checkins"]) => trace(broker, exchange, agency, req, cp).await,
         _ => Err(ApiError::no_route(method, req.path())),
     }
 }
@@ -114,7 +116,7 @@ async fn scan(
     exchange.operation = Some(Operation::CheckpointCheckin);
     let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())
         .and_then(|p| require(p, "checkpoint-checkin"))?;
-    let cp = owned_checkpoint(broker, agency, cp)?;
+    let cp = owned_checkpoint(broker, agency, cp).await?;
     let scan: Scan = crate::json::body(req)?;
     let (id, qr) = match (scan.qr, scan.citizen_id) {
         (Some(payload), None) => {
@@ -162,7 +164,7 @@ async fn scan(
     ))
 }
 
-fn trace(
+async fn trace(
     broker: &Broker,
     exchange: &mut Exchange,
     agency: &Agency,
@@ -174,7 +176,8 @@ fn trace(
         .and_then(|p| require(p, "contact-tracing"))?;
     let cp = broker
         .checkpoints
-        .get(cp_id)?
+        .get(cp_id)
+        .await?
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownCheckpoint, format!("no checkpoint {cp_id}")))?;
     let (from, to) = match (req.query("from"), req.query("to")) {
         (Some(f), Some(t)) => (parse_time("from", &f)?, parse_time("to", &t)?),
@@ -191,8 +194,8 @@ fn trace(
             "the window must be positive and at most 21 days",
         ));
     }
-    canonical::meter(broker, exchange)?;
-    let checkins = broker.checkpoints.checkins(&cp.id, from, to)?;
+    canonical::meter(broker, exchange).await?;
+    let checkins = broker.checkpoints.checkins(&cp.id, from, to).await?;
     exchange.bulk = true;
     // Each person released gets an entry of their own, so contact tracing shows in their access log.
     exchange.also_concerns = checkins.iter().map(|(id, _)| id.clone()).collect();

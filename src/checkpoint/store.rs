@@ -1,10 +1,13 @@
 //! Stage: store (checkpoints). Registered checkpoints and the index of check-ins by checkpoint and time,
-//! in the broker's sled database; held by the broker, used by the checkpoint channel ([`super`]).
+//! behind the [`CheckpointStore`] seam: the broker's sled database ([`Checkpoints`]) or PostgreSQL (shared
+//! by a cluster, `crate::postgres::checkpoints`); held by the broker, used by the checkpoint channel
+//! ([`super`]).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::store::StoreFuture;
 
 /// What kind of place runs the checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +54,73 @@ pub(super) struct NewCheckpoint {
     kind: CheckpointKind,
 }
 
-/// Registered checkpoints and the index of check-ins by checkpoint and time.
+/// Where checkpoints and the check-in index live.
+pub trait CheckpointStore: Send + Sync {
+    /// A checkpoint by id.
+    fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Checkpoint>>;
+    /// The checkpoints one agency runs.
+    fn for_agency<'a>(&'a self, agency: &'a str) -> StoreFuture<'a, Vec<Checkpoint>>;
+    /// Store a new checkpoint, durable on return: 409 `checkpoint_exists` if the id is taken.
+    fn insert<'a>(&'a self, checkpoint: &'a Checkpoint) -> StoreFuture<'a, ()>;
+    /// Index one check-in, durable on return.
+    fn index<'a>(&'a self, checkpoint: &'a str, time: DateTime<Utc>, citizen: &'a str)
+        -> StoreFuture<'a, ()>;
+    /// Check-ins at `checkpoint` with `from <= time < to`, in time order: (citizen ID, time).
+    fn checkins<'a>(
+        &'a self,
+        checkpoint: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreFuture<'a, Vec<(String, String)>>;
+}
+
+/// 409 `checkpoint_exists`.
+pub fn checkpoint_exists(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::CheckpointExists,
+        format!("checkpoint {id} is already registered"),
+    )
+}
+
+impl NewCheckpoint {
+    /// The checkpoint `agency` registers: 422 `invalid_checkpoint` for a bad id, name or address.
+    pub(super) fn into_checkpoint(self, agency: &str) -> Result<Checkpoint, ApiError> {
+        let id_ok = (2..=64).contains(&self.id.len())
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !self.id.starts_with('-');
+        if !id_ok {
+            return Err(ApiError::new(
+                ErrorCode::InvalidCheckpoint,
+                "a checkpoint id is 2-64 of a-z, 0-9 and '-'",
+            ));
+        }
+        if self.name.trim().is_empty() || self.address.trim().is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidCheckpoint,
+                "name and address must not be empty",
+            ));
+        }
+        if crate::schema::has_control_char(&self.name) || crate::schema::has_control_char(&self.address) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidCheckpoint,
+                "name and address must not contain control characters",
+            ));
+        }
+        Ok(Checkpoint {
+            id: self.id,
+            agency: agency.to_string(),
+            name: self.name.trim().to_string(),
+            address: self.address.trim().to_string(),
+            kind: self.kind,
+            created_at: key_time(Utc::now()),
+        })
+    }
+}
+
+/// Registered checkpoints and the index of check-ins by checkpoint and time, in sled.
 pub struct Checkpoints {
     registry: sled::Tree,
     by_checkpoint: sled::Tree,
@@ -62,7 +131,7 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// Fixed-width UTC time, so index keys sort by time.
-pub(super) fn key_time(t: DateTime<Utc>) -> String {
+pub fn key_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -74,115 +143,85 @@ impl Checkpoints {
             by_checkpoint: db.open_tree("checkins_by_checkpoint")?,
         })
     }
+}
 
-    /// A checkpoint by id.
-    pub fn get(&self, id: &str) -> Result<Option<Checkpoint>, ApiError> {
-        match self.registry.get(id.as_bytes()).map_err(store_error)? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(store_error)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The checkpoints one agency runs.
-    pub fn for_agency(&self, agency: &str) -> Result<Vec<Checkpoint>, ApiError> {
-        let mut out = Vec::new();
-        for item in self.registry.iter() {
-            let (_, bytes) = item.map_err(store_error)?;
-            let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(store_error)?;
-            if cp.agency == agency {
-                out.push(cp);
+impl CheckpointStore for Checkpoints {
+    fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Checkpoint>> {
+        Box::pin(async move {
+            match self.registry.get(id.as_bytes()).map_err(store_error)? {
+                Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(store_error)?)),
+                None => Ok(None),
             }
-        }
-        Ok(out)
+        })
     }
 
-    pub(super) async fn register(&self, agency: &str, new: NewCheckpoint) -> Result<Checkpoint, ApiError> {
-        let id_ok = (2..=64).contains(&new.id.len())
-            && new
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !new.id.starts_with('-');
-        if !id_ok {
-            return Err(ApiError::new(
-                ErrorCode::InvalidCheckpoint,
-                "a checkpoint id is 2-64 of a-z, 0-9 and '-'",
-            ));
-        }
-        if new.name.trim().is_empty() || new.address.trim().is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidCheckpoint,
-                "name and address must not be empty",
-            ));
-        }
-        if crate::schema::has_control_char(&new.name) || crate::schema::has_control_char(&new.address) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidCheckpoint,
-                "name and address must not contain control characters",
-            ));
-        }
-        let cp = Checkpoint {
-            id: new.id,
-            agency: agency.to_string(),
-            name: new.name.trim().to_string(),
-            address: new.address.trim().to_string(),
-            kind: new.kind,
-            created_at: key_time(Utc::now()),
-        };
-        let bytes = serde_json::to_vec(&cp).map_err(store_error)?;
-        // compare_and_swap from "absent" makes registration race-free.
-        match self
-            .registry
-            .compare_and_swap(cp.id.as_bytes(), None as Option<&[u8]>, Some(bytes))
-            .map_err(store_error)?
-        {
-            Ok(()) => {
-                crate::store::durable_flush(&self.registry)
+    fn for_agency<'a>(&'a self, agency: &'a str) -> StoreFuture<'a, Vec<Checkpoint>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for item in self.registry.iter() {
+                let (_, bytes) = item.map_err(store_error)?;
+                let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(store_error)?;
+                if cp.agency == agency {
+                    out.push(cp);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn insert<'a>(&'a self, cp: &'a Checkpoint) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let bytes = serde_json::to_vec(cp).map_err(store_error)?;
+            // compare_and_swap from "absent" makes registration race-free.
+            match self
+                .registry
+                .compare_and_swap(cp.id.as_bytes(), None as Option<&[u8]>, Some(bytes))
+                .map_err(store_error)?
+            {
+                Ok(()) => crate::store::durable_flush(&self.registry)
                     .await
-                    .map_err(store_error)?;
-                Ok(cp)
+                    .map_err(store_error),
+                Err(_) => Err(checkpoint_exists(&cp.id)),
             }
-            Err(_) => Err(ApiError::new(
-                ErrorCode::CheckpointExists,
-                format!("checkpoint {} is already registered", cp.id),
-            )),
-        }
+        })
     }
 
-    pub(super) async fn index(
-        &self,
-        checkpoint: &str,
+    fn index<'a>(
+        &'a self,
+        checkpoint: &'a str,
         time: DateTime<Utc>,
-        citizen: &str,
-    ) -> Result<(), ApiError> {
-        let key = format!("{checkpoint}\u{0}{}\u{0}{citizen}", key_time(time));
-        self.by_checkpoint
-            .insert(key.as_bytes(), &[])
-            .map_err(store_error)?;
-        crate::store::durable_flush(&self.by_checkpoint)
-            .await
-            .map_err(store_error)?;
-        Ok(())
+        citizen: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let key = format!("{checkpoint}\u{0}{}\u{0}{citizen}", key_time(time));
+            self.by_checkpoint
+                .insert(key.as_bytes(), &[])
+                .map_err(store_error)?;
+            crate::store::durable_flush(&self.by_checkpoint)
+                .await
+                .map_err(store_error)
+        })
     }
 
-    /// Check-ins at `checkpoint` with `from <= time < to`, in time order: (citizen ID, time).
-    pub fn checkins(
-        &self,
-        checkpoint: &str,
+    fn checkins<'a>(
+        &'a self,
+        checkpoint: &'a str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<(String, String)>, ApiError> {
-        let start = format!("{checkpoint}\u{0}{}", key_time(from));
-        let end = format!("{checkpoint}\u{0}{}", key_time(to));
-        let mut out = Vec::new();
-        for item in self.by_checkpoint.range(start.as_bytes()..end.as_bytes()) {
-            let (key, _) = item.map_err(store_error)?;
-            let key = String::from_utf8_lossy(&key).into_owned();
-            let mut parts = key.split('\u{0}').skip(1);
-            if let (Some(time), Some(citizen)) = (parts.next(), parts.next()) {
-                out.push((citizen.to_string(), time.to_string()));
+    ) -> StoreFuture<'a, Vec<(String, String)>> {
+        Box::pin(async move {
+            let start = format!("{checkpoint}\u{0}{}", key_time(from));
+            let end = format!("{checkpoint}\u{0}{}", key_time(to));
+            let mut out = Vec::new();
+            for item in self.by_checkpoint.range(start.as_bytes()..end.as_bytes()) {
+                let (key, _) = item.map_err(store_error)?;
+                let key = String::from_utf8_lossy(&key).into_owned();
+                let mut parts = key.split('\u{0}').skip(1);
+                if let (Some(time), Some(citizen)) = (parts.next(), parts.next()) {
+                    out.push((citizen.to_string(), time.to_string()));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 }

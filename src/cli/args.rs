@@ -84,6 +84,12 @@ pub enum Command {
     },
     /// Benchmark the whole pipeline against a bare hyper + rustls baseline (see `BENCHMARKS.md`).
     Bench(crate::dev::bench::BenchArgs),
+    /// The PostgreSQL database of a cluster (`storage.backend = "postgres"`).
+    Db {
+        /// What to do.
+        #[command(subcommand)]
+        action: super::db::DbCommand,
+    },
     /// Load citizens into a running broker through its admin API.
     Citizens {
         /// How to reach the admin API.
@@ -160,6 +166,9 @@ pub enum AuditCommand {
         /// answers, one per line): fail if the trail is shorter than, or diverges from, what it saw.
         #[arg(long)]
         witness: Option<PathBuf>,
+        /// Verify every broker's chain and seal in this PostgreSQL database (connection URL) instead.
+        #[command(flatten)]
+        database: super::db::DatabaseArgs,
     },
     /// Write entries as JSON Lines (for an archive or a SIEM), `--from` inclusive, `--to` exclusive.
     Export {

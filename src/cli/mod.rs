@@ -12,6 +12,7 @@ use crate::dev::demo::DemoOptions;
 
 mod admin;
 mod args;
+mod db;
 mod log;
 mod offline;
 
@@ -108,6 +109,10 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Billing { admin, action } => return billing_command(admin, action).await,
         Command::Catalogue { admin, action } => return catalogue_command(admin, action).await,
         Command::Bench(args) => return crate::dev::bench::run_cli(args).await,
+        Command::Db { action } => return db::db_command(action).await,
+        Command::Audit {
+            action: AuditCommand::Verify { database, .. },
+        } if database.database.is_some() => return db::verify_command(database).await,
         Command::Audit { action } => return audit_command(action).await,
         Command::Dcc { action } => return dcc_command(action),
         Command::VerifyResponse(args) => return verify_response_command(args),

@@ -156,7 +156,9 @@ pub(super) async fn audit_command(action: AuditCommand) -> i32 {
                 Err(e) => fail(1, e.to_string()),
             }
         }
-        AuditCommand::Verify { data_dir, witness } => {
+        AuditCommand::Verify {
+            data_dir, witness, ..
+        } => {
             let dir = data_dir.join("audit");
             if !dir.is_dir() {
                 return fail(2, format!("{}: no audit trail here", dir.display()));

@@ -265,7 +265,7 @@ async fn write_batch(
     }
     exchange.bulk = entries.len() > 1;
     // One HTTP call is one metered call, however many entries it carries.
-    canonical::meter(broker, exchange)?;
+    canonical::meter(broker, exchange).await?;
     let mut outcomes = Vec::new();
     let mut citizens = std::collections::BTreeSet::new();
     let mut written = false;

@@ -237,14 +237,25 @@ pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Cert
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    std::fs::write(path, contents).map_err(io)?;
+    // Written whole beside it, then renamed: a reader (a broker, a test, a crash) never sees half a file,
+    // and a private key is never readable by others, not even for a moment.
+    let partial = path.with_extension(format!("partial-{}", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
     let _ = private;
-    Ok(())
+    let written = options
+        .open(&partial)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, contents.as_bytes()))
+        .and_then(|()| std::fs::rename(&partial, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written.map_err(io)
 }
 
 /// The files of a development PKI folder (`certs/demo/`): CA, server, an empty CRL, and one client

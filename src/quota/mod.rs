@@ -170,48 +170,57 @@ pub trait QuotaCounters: Send + Sync {
     /// Meter one call at `now` (the broker's clock). `Ok(Some(info))` when the plan limits this purpose,
     /// `Ok(None)` when unlimited, 429 `quota_exceeded` (with `Retry-After` and the rate-limit headers) when
     /// over any limit.
-    fn meter(
-        &self,
-        agency: &str,
-        plan: &Plan,
-        purpose: &str,
+    fn meter<'a>(
+        &'a self,
+        agency: &'a str,
+        plan: &'a Plan,
+        purpose: &'a str,
         now: DateTime<Utc>,
-    ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)>;
+    ) -> MeterFuture<'a>;
 
     /// Count the month's outcome of a metered call: `served` (2xx) or `refused` (429 for quota).
-    fn record_outcome(
-        &self,
-        agency: &str,
-        purpose: &str,
-        kind: &str,
+    fn record_outcome<'a>(
+        &'a self,
+        agency: &'a str,
+        purpose: &'a str,
+        kind: &'a str,
         at: DateTime<Utc>,
-    ) -> Result<(), ApiError>;
+    ) -> OutcomeFuture<'a>;
 }
 
+/// The future of [`QuotaCounters::meter`], boxed so the trait stays object-safe.
+pub type MeterFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<RateInfo>, (ApiError, Option<RateInfo>)>> + Send + 'a>,
+>;
+
+/// The future of [`QuotaCounters::record_outcome`].
+pub type OutcomeFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>>;
+
 impl QuotaCounters for Quota {
-    fn meter(
-        &self,
-        agency: &str,
-        plan: &Plan,
-        purpose: &str,
+    fn meter<'a>(
+        &'a self,
+        agency: &'a str,
+        plan: &'a Plan,
+        purpose: &'a str,
         now: DateTime<Utc>,
-    ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
-        self.meter_at(agency, plan, purpose, now)
+    ) -> MeterFuture<'a> {
+        // In memory, under one lock: no need to leave the thread.
+        Box::pin(std::future::ready(self.meter_at(agency, plan, purpose, now)))
     }
 
-    fn record_outcome(
-        &self,
-        agency: &str,
-        purpose: &str,
-        kind: &str,
+    fn record_outcome<'a>(
+        &'a self,
+        agency: &'a str,
+        purpose: &'a str,
+        kind: &'a str,
         at: DateTime<Utc>,
-    ) -> Result<(), ApiError> {
+    ) -> OutcomeFuture<'a> {
         let mut state = self.inner.state();
         let (month, _) = state.calendar(at).window(Window::Month);
         let key = total_key(kind, month, agency, purpose);
-        let n = state.value(&self.inner.tree, &key)?;
-        state.set(key, n + 1);
-        Ok(())
+        let counted = state.value(&self.inner.tree, &key).map(|n| state.set(key, n + 1));
+        Box::pin(std::future::ready(counted))
     }
 }
 
@@ -260,20 +269,20 @@ struct CounterState {
 /// The label and end of each window containing one UTC minute.
 struct Calendar {
     minute: i64,
-    /// In [`WINDOWS`] order.
-    windows: [(String, DateTime<Utc>); 3],
+    /// As [`current_windows`] gives them, in [`WINDOWS`] order.
+    windows: [(Window, String, DateTime<Utc>); 3],
 }
 
 impl Calendar {
     fn of(now: DateTime<Utc>) -> Self {
         Self {
             minute: now.timestamp().div_euclid(60),
-            windows: WINDOWS.map(|w| w.bounds(now)),
+            windows: current_windows(now),
         }
     }
 
     fn window(&self, window: Window) -> (&str, DateTime<Utc>) {
-        let (label, end) = &self.windows[window as usize];
+        let (_, label, end) = &self.windows[window as usize];
         (label, *end)
     }
 }
@@ -284,6 +293,77 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
 
 fn use_key(agency: &str, purpose: &str, window: Window, label: &str) -> String {
     format!("use\u{0}{agency}\u{0}{purpose}\u{0}{}\u{0}{label}", window.name())
+}
+
+/// The three windows containing `now`: window, label, end.
+pub fn current_windows(now: DateTime<Utc>) -> [(Window, String, DateTime<Utc>); 3] {
+    WINDOWS.map(|window| {
+        let (label, end) = window.bounds(now);
+        (window, label, end)
+    })
+}
+
+/// The name of a window as stored (`minute`, `day`, `month`).
+pub fn window_name(window: Window) -> &'static str {
+    window.name()
+}
+
+/// Given what each window has `used` so far (the order of [`current_windows`]), may one more call be
+/// served? `Ok` with the tightest window's figures (`None` when unlimited), or 429 `quota_exceeded` with
+/// `Retry-After` the end of the longest exceeded window. Every backend meters through this.
+pub fn decide(
+    limits: &Limits,
+    purpose: &str,
+    now: DateTime<Utc>,
+    windows: &[(Window, String, DateTime<Utc>); 3],
+    used: [u64; 3],
+) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
+    let mut tightest: Option<RateInfo> = None;
+    let mut exceeded: Option<(Window, u64)> = None;
+    for ((window, _, end), used) in windows.iter().zip(used) {
+        let window = *window;
+        let reset = (*end - now).num_seconds().max(1) as u64;
+        if let Some(limit) = window.limit(limits) {
+            if used >= limit {
+                if exceeded.is_none_or(|(_, r)| reset > r) {
+                    exceeded = Some((window, reset));
+                }
+                tightest = Some(RateInfo {
+                    limit,
+                    remaining: 0,
+                    reset,
+                });
+                continue;
+            }
+            let remaining = limit - used - 1;
+            if tightest.is_none_or(|t| remaining < t.remaining) {
+                tightest = Some(RateInfo {
+                    limit,
+                    remaining,
+                    reset,
+                });
+            }
+        }
+    }
+    if let Some((window, reset)) = exceeded {
+        let mut e = ApiError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "the {} quota of purpose {purpose} is used up; retry in {reset} s",
+                window.name()
+            ),
+        );
+        e.retry_after = Some(reset);
+        return Err((
+            e,
+            tightest.map(|t| RateInfo {
+                remaining: 0,
+                reset,
+                ..t
+            }),
+        ));
+    }
+    Ok(tightest)
 }
 
 /// The key of a month's served or refused counter (`kind` = `served` or `refused`).
@@ -415,55 +495,18 @@ impl Quota {
     ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
         let limits = plan.for_purpose(purpose);
         let mut state = self.inner.state();
-        let mut increments = Vec::with_capacity(WINDOWS.len());
-        let mut tightest: Option<RateInfo> = None;
-        let mut exceeded: Option<(Window, u64)> = None;
-        for window in WINDOWS {
-            let (label, end) = state.calendar(now).window(window);
-            let key = use_key(agency, purpose, window, label);
-            let used = state.value(&self.inner.tree, &key).map_err(|e| (e, None))?;
-            let reset = (end - now).num_seconds().max(1) as u64;
-            if let Some(limit) = window.limit(&limits) {
-                if used >= limit {
-                    if exceeded.is_none_or(|(_, r)| reset > r) {
-                        exceeded = Some((window, reset));
-                    }
-                    tightest = Some(RateInfo {
-                        limit,
-                        remaining: 0,
-                        reset,
-                    });
-                    continue;
-                }
-                let remaining = limit - used - 1;
-                if tightest.is_none_or(|t| remaining < t.remaining) {
-                    tightest = Some(RateInfo {
-                        limit,
-                        remaining,
-                        reset,
-                    });
-                }
-            }
-            increments.push((key, used + 1));
+        let windows = state.calendar(now).windows.clone();
+        let mut used = [0; 3];
+        for (slot, (window, label, _)) in used.iter_mut().zip(&windows) {
+            *slot = state
+                .value(&self.inner.tree, &use_key(agency, purpose, *window, label))
+                .map_err(|e| (e, None))?;
         }
-        if let Some((window, reset)) = exceeded {
-            let mut e = ApiError::new(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "the {} quota of purpose {purpose} is used up; retry in {reset} s",
-                    window.name()
-                ),
-            );
-            e.retry_after = Some(reset);
-            return Err((
-                e,
-                tightest.map(|t| RateInfo {
-                    remaining: 0,
-                    reset,
-                    ..t
-                }),
-            ));
-        }
+        let tightest = decide(&limits, purpose, now, &windows, used)?;
+        let increments = windows
+            .iter()
+            .zip(used)
+            .map(|((window, label, _), n)| (use_key(agency, purpose, *window, label), n + 1));
         for (key, value) in increments {
             state.set(key, value);
         }
