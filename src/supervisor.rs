@@ -2,7 +2,7 @@
 //!
 //! sled keeps the first I/O error it meets (a full disk, a file system gone read-only) for the life of
 //! the open database — its "global error" — and fails every later write with it; the citizen store,
-//! registry, quota counters, checkpoints and the audit index share that one database. So the supervisor:
+//! registry, quota counters and checkpoints share that one database. So the supervisor:
 //!
 //! 1. watches the serving broker's database for that error ([`Broker::store_failure`]);
 //! 2. keeps answering meanwhile (writes get 503 `store_unavailable` with `Retry-After`, `/healthz` too)
