@@ -42,7 +42,8 @@ pub fn authenticate(exchange: &mut Exchange, agency: Option<Agency>) -> Result<A
 pub(crate) struct InFlight {
     /// Requests one agency may have in flight.
     pub(crate) cap: usize,
-    counts: Mutex<HashMap<String, usize>>,
+    /// Keys are agency codes (or certificate fingerprints), hashed with a fast hasher on every request.
+    counts: Mutex<HashMap<String, usize, foldhash::fast::RandomState>>,
 }
 
 /// One request's slot; released on drop, whatever way the request ends.
@@ -56,17 +57,20 @@ impl InFlight {
     pub(crate) fn new(cap: usize) -> Self {
         Self {
             cap,
-            counts: Mutex::new(HashMap::new()),
+            counts: Mutex::default(),
         }
     }
 
     pub(crate) fn try_acquire(self: &Arc<Self>, key: &str) -> Option<InFlightSlot> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key.to_string()).or_insert(0);
-        if *n >= self.cap {
-            return None;
+        match counts.get_mut(key) {
+            Some(n) if *n >= self.cap => return None,
+            Some(n) => *n += 1,
+            None if self.cap == 0 => return None,
+            None => {
+                counts.insert(key.to_string(), 1);
+            }
         }
-        *n += 1;
         Some(InFlightSlot {
             owner: self.clone(),
             key: key.to_string(),

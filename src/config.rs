@@ -193,7 +193,8 @@ pub struct StorageConfig {
     /// Directory holding the sled database and the audit segments.
     pub data_dir: PathBuf,
     /// sled's page cache, MiB: most of the broker's memory once the store is large (sled's own default is
-    /// 1024). Records beyond it are read back from the file system's cache.
+    /// 1024). Records beyond it are read back from the file system's cache; at 100,000 citizens 32, 64 and
+    /// 256 cost the same per request (BENCHMARKS.md), so the default keeps memory low.
     pub cache_mb: u64,
     /// Where citizen records and the audit trail live: `sled` (embedded, the default) or `postgres`
     /// (shared by several brokers; see [`crate::postgres`]).
@@ -217,7 +218,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: "data/demo".into(),
-            cache_mb: 256,
+            cache_mb: 64,
             backend: StorageBackend::Sled,
             postgres: Default::default(),
         }
@@ -604,7 +605,7 @@ mod tests {
 
     #[test]
     fn a_type_error_names_the_dotted_key() {
-        let (e, text) = error_for(|t| t.replace("cache_mb = 256", "cache_mb = \"256\""));
+        let (e, text) = error_for(|t| t.replace("cache_mb = 64", "cache_mb = \"64\""));
         assert_eq!(e.key, "storage.cache_mb");
         let line = line_of_text(&text, "cache_mb =");
         assert!(e.message.ends_with(&format!("(line {line})")), "{}", e.message);

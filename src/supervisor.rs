@@ -2,7 +2,7 @@
 //!
 //! sled keeps the first I/O error it meets (a full disk, a file system gone read-only) for the life of
 //! the open database — its "global error" — and fails every later write with it; the citizen store,
-//! registry, quota counters, checkpoints and the audit index share that one database. So the supervisor:
+//! registry, quota counters and checkpoints share that one database. So the supervisor:
 //!
 //! 1. watches the serving broker's database for that error ([`Broker::store_failure`]);
 //! 2. keeps answering meanwhile (writes get 503 `store_unavailable` with `Retry-After`, `/healthz` too)
@@ -11,7 +11,7 @@
 //!    backlog), lets in-flight requests finish, drops every handle on the old broker and joins the audit
 //!    writer thread (sled releases its file lock only when the last handle is gone);
 //! 4. reopens with [`Broker::open`] on the same config — sled recovers its log, the audit index is
-//!    reconciled with the trail, and the start-up check of the store against the audit trail runs again —
+//!    rebuilt from the trail where it lacks anything, and the start-up check of the store against the audit trail runs again —
 //!    and serves again on the same listeners. A failed reopen is retried with back-off; a store that
 //!    lost acknowledged writes stops the broker, as it would refuse a restart.
 

@@ -1,36 +1,43 @@
-//! Stage: audit — the sled query index over the trail: by seq, by citizen, by agency.
+//! Stage: audit — the query index over the trail: by citizen, by agency, and where each entry's line lies.
 //!
-//! The segment files are the record; this index is derived and can always be rebuilt from them. `by_seq`
-//! holds where each entry's line lies (segment, offset, length: 20 bytes), not the line itself, so the
-//! index stays small and sled writes little per entry; an index written before this layout holds whole
-//! lines, which are still read. It is written by its own thread ([`run_indexer`]) after the entries are synced and their answers released,
-//! so no request waits for it, and never flushed per entry. Searches wait until it has caught up with
-//! the head they start from, so a search always sees the entries of requests already answered.
+//! The segment files are the record; the index is derived from them and rebuilt from them whenever it is
+//! missing or does not match. It costs the request path a few words per entry: the writer thread adds
+//! each committed batch to an in-memory table of the open segment ([`Index::append`]) before the batch's
+//! answers are released, so a search sees every answered request, and no thread is woken for it (a sled
+//! index kept by its own thread was a quarter of the broker's CPU; BENCHMARKS.md).
+//!
+//! When a segment is full its table is written once beside it as `seg-<first seq>.idx` (synced, then
+//! renamed into place) and dropped from memory. That file holds, per entry, its seq, where its line lies
+//! and its keys (rows in file order), then `(key, row)` postings sorted for binary search; all integers
+//! big-endian. On open, the open segment's table is rebuilt by reading it (a fraction of a second for a
+//! full segment), a sealed segment whose `.idx` is missing or does not describe its current length is
+//! re-indexed, and `.idx` files without their segment (pruned) are removed.
+//!
+//! A key is the first 8 bytes of SHA-256 of `citizen\0<id>` or `agency\0<code>` (0: none). A colliding key
+//! only adds a candidate, which the search's filter then drops.
 
-use std::collections::HashMap;
-use std::fs::File;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
-use sled::Tree;
+use sha2::{Digest, Sha256};
 
-use super::format::segment_name;
+use super::format::{segment_name, sync_dir, Segment};
 use super::{AuditEntry, AuditError, AuditFilter};
 
-const BY_SEQ: &str = "audit/by_seq";
-const BY_CITIZEN: &str = "audit/by_citizen";
-const BY_AGENCY: &str = "audit/by_agency";
+const MAGIC: &[u8; 8] = b"LTAIDX01";
+const INDEX_SUFFIX: &str = ".idx";
+/// magic, first seq, rows, segment length, postings.
+const HEADER_LEN: u64 = 8 + 4 * 8;
+const ROW_LEN: u64 = 5 * 8;
+const POSTING_LEN: u64 = 2 * 8;
 
-/// 0xFF never occurs in UTF-8, so `value ‖ 0xFF ‖ seq` keys of different values never share a prefix.
-const SEPARATOR: u8 = 0xFF;
-
-impl From<sled::Error> for AuditError {
-    fn from(e: sled::Error) -> Self {
-        AuditError::Index(e.to_string())
-    }
-}
+/// Candidates looked up per round of a search; their lines are read with no lock held.
+const CANDIDATES_PER_ROUND: usize = 256;
 
 /// Where an entry's line lies: the segment (by its first seq), the byte offset and the length, without
 /// the newline.
@@ -41,265 +48,441 @@ pub(crate) struct Location {
     pub(crate) len: u32,
 }
 
-impl Location {
-    fn to_bytes(self) -> [u8; 20] {
-        let mut out = [0u8; 20];
-        out[..8].copy_from_slice(&self.segment.to_be_bytes());
-        out[8..16].copy_from_slice(&self.offset.to_be_bytes());
-        out[16..].copy_from_slice(&self.len.to_be_bytes());
-        out
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let bytes: &[u8; 20] = bytes.try_into().ok()?;
-        let (segment, rest) = bytes.split_at(8);
-        let (offset, len) = rest.split_at(8);
-        Some(Self {
-            segment: u64::from_be_bytes(segment.try_into().ok()?),
-            offset: u64::from_be_bytes(offset.try_into().ok()?),
-            len: u32::from_be_bytes(len.try_into().ok()?),
-        })
-    }
+/// What the index keeps of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexItem {
+    seq: u64,
+    offset: u64,
+    len: u64,
+    citizen: u64,
+    agency: u64,
 }
 
-/// What the index keeps of one entry: its keys and where its line lies.
-pub(crate) struct IndexItem {
-    pub(crate) seq: u64,
-    pub(crate) citizen_id: Option<String>,
-    pub(crate) agency: Option<String>,
-    pub(crate) location: Location,
+fn key_of(kind: &str, value: &str) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(kind.as_bytes())
+        .chain_update([0u8])
+        .chain_update(value.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    // 0 stands for "none".
+    u64::from_be_bytes(first).max(1)
+}
+
+fn citizen_key(citizen: &str) -> u64 {
+    key_of("citizen", citizen)
+}
+
+fn agency_key(agency: &str) -> u64 {
+    key_of("agency", agency)
 }
 
 impl IndexItem {
     pub(crate) fn new(entry: &AuditEntry, location: Location) -> Self {
         Self {
             seq: entry.seq,
-            citizen_id: entry.record.citizen_id.clone(),
-            agency: entry.record.agency.clone(),
-            location,
+            offset: location.offset,
+            len: u64::from(location.len),
+            citizen: entry.record.citizen_id.as_deref().map_or(0, citizen_key),
+            agency: entry.record.agency.as_deref().map_or(0, agency_key),
         }
+    }
+
+    fn matches(&self, key: Option<u64>) -> bool {
+        key.is_none_or(|k| self.citizen == k || self.agency == k)
+    }
+
+    fn to_bytes(self) -> [u8; ROW_LEN as usize] {
+        let mut out = [0u8; ROW_LEN as usize];
+        for (i, v) in [self.seq, self.offset, self.len, self.citizen, self.agency]
+            .into_iter()
+            .enumerate()
+        {
+            out[i * 8..(i + 1) * 8].copy_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Self {
+        let [seq, offset, len, citizen, agency] = words(bytes);
+        Self {
+            seq,
+            offset,
+            len,
+            citizen,
+            agency,
+        }
+    }
+
+    fn location(&self, segment: u64) -> Option<Location> {
+        Some(Location {
+            segment,
+            offset: self.offset,
+            len: u32::try_from(self.len).ok()?,
+        })
     }
 }
 
-/// Open segment files, by first seq, for reading lines back.
-#[derive(Default)]
-struct SegmentFiles {
-    open: Mutex<HashMap<u64, Arc<File>>>,
+/// One segment's part of the index.
+enum Table {
+    /// The open segment (or a sealed one whose `.idx` could not be written): rows in seq order.
+    Memory(Vec<IndexItem>),
+    /// Written to its `.idx` file.
+    Sealed { rows: u64, postings: u64 },
 }
 
-/// Segment files kept open for reads; older ones are reopened when needed.
-const OPEN_SEGMENTS: usize = 16;
+pub(crate) struct Index {
+    /// The trail's folder, where the segments and their `.idx` files lie.
+    dir: PathBuf,
+    /// The first seq of the chain (what pruning left); older lines are never answered.
+    base: u64,
+    /// By the first seq of each segment.
+    tables: RwLock<BTreeMap<u64, Table>>,
+    files: OpenFiles,
+}
 
-impl SegmentFiles {
-    /// The segment's file, or `None` if it is gone (pruned).
-    fn get(&self, dir: &Path, first: u64) -> Result<Option<Arc<File>>, AuditError> {
+/// The `.idx` file beside a segment file.
+pub(crate) fn index_path_of(segment: &Path) -> PathBuf {
+    let mut path = segment.as_os_str().to_owned();
+    path.push(INDEX_SUFFIX);
+    PathBuf::from(path)
+}
+
+fn index_name(first: u64) -> String {
+    let mut name = segment_name(first);
+    name.push_str(INDEX_SUFFIX);
+    name
+}
+
+/// Segment and `.idx` files kept open for reads, by name; older ones are reopened when needed.
+#[derive(Default)]
+struct OpenFiles {
+    open: Mutex<HashMap<String, Arc<File>>>,
+}
+
+/// Files kept open for reads.
+const OPEN_FILES: usize = 32;
+
+impl OpenFiles {
+    /// The file, or `None` if it is gone (pruned).
+    fn get(&self, dir: &Path, name: String) -> Result<Option<Arc<File>>, AuditError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(file) = open.get(&first) {
+        if let Some(file) = open.get(&name) {
             return Ok(Some(file.clone()));
         }
-        let file = match File::open(dir.join(segment_name(first))) {
+        let file = match File::open(dir.join(&name)) {
             Ok(f) => Arc::new(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        if open.len() >= OPEN_SEGMENTS {
+        if open.len() >= OPEN_FILES {
             open.clear();
         }
-        open.insert(first, file.clone());
+        open.insert(name, file.clone());
         Ok(Some(file))
     }
 }
 
-/// How long the indexer lets entries gather before a round of `apply_batch`es.
-const INDEX_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+fn read_at(file: &File, offset: u64, len: u64) -> Result<Vec<u8>, AuditError> {
+    let mut buf = vec![0u8; usize::try_from(len).map_err(|e| AuditError::Index(e.to_string()))?];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
 
-/// Most items the indexer applies in one round of `apply_batch`es.
-const INDEX_BATCH: usize = 8192;
+fn corrupt_index(first: u64) -> AuditError {
+    AuditError::Index(format!(
+        "{} does not match its segment; delete it and restart to rebuild it",
+        index_name(first)
+    ))
+}
 
-/// The indexer thread: index what the writer has made durable, in order, and publish how far it got.
-/// Ends when the writer drops its sender. A failed insert is logged and passed over: the entries are
-/// durable, and the index is reconciled with the segments when the trail is next opened.
-pub(crate) fn run_indexer(
-    index: Index,
-    rx: std::sync::mpsc::Receiver<Vec<IndexItem>>,
-    indexed: tokio::sync::watch::Sender<u64>,
-) {
-    while let Ok(mut items) = rx.recv() {
-        // Let a few group commits gather: sled's cost is per batch as much as per key.
-        std::thread::sleep(INDEX_GATHER);
-        while items.len() < INDEX_BATCH {
-            match rx.try_recv() {
-                Ok(more) => items.extend(more),
-                Err(_) => break,
+/// Big-endian `u64`s, one per 8 bytes (a short tail reads as zeros).
+fn words<const N: usize>(bytes: &[u8]) -> [u64; N] {
+    std::array::from_fn(|i| {
+        let mut word = [0u8; 8];
+        if let Some(b) = bytes.get(i * 8..(i + 1) * 8) {
+            word.copy_from_slice(b);
+        }
+        u64::from_be_bytes(word)
+    })
+}
+
+/// The rows of a segment, read from its lines.
+fn rows_of(path: &Path) -> Result<Vec<IndexItem>, AuditError> {
+    let contents = Segment::read(path)?;
+    let mut rows = Vec::new();
+    for (offset, line) in contents.lines_with_offsets() {
+        let entry = AuditEntry::from_line(line).map_err(AuditError::Corrupt)?;
+        let len = u32::try_from(line.len()).map_err(|e| AuditError::Corrupt(e.to_string()))?;
+        rows.push(IndexItem::new(
+            &entry,
+            Location {
+                segment: 0,
+                offset,
+                len,
+            },
+        ));
+    }
+    Ok(rows)
+}
+
+/// The `.idx` header, if the file describes the segment `first` of `segment_len` bytes.
+fn sealed_header(dir: &Path, first: u64, segment_len: u64) -> Option<(u64, u64)> {
+    let file = File::open(dir.join(index_name(first))).ok()?;
+    let file_len = file.metadata().ok()?.len();
+    let header = read_at(&file, 0, HEADER_LEN).ok()?;
+    let [seq, rows, len, postings] = words(&header[8..]);
+    let expected_len = HEADER_LEN + rows.checked_mul(ROW_LEN)? + postings.checked_mul(POSTING_LEN)?;
+    (&header[..8] == MAGIC && seq == first && len == segment_len && file_len == expected_len)
+        .then_some((rows, postings))
+}
+
+/// Write the `.idx` of segment `first` (synced, then renamed into place); returns its sizes.
+fn write_sealed(dir: &Path, first: u64, segment_len: u64, rows: &[IndexItem]) -> Result<Table, AuditError> {
+    let mut postings: Vec<(u64, u64)> = Vec::with_capacity(rows.len() * 2);
+    for (i, row) in rows.iter().enumerate() {
+        for key in [row.citizen, row.agency] {
+            if key != 0 {
+                postings.push((key, i as u64));
             }
         }
-        if let Err(e) = index.insert(&items) {
-            tracing::error!(error = %e, "audit index update failed; it is rebuilt from the trail at next start");
-        }
-        if let Some(last) = items.last() {
-            indexed.send_replace(last.seq);
-        }
     }
+    postings.sort_unstable();
+    let mut out = Vec::with_capacity(
+        (HEADER_LEN + rows.len() as u64 * ROW_LEN + postings.len() as u64 * POSTING_LEN) as usize,
+    );
+    out.extend_from_slice(MAGIC);
+    for word in [first, rows.len() as u64, segment_len, postings.len() as u64] {
+        out.extend_from_slice(&word.to_be_bytes());
+    }
+    for row in rows {
+        out.extend_from_slice(&row.to_bytes());
+    }
+    for (key, row) in &postings {
+        out.extend_from_slice(&key.to_be_bytes());
+        out.extend_from_slice(&row.to_be_bytes());
+    }
+    let name = index_name(first);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(&out)?;
+    file.sync_data()?;
+    fs::rename(&tmp, dir.join(&name))?;
+    sync_dir(dir)?;
+    Ok(Table::Sealed {
+        rows: rows.len() as u64,
+        postings: postings.len() as u64,
+    })
 }
 
-#[derive(Clone)]
-pub(crate) struct Index {
-    by_seq: Tree,
-    by_citizen: Tree,
-    by_agency: Tree,
-    /// The trail's folder, where the located lines are read from.
-    dir: PathBuf,
-    files: Arc<SegmentFiles>,
+/// A sealed table's file, read a few records at a time.
+struct SealedFile<'a> {
+    file: &'a File,
+    rows: u64,
+    postings: u64,
 }
 
-fn secondary_prefix(value: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(value.len() + 9);
-    key.extend_from_slice(value.as_bytes());
-    key.push(SEPARATOR);
-    key
-}
-
-fn secondary_key(value: &str, seq: u64) -> Vec<u8> {
-    let mut key = secondary_prefix(value);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn seq_of_secondary(key: &[u8]) -> Option<u64> {
-    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
-    Some(u64::from_be_bytes(tail))
-}
-
-fn seq_of_primary(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.try_into().ok()?))
-}
-
-impl Index {
-    pub(crate) fn open(db: &sled::Db, dir: &Path) -> Result<Self, AuditError> {
-        Ok(Self {
-            by_seq: db.open_tree(BY_SEQ)?,
-            by_citizen: db.open_tree(BY_CITIZEN)?,
-            by_agency: db.open_tree(BY_AGENCY)?,
-            dir: dir.to_path_buf(),
-            files: Arc::default(),
-        })
+impl SealedFile<'_> {
+    fn row(&self, i: u64) -> Result<IndexItem, AuditError> {
+        let bytes = read_at(self.file, HEADER_LEN + i * ROW_LEN, ROW_LEN)?;
+        Ok(IndexItem::from_bytes(&bytes))
     }
 
-    /// Index entries (with their stored lines). Secondary keys go first so that an entry present in
-    /// `by_seq` is fully indexed: recovery resumes after the last seq in `by_seq`.
-    pub(crate) fn insert(&self, items: &[IndexItem]) -> Result<(), AuditError> {
-        let mut citizens = sled::Batch::default();
-        let mut agencies = sled::Batch::default();
-        let mut seqs = sled::Batch::default();
-        for item in items {
-            if let Some(citizen) = &item.citizen_id {
-                citizens.insert(secondary_key(citizen, item.seq), &[] as &[u8]);
+    fn posting(&self, i: u64) -> Result<(u64, u64), AuditError> {
+        let bytes = read_at(
+            self.file,
+            HEADER_LEN + self.rows * ROW_LEN + i * POSTING_LEN,
+            POSTING_LEN,
+        )?;
+        let [key, row] = words(&bytes);
+        Ok((key, row))
+    }
+
+    /// The number of rows with seq below `below` (rows are in seq order).
+    fn rows_below(&self, below: u64) -> Result<u64, AuditError> {
+        let (mut lo, mut hi) = (0, self.rows);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.row(mid)?.seq < below {
+                lo = mid + 1;
+            } else {
+                hi = mid;
             }
-            if let Some(agency) = &item.agency {
-                agencies.insert(secondary_key(agency, item.seq), &[] as &[u8]);
-            }
-            seqs.insert(&item.seq.to_be_bytes(), &item.location.to_bytes());
         }
-        self.by_citizen.apply_batch(citizens)?;
-        self.by_agency.apply_batch(agencies)?;
-        self.by_seq.apply_batch(seqs)?;
-        Ok(())
+        Ok(lo)
     }
 
-    /// Drop indexed entries outside `[first, last]` (pruned, or cut from the chain). Their lines may be
-    /// gone with their segments, so the secondary trees are swept by the seq in their keys.
-    pub(crate) fn retain_range(&self, first: u64, last: u64) -> Result<(), AuditError> {
-        let outside = |seq: u64| seq < first || seq > last;
-        let mut swept = false;
-        for item in self
-            .by_seq
-            .range(..first.to_be_bytes())
-            .chain(self.by_seq.range(last.saturating_add(1).to_be_bytes()..))
-        {
-            let (key, _) = item?;
-            self.by_seq.remove(key)?;
-            swept = true;
+    /// The first posting at or after `(key, row)`.
+    fn postings_from(&self, key: u64, row: u64) -> Result<u64, AuditError> {
+        let (mut lo, mut hi) = (0, self.postings);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.posting(mid)? < (key, row) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
         }
-        if swept {
-            for tree in [&self.by_citizen, &self.by_agency] {
-                for item in tree.iter() {
-                    let (key, _) = item?;
-                    if seq_of_secondary(&key).is_none_or(outside) {
-                        tree.remove(key)?;
+        Ok(lo)
+    }
+
+    /// Rows matching `key` with seq below `below`, newest first, at most `max`.
+    fn candidates(&self, key: Option<u64>, below: u64, max: usize) -> Result<Vec<IndexItem>, AuditError> {
+        let end = self.rows_below(below)?;
+        let mut out = Vec::new();
+        match key {
+            None => {
+                let start = end.saturating_sub(max as u64);
+                let bytes = read_at(self.file, HEADER_LEN + start * ROW_LEN, (end - start) * ROW_LEN)?;
+                out.extend(
+                    bytes
+                        .chunks_exact(ROW_LEN as usize)
+                        .rev()
+                        .map(IndexItem::from_bytes),
+                );
+            }
+            Some(key) => {
+                let mut p = self.postings_from(key, end)?;
+                while p > 0 && out.len() < max {
+                    p -= 1;
+                    let (k, row) = self.posting(p)?;
+                    if k != key {
+                        break;
                     }
+                    out.push(self.row(row)?);
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
+}
 
-    pub(crate) fn clear(&self) -> Result<(), AuditError> {
-        self.by_seq.clear()?;
-        self.by_citizen.clear()?;
-        self.by_agency.clear()?;
-        Ok(())
-    }
-
-    pub(crate) fn last_seq(&self) -> Result<Option<u64>, AuditError> {
-        Ok(self.by_seq.last()?.and_then(|(key, _)| seq_of_primary(&key)))
-    }
-
-    /// The entry `seq`, read back from its segment; `None` if it is not indexed or its segment is gone.
-    pub(crate) fn get(&self, seq: u64) -> Result<Option<AuditEntry>, AuditError> {
-        let Some(value) = self.by_seq.get(seq.to_be_bytes())? else {
-            return Ok(None);
-        };
-        // An index written before locations were stored holds the whole line.
-        if value.first() == Some(&b'{') {
-            return AuditEntry::from_line(&value).map(Some).map_err(AuditError::Index);
+impl Index {
+    /// The index of the segments in `dir` (the last one is the open segment), from the `.idx` files that
+    /// match and the lines of the rest.
+    pub(crate) fn open(dir: &Path, segments: &[(u64, PathBuf)], base: u64) -> Result<Self, AuditError> {
+        remove_stale_files(dir, segments)?;
+        let mut tables = BTreeMap::new();
+        for (i, (first, path)) in segments.iter().enumerate() {
+            let open_segment = i + 1 == segments.len();
+            if !open_segment {
+                let segment_len = fs::metadata(path)?.len();
+                if let Some((rows, postings)) = sealed_header(dir, *first, segment_len) {
+                    tables.insert(*first, Table::Sealed { rows, postings });
+                    continue;
+                }
+                let rows = rows_of(path)?;
+                let table = write_sealed(dir, *first, segment_len, &rows).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, segment = *first, "audit index file not written; kept in memory");
+                    Table::Memory(rows)
+                });
+                tables.insert(*first, table);
+            } else {
+                tables.insert(*first, Table::Memory(rows_of(path)?));
+            }
         }
-        let location = Location::from_bytes(&value)
-            .ok_or_else(|| AuditError::Index(format!("entry {seq}: bad location")))?;
-        let Some(file) = self.files.get(&self.dir, location.segment)? else {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            base,
+            tables: RwLock::new(tables),
+            files: OpenFiles::default(),
+        })
+    }
+
+    /// Add a committed batch of segment `segment` (called by the writer before the answers leave).
+    pub(crate) fn append(&self, segment: u64, items: Vec<IndexItem>) {
+        let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        match tables.entry(segment).or_insert_with(|| Table::Memory(Vec::new())) {
+            Table::Memory(rows) => rows.extend(items),
+            Table::Sealed { .. } => {
+                tracing::error!(
+                    segment,
+                    "audit index: append to a sealed segment; it is rebuilt at next start"
+                )
+            }
+        }
+    }
+
+    /// The segment `first` is full and `segment_len` bytes long: write its table to its `.idx` file and
+    /// drop it from memory (kept in memory if the file cannot be written).
+    pub(crate) fn seal(&self, first: u64, segment_len: u64) {
+        let rows = match self.tables.read().unwrap_or_else(|p| p.into_inner()).get(&first) {
+            Some(Table::Memory(rows)) => rows.clone(),
+            _ => return,
+        };
+        match write_sealed(&self.dir, first, segment_len, &rows) {
+            Ok(table) => {
+                self.tables
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(first, table);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, segment = first, "audit index file not written; kept in memory")
+            }
+        }
+    }
+
+    /// Up to `max` candidates for `key` (any entry if `None`) with seq below `below`, newest first.
+    fn candidates(
+        &self,
+        key: Option<u64>,
+        below: u64,
+        max: usize,
+    ) -> Result<Vec<(IndexItem, u64)>, AuditError> {
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (&first, table) in tables.range(..below).rev() {
+            let wanted = max - out.len();
+            match table {
+                Table::Memory(rows) => {
+                    let end = rows.partition_point(|r| r.seq < below);
+                    out.extend(
+                        rows[..end]
+                            .iter()
+                            .rev()
+                            .filter(|r| r.matches(key))
+                            .take(wanted)
+                            .map(|r| (*r, first)),
+                    );
+                }
+                &Table::Sealed { rows, postings } => {
+                    let Some(file) = self.files.get(&self.dir, index_name(first))? else {
+                        continue;
+                    };
+                    let sealed = SealedFile {
+                        file: &file,
+                        rows,
+                        postings,
+                    };
+                    let found = sealed.candidates(key, below, wanted)?;
+                    out.extend(found.into_iter().map(|r| (r, first)));
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        out.retain(|(row, _)| row.seq >= self.base);
+        Ok(out)
+    }
+
+    /// The entry a row points at, read back from its segment; `None` if the segment is gone (pruned).
+    fn entry(&self, row: &IndexItem, segment: u64) -> Result<Option<AuditEntry>, AuditError> {
+        let location = row.location(segment).ok_or_else(|| corrupt_index(segment))?;
+        let Some(file) = self.files.get(&self.dir, segment_name(segment))? else {
             return Ok(None);
         };
-        let mut line = vec![0u8; location.len as usize];
-        file.read_exact_at(&mut line, location.offset)?;
-        let entry = AuditEntry::from_line(&line).map_err(AuditError::Index)?;
-        if entry.seq != seq {
-            return Err(AuditError::Index(format!(
-                "entry {seq}: the index points at entry {}",
-                entry.seq
-            )));
+        let line = read_at(&file, location.offset, u64::from(location.len))?;
+        let entry = AuditEntry::from_line(&line).map_err(|_| corrupt_index(segment))?;
+        if entry.seq != row.seq {
+            return Err(corrupt_index(segment));
         }
         Ok(Some(entry))
     }
 
-    /// Seqs carrying `value` in a secondary tree, newest first, below `before`.
-    fn secondary_seqs<'a>(
-        tree: &'a Tree,
-        value: &str,
-        before: Option<u64>,
-    ) -> impl Iterator<Item = Result<u64, AuditError>> + 'a {
-        let start = secondary_prefix(value);
-        let end = match before {
-            Some(before) => secondary_key(value, before),
-            None => {
-                let mut end = start.clone();
-                end.extend_from_slice(&[0xFF; 9]);
-                end
-            }
-        };
-        tree.range(start..end).rev().map(|item| {
-            let (key, _) = item?;
-            seq_of_secondary(&key).ok_or_else(|| AuditError::Index("malformed index key".into()))
-        })
-    }
-
-    fn primary_seqs(&self, before: Option<u64>) -> impl Iterator<Item = Result<u64, AuditError>> + '_ {
-        let end = before.unwrap_or(u64::MAX);
-        self.by_seq.range(..end.to_be_bytes()).rev().map(|item| {
-            let (key, _) = item?;
-            seq_of_primary(&key).ok_or_else(|| AuditError::Index("malformed index key".into()))
-        })
-    }
-
-    /// Newest first: the most selective index the filter allows, then the remaining filters.
+    /// Newest first: by citizen or agency key if the filter names one, then the remaining filters.
     pub(crate) fn search(
         &self,
         filter: &AuditFilter,
@@ -307,33 +490,54 @@ impl Index {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, AuditError> {
         let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        let seqs: Box<dyn Iterator<Item = Result<u64, AuditError>>> =
-            match (&filter.citizen_id, &filter.agency) {
-                (Some(citizen), _) => Box::new(Self::secondary_seqs(&self.by_citizen, citizen, before)),
-                (None, Some(agency)) => Box::new(Self::secondary_seqs(&self.by_agency, agency, before)),
-                (None, None) => Box::new(self.primary_seqs(before)),
+        let key = match (&filter.citizen_id, &filter.agency) {
+            (Some(citizen), _) => Some(citizen_key(citizen)),
+            (None, Some(agency)) => Some(agency_key(agency)),
+            (None, None) => None,
+        };
+        let mut below = before.unwrap_or(u64::MAX);
+        while out.len() < limit {
+            let round = self.candidates(key, below, CANDIDATES_PER_ROUND)?;
+            let Some((last, _)) = round.last() else {
+                break;
             };
-        for seq in seqs {
-            let Some(entry) = self.get(seq?)? else { continue };
-            let time = entry.parsed_time();
-            if let (Some(from), Some(time)) = (filter.from, time) {
-                // Times never decrease along the chain: nothing older can match.
-                if time < from {
-                    break;
+            below = last.seq;
+            for (row, segment) in round {
+                let Some(entry) = self.entry(&row, segment)? else {
+                    continue;
+                };
+                let time = entry.parsed_time();
+                if let (Some(from), Some(time)) = (filter.from, time) {
+                    // Times never decrease along the chain: nothing older can match.
+                    if time < from {
+                        return Ok(out);
+                    }
                 }
-            }
-            if filter.matches(&entry, time) {
-                out.push(entry);
-                if out.len() >= limit {
-                    break;
+                if filter.matches(&entry, time) {
+                    out.push(entry);
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// Remove `.idx` files whose segment is gone (pruned) and temporary files of an interrupted write.
+fn remove_stale_files(dir: &Path, segments: &[(u64, PathBuf)]) -> Result<(), AuditError> {
+    let wanted: std::collections::HashSet<String> =
+        segments.iter().map(|(first, _)| index_name(*first)).collect();
+    for item in fs::read_dir(dir)? {
+        let name = item?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stale = name.ends_with(".idx.tmp") || (name.ends_with(INDEX_SUFFIX) && !wanted.contains(name));
+        if stale {
+            fs::remove_file(dir.join(name))?;
+        }
+    }
+    Ok(())
 }
 
 impl AuditFilter {

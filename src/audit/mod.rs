@@ -3,13 +3,15 @@
 //! Every request on the agency listener (served, refused or failed) and every admin change appends one
 //! [`AuditEntry`], durable (`fdatasync`) before the response is written. sled's flush is not enough for that
 //! (it uses `sync_file_range`; sled issues #1351, #1452), so the chain lives in append-only segment files
-//! synced here, with group commit across concurrent requests; sled is only the query index.
+//! synced here, with group commit across concurrent requests; the query index (`index.rs`) is derived from
+//! them: an in-memory table for the open segment, an `.idx` file beside each full one.
 //!
 //! Layout of the trail's folder:
 //!
 //! | file | content |
 //! |---|---|
 //! | `seg-<first seq, 20 digits>.jsonl` | one entry per line, in seq order; names sort by first seq |
+//! | `seg-<first seq, 20 digits>.jsonl.idx` | the query index of a full segment (derived; rebuilt if missing) |
 //! | `checkpoints.jsonl` | signed heads `{"seq", "hash", "time", "signature"}` |
 //! | `checkpoint.key`, `checkpoint.pub` | Ed25519 signing key (PKCS#8, mode 0600) and its public key (hex) |
 //! | `base.json` | after pruning: `{"seq", "prev_hash"}` of the first entry left |
@@ -43,8 +45,10 @@ use format::{
     list_segments, load_or_create_body_key, load_or_create_key, Base, Checkpoints, Segment, CHECKPOINTS_FILE,
     MAX_SEQ,
 };
-use index::{run_indexer, Index, IndexItem, Location};
+use index::Index;
 use writer::{Cmd, OpenSegment, Shared, Writer, MAX_BATCH};
+
+pub(crate) use index::index_path_of;
 
 /// The seam the pipeline's audit step writes through: the embedded, hash-chained segment files
 /// ([`AuditLog`]) today; a PostgreSQL table (or a remote trail) can implement it beside them without
@@ -71,7 +75,7 @@ pub enum AuditError {
     /// answers 503 `audit_unavailable` and does not serve the request.
     #[error("audit trail unavailable: {0}")]
     Unavailable(String),
-    /// The sled query index failed.
+    /// The query index failed.
     #[error("audit index: {0}")]
     Index(String),
     /// The files are not what this module writes; run `audit verify`.
@@ -85,6 +89,12 @@ pub enum AuditError {
 impl From<std::io::Error> for AuditError {
     fn from(e: std::io::Error) -> Self {
         AuditError::Io(e.to_string())
+    }
+}
+
+impl From<sled::Error> for AuditError {
+    fn from(e: sled::Error) -> Self {
+        AuditError::Index(e.to_string())
     }
 }
 
@@ -161,11 +171,9 @@ impl Default for AuditOptions {
 pub struct AuditLog {
     tx: mpsc::Sender<Cmd>,
     shared: Arc<Shared>,
-    index: Index,
-    /// The last seq the indexer has applied.
-    indexed: tokio::sync::watch::Receiver<u64>,
-    /// Joined by [`AuditLog::close`], so that a reopen knows the thread's files and sled handles are gone
-    /// (the writer joins the indexer thread before it ends).
+    /// Up to date with every answered append: the writer adds each batch before answering it.
+    index: Arc<Index>,
+    /// Joined by [`AuditLog::close`], so that a reopen knows the thread's files are closed.
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The key of `request_sha256` (HMAC-SHA256), kept like the signing key.
     body_key: ring::hmac::Key,
@@ -184,13 +192,14 @@ pub struct SignedStatement {
     pub public_key: String,
 }
 
-/// How long a search waits for the indexer to catch up before answering from what is indexed.
-const INDEX_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+/// The sled trees older versions kept the index in; dropped on open (the `.idx` files replace them).
+const OLD_INDEX_TREES: [&str; 3] = ["audit/by_seq", "audit/by_citizen", "audit/by_agency"];
 
 impl AuditLog {
-    /// Open (or create) the trail in `dir`, using `index` (the broker's one sled database) for queries.
-    /// Cuts a torn last line (a crash mid-write), re-indexes any entries the index lacks (and drops what it
-    /// has beyond the chain), creates the checkpoint signing key on first open, and starts the writer thread.
+    /// Open (or create) the trail in `dir`. Cuts a torn last line (a crash mid-write), loads the index
+    /// (re-indexing the open segment and any full one whose `.idx` is missing or stale), creates the
+    /// checkpoint signing key on first open, and starts the writer thread. `db` (the broker's sled
+    /// database) only loses the index trees older versions kept there.
     pub fn open(dir: &Path, index: sled::Db, checkpoint_every: u64) -> Result<Arc<Self>, AuditError> {
         Self::open_with(
             dir,
@@ -273,15 +282,10 @@ impl AuditLog {
             None => None,
         };
 
-        let index = Index::open(&db, dir)?;
-        reconcile_index(&index, &segments, &base, &head)?;
-
-        let (index_tx, index_rx) = std::sync::mpsc::channel();
-        let (indexed_tx, indexed) = tokio::sync::watch::channel(head.0);
-        let indexer = std::thread::Builder::new().name("audit-indexer".into()).spawn({
-            let index = index.clone();
-            move || run_indexer(index, index_rx, indexed_tx)
-        })?;
+        for tree in OLD_INDEX_TREES {
+            db.drop_tree(tree)?;
+        }
+        let index = Arc::new(Index::open(dir, &segments, base.seq)?);
         let shared = Arc::new(Shared {
             head: Mutex::new(head.clone()),
             fail_writes: AtomicBool::new(false),
@@ -302,8 +306,7 @@ impl AuditLog {
             last_checkpoint_seq,
             witness,
             shared: Arc::clone(&shared),
-            index_tx,
-            indexer: Some(indexer),
+            index: Arc::clone(&index),
         };
         let (tx, rx) = mpsc::channel(2 * MAX_BATCH);
         let writer = std::thread::Builder::new()
@@ -313,7 +316,6 @@ impl AuditLog {
             tx,
             shared,
             index,
-            indexed,
             writer: Mutex::new(Some(writer)),
             key,
             body_key,
@@ -321,8 +323,7 @@ impl AuditLog {
     }
 
     /// Stop the writer thread once it has answered what was queued, and wait for it: on return the
-    /// trail's files are closed and its sled handles dropped (sled releases its lock only when the last
-    /// one is). Needs the last handle; otherwise the handle is given back. Blocking.
+    /// trail's files are closed. Needs the last handle; otherwise the handle is given back. Blocking.
     pub fn close(self: Arc<Self>) -> Result<(), Arc<Self>> {
         let Self {
             tx, index, writer, ..
@@ -374,17 +375,6 @@ impl AuditLog {
         self.shared.head.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Wait (a little) until the index holds every entry durable when this is called, so a search sees
-    /// the requests already answered.
-    async fn index_caught_up(&self) {
-        let head = self.head().0;
-        let mut indexed = self.indexed.clone();
-        let caught_up = tokio::time::timeout(INDEX_CATCH_UP, indexed.wait_for(|seq| *seq >= head)).await;
-        if caught_up.is_err() {
-            tracing::warn!(head, "audit index is lagging; answering from what is indexed");
-        }
-    }
-
     /// Entries for one citizen, newest first, with seq below `before_seq`, at most `limit`.
     pub async fn for_citizen(
         &self,
@@ -406,7 +396,6 @@ impl AuditLog {
         before_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, AuditError> {
-        self.index_caught_up().await;
         self.index.search(filter, before_seq, limit)
     }
 
@@ -428,84 +417,6 @@ impl AuditLog {
     pub fn fsync_count(&self) -> u64 {
         self.shared.fsyncs.load(Ordering::Relaxed)
     }
-}
-
-/// Make the index describe exactly the chain `[base.seq, head]`: drop what lies outside, start over if it
-/// describes another chain, and add what it lacks from the segments.
-fn reconcile_index(
-    index: &Index,
-    segments: &[(u64, std::path::PathBuf)],
-    base: &Base,
-    head: &(u64, String),
-) -> Result<(), AuditError> {
-    index.retain_range(base.seq, head.0)?;
-    let mut from = match index.last_seq()? {
-        Some(last) => {
-            // An entry the index cannot read back (a replaced trail) counts as another chain.
-            let linked = index.get(last).ok().flatten().map(|e| e.hash);
-            if last == head.0 && linked.as_ref() != Some(&head.1) {
-                index.clear()?;
-                base.seq
-            } else {
-                last + 1
-            }
-        }
-        None => base.seq,
-    };
-    if from > head.0 {
-        return Ok(());
-    }
-    for attempt in 0..2 {
-        let mut expected_prev = if from > base.seq {
-            index.get(from - 1).ok().flatten().map(|e| e.hash)
-        } else {
-            None
-        };
-        let mut batch = Vec::new();
-        let mut relinked = true;
-        'walk: for (i, (first, path)) in segments.iter().enumerate() {
-            // Skip segments that end before `from`.
-            if segments
-                .get(i + 1)
-                .is_some_and(|(next_first, _)| *next_first <= from)
-            {
-                continue;
-            }
-            let contents = Segment::read(path)?;
-            for (offset, line) in contents.lines_with_offsets() {
-                let entry = AuditEntry::from_line(line).map_err(AuditError::Corrupt)?;
-                if entry.seq < from {
-                    continue;
-                }
-                if let Some(prev) = expected_prev.take() {
-                    if prev != entry.prev_hash {
-                        relinked = false;
-                        break 'walk;
-                    }
-                }
-                let location = Location {
-                    segment: *first,
-                    offset,
-                    len: u32::try_from(line.len()).map_err(|e| AuditError::Corrupt(e.to_string()))?,
-                };
-                batch.push(IndexItem::new(&entry, location));
-                if batch.len() >= 1024 {
-                    index.insert(&batch)?;
-                    batch.clear();
-                }
-            }
-        }
-        if relinked {
-            index.insert(&batch)?;
-            return Ok(());
-        }
-        if attempt == 0 {
-            // The index was built from another chain: rebuild it.
-            index.clear()?;
-            from = base.seq;
-        }
-    }
-    Err(AuditError::Index("cannot rebuild the audit index".into()))
 }
 
 /// The last signed checkpoint of the trail in `dir` (`null` if none yet), as the witness line it is.

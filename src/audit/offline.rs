@@ -400,6 +400,8 @@ pub fn archive_and_prune(
     }
     for (_, path) in &chosen {
         fs::remove_file(path)?;
+        // Its index goes with it (a left-over one is removed when the trail is next opened).
+        let _ = fs::remove_file(super::index_path_of(path));
     }
     sync_dir(dir)?;
     Ok(lines.len() as u64)

@@ -113,8 +113,8 @@ async fn fill(log: &AuditLog, n: u64) -> Vec<AuditEntry> {
     out
 }
 
-/// Close, not just drop: the writer and its indexer must be done with the files and `f.db` before the
-/// test reopens or reuses them (a dropped trail's indexer may still be writing under load).
+/// Close, not just drop: the writer must be done with the files before the test reopens or reuses them
+/// (a dropped trail's writer may still be answering, or writing a full segment's index, under load).
 fn close(log: Arc<AuditLog>) {
     assert!(log.close().is_ok(), "the test holds the only handle");
 }
@@ -689,34 +689,96 @@ fn sealing_serialises_once_yet_matches_the_documented_line_and_hash() {
 }
 
 #[tokio::test]
-async fn an_index_of_whole_lines_from_an_older_version_is_still_read() {
+async fn an_index_left_in_sled_by_an_older_version_is_dropped_and_rebuilt_from_the_segments() {
     let f = fixture();
     let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
     let written = fill(&log, 6).await;
-    // Let the indexer finish, then rewrite `by_seq` as older versions stored it: the whole line.
-    assert_eq!(
-        log.search(&AuditFilter::default(), None, 100)
-            .await
-            .unwrap()
-            .len(),
-        6
-    );
     close(log);
+    // Older versions kept the index in sled, whole lines by seq.
     let by_seq = f.db.open_tree("audit/by_seq").unwrap();
     for entry in &written {
         by_seq
             .insert(entry.seq.to_be_bytes(), entry.to_line().unwrap().as_bytes())
             .unwrap();
     }
+    drop(by_seq);
     let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
+    assert!(!f.db.tree_names().iter().any(|name| name.starts_with(b"audit/")));
     log.append(record(7, Some(CITIZEN_A))).await.unwrap();
     let found = log.search(&AuditFilter::default(), None, 100).await.unwrap();
     let seqs: Vec<u64> = found.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [7, 6, 5, 4, 3, 2, 1]);
     assert_eq!(found[6], written[0]);
-    // The new entry is stored as a location (20 bytes), the old ones stay lines.
-    assert_eq!(by_seq.get(7u64.to_be_bytes()).unwrap().unwrap().len(), 20);
-    assert_eq!(by_seq.get(1u64.to_be_bytes()).unwrap().unwrap()[0], b'{');
+}
+
+/// The `.idx` files in the trail's folder, by name.
+fn index_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|item| item.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".idx"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn full_segments_are_indexed_to_files_and_searches_span_them() {
+    let f = fixture();
+    let opts = AuditOptions {
+        segment_max_entries: 4,
+        ..options(0)
+    };
+    let log = AuditLog::open_with(&f.dir, f.db.clone(), opts.clone()).unwrap();
+    fill(&log, 10).await; // segments 1-4, 5-8, 9-10; B at 3, 6, 9
+    assert_eq!(
+        index_files(&f.dir),
+        [
+            format!("{}.idx", segment_name(1)),
+            format!("{}.idx", segment_name(5))
+        ]
+    );
+    let seqs = |v: Vec<AuditEntry>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let expect = |log: Arc<AuditLog>| async move {
+        assert_eq!(
+            seqs(log.for_citizen(CITIZEN_B, None, 10).await.unwrap()),
+            [9, 6, 3]
+        );
+        assert_eq!(
+            seqs(log.for_citizen(CITIZEN_A, Some(8), 3).await.unwrap()),
+            [7, 5, 4]
+        );
+        let all = log.search(&AuditFilter::default(), None, 100).await.unwrap();
+        assert_eq!(seqs(all), (1..=10).rev().collect::<Vec<_>>());
+        let byt = AuditFilter {
+            agency: Some("BYT".into()),
+            ..AuditFilter::default()
+        };
+        assert_eq!(seqs(log.search(&byt, Some(9), 100).await.unwrap()), [8, 6, 4, 2]);
+        assert_eq!(
+            seqs(log.search(&AuditFilter::default(), Some(6), 3).await.unwrap()),
+            [5, 4, 3]
+        );
+        log
+    };
+    let log = expect(log).await;
+    drop(log);
+
+    // Reopened: the files are used as they are; a stale or torn one is rebuilt, a missing one too.
+    let stale = f.dir.join(format!("{}.idx", segment_name(1)));
+    fs::write(&stale, b"LTAIDX01 not an index").unwrap();
+    fs::remove_file(f.dir.join(format!("{}.idx", segment_name(5)))).unwrap();
+    let log = AuditLog::open_with(&f.dir, f.db.clone(), opts.clone()).unwrap();
+    assert_eq!(index_files(&f.dir).len(), 2);
+    let log = expect(log).await;
+    drop(log);
+
+    // An index whose segment was pruned away is removed.
+    let orphan = f.dir.join(format!("{}.idx", segment_name(99)));
+    fs::copy(&stale, &orphan).unwrap();
+    let log = AuditLog::open_with(&f.dir, f.db.clone(), opts).unwrap();
+    assert!(!orphan.exists());
+    expect(log).await;
 }
 
 #[tokio::test]

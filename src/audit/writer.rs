@@ -1,5 +1,6 @@
 //! Stage: audit — the writer thread: group commit of appends into segment files, one `fdatasync` per
-//! batch, then the answers; the index is handed to the indexer thread; signed checkpoints.
+//! batch, the batch added to the index, then the answers; signed checkpoints. It is the only thread a
+//! request's audit step wakes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -12,7 +13,7 @@ use ring::signature::Ed25519KeyPair;
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{format_time, segment_name, sync_dir, truncate_ms, Checkpoint, CHECKPOINTS_FILE};
-use super::index::{IndexItem, Location};
+use super::index::{Index, IndexItem, Location};
 use super::{AuditEntry, AuditError, AuditOptions, AuditRecord};
 
 /// Most records committed by one `fdatasync`.
@@ -60,10 +61,8 @@ pub(crate) struct Writer {
     /// The witness outside the data dir that every signed checkpoint is also appended to.
     pub(crate) witness: Option<File>,
     pub(crate) shared: Arc<Shared>,
-    /// To the indexer thread, in seq order.
-    pub(crate) index_tx: std::sync::mpsc::Sender<Vec<IndexItem>>,
-    /// The indexer thread, joined when the writer stops so that no sled handle outlives the trail.
-    pub(crate) indexer: Option<std::thread::JoinHandle<()>>,
+    /// Given each committed batch before its answers, and each full segment when the next one starts.
+    pub(crate) index: Arc<Index>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> AuditError {
@@ -94,14 +93,16 @@ impl Writer {
                 let (records, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
                 match self.commit(records) {
                     Ok(entries) => {
-                        let mut items = Vec::with_capacity(entries.len());
-                        for ((entry, location), reply) in entries.into_iter().zip(replies) {
-                            items.push(IndexItem::new(&entry, location));
-                            let _ = reply.send(Ok(entry));
+                        // Indexed before answered, so a search sees every answered request.
+                        if let Some((_, location)) = entries.first() {
+                            let items = entries
+                                .iter()
+                                .map(|(entry, location)| IndexItem::new(entry, *location))
+                                .collect();
+                            self.index.append(location.segment, items);
                         }
-                        // The entries are durable: their answers are on their way; indexing follows.
-                        if self.index_tx.send(items).is_err() {
-                            tracing::error!("audit indexer has stopped; the index is rebuilt at next start");
+                        for ((entry, _), reply) in entries.into_iter().zip(replies) {
+                            let _ = reply.send(Ok(entry));
                         }
                     }
                     Err(e) => {
@@ -123,13 +124,6 @@ impl Writer {
                     let _ = reply.send(result.clone());
                 }
             }
-        }
-        let Writer {
-            index_tx, indexer, ..
-        } = self;
-        drop(index_tx);
-        if let Some(indexer) = indexer {
-            let _ = indexer.join();
         }
     }
 
@@ -211,6 +205,10 @@ impl Writer {
                 && (s.len >= self.options.segment_max_bytes || s.entries >= self.options.segment_max_entries)
         });
         if full {
+            if let Some(done) = self.segment.as_ref().filter(|s| s.entries > 0) {
+                // Once per segment (100,000 entries by default): a few milliseconds of this thread.
+                self.index.seal(done.first, done.len);
+            }
             let path = self.dir.join(segment_name(self.seq + 1));
             let file = OpenOptions::new()
                 .create(true)

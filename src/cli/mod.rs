@@ -13,21 +13,24 @@ use crate::dev::demo::DemoOptions;
 mod admin;
 mod args;
 mod db;
+mod log;
 mod offline;
+
+pub use log::LogGuard;
 
 use admin::{agency_command, billing_command, catalogue_command, import_command};
 pub use args::*;
 use offline::{answer_keys_command, audit_command, dcc_command, verify_response_command};
 
-/// Set up logging: `RUST_LOG` filter (default `info`), text or JSON, to stderr through a writer thread, so
-/// that no request waits on a `write` to the terminal or log file (one line per request was a quarter
-/// of the broker's throughput when written inline; BENCHMARKS.md). Keep the guard until exit: dropping
-/// it writes what is queued. Lines beyond the queue (128k) are dropped and counted rather than
-/// slowing requests down; the audit trail, not the log, is the record of every request.
-pub fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+/// Set up logging: `RUST_LOG` filter (default `info`), text or JSON, to stderr through an in-memory buffer
+/// flushed by its own thread every 20 ms ([`log`]), so that no request waits on a `write` to the terminal
+/// or log file and none wakes a thread per line. Keep the guard until exit: dropping it writes what is
+/// buffered. Lines beyond the buffer (8 MiB) are dropped and counted rather than slowing requests down;
+/// the audit trail, not the log, is the record of every request.
+pub fn init_logging(json: bool) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let (writer, guard) = log::buffered_stderr();
     // Colour codes only for a person at a terminal: journald, files and pipes get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -595,6 +595,16 @@ impl Child {
         Some((field("VmHWM:")?, field("VmRSS:")?))
     }
 
+    /// User and system CPU seconds the process has used so far (`/proc/PID/stat`, in the kernel's fixed
+    /// 100 ticks per second).
+    fn cpu_secs(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // The command name may hold spaces; the fields after it start with the state (field 3).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let tick = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+        Some((tick(14)? + tick(15)?) as f64 / 100.0)
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -899,6 +909,10 @@ pub struct RunResult {
     pub max_ms: f64,
     /// Broker rps / baseline rps, on broker rows.
     pub ratio: Option<f64>,
+    /// CPU time (user + system) the target process used during the run, per answer, microseconds: what
+    /// a request costs the server, whatever else the machine is doing (the load generator's own cost is
+    /// not in it).
+    pub cpu_us_per_answer: Option<f64>,
     /// Peak resident set of the target process so far, KiB.
     pub vm_hwm_kib: Option<u64>,
     /// Resident set after the run, KiB.
@@ -969,8 +983,8 @@ impl Report {
             kib(self.baseline_idle_rss_kib),
             kib(self.baseline_peak_rss_kib)
         ));
-        s.push_str("| scenario | conc | target | req/s | p50 ms | p99 ms | p99.9 ms | broker/baseline | peak RSS MiB | answered | 2xx | audit entries | errors |\n");
-        s.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        s.push_str("| scenario | conc | target | req/s | p50 ms | p99 ms | p99.9 ms | broker/baseline | CPU µs/answer | peak RSS MiB | answered | 2xx | audit entries | errors |\n");
+        s.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for r in &self.runs {
             let audit = match (r.audit_entries, r.audit_ok()) {
                 (Some(a), Some(true)) => format!("{a} ✓"),
@@ -978,7 +992,7 @@ impl Report {
                 (None, _) => "-".into(),
             };
             s.push_str(&format!(
-                "| {} | {}{} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {}{} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.scenario,
                 r.concurrency,
                 r.rate.map_or(String::new(), |x| format!(" @{x:.0}/s")),
@@ -988,6 +1002,7 @@ impl Report {
                 r.p99_ms,
                 r.p999_ms,
                 r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+                r.cpu_us_per_answer.map_or("-".into(), |x| format!("{x:.0}")),
                 kib(r.vm_hwm_kib),
                 r.answered,
                 r.ok_2xx,
@@ -1508,6 +1523,7 @@ async fn measured(
     } else {
         None
     };
+    let cpu_before = child.cpu_secs();
     let mut res = load(
         clients,
         sample,
@@ -1518,6 +1534,10 @@ async fn measured(
         &format!("r{run_no}"),
     )
     .await;
+    let cpu_used = child
+        .cpu_secs()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     // The `before` read is itself audited (admin requests are), after its count was taken.
     let (audit_entries, stage_ms) = match before {
         Some((stages, b)) => (
@@ -1552,6 +1572,7 @@ async fn measured(
         p999_ms: percentile(&res.latencies_us, 0.999),
         max_ms: res.latencies_us.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
         ratio: None,
+        cpu_us_per_answer: cpu_used.map(|s| s * 1e6 / answered.max(1) as f64),
         vm_hwm_kib: mem.map(|m| m.0),
         vm_rss_kib: mem.map(|m| m.1),
         audit_entries,

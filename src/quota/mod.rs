@@ -82,6 +82,7 @@ pub enum Window {
 
 pub(crate) use crate::clock::vietnam;
 
+/// In declaration order: [`Calendar`] indexes its windows by discriminant.
 const WINDOWS: [Window; 3] = [Window::Minute, Window::Day, Window::Month];
 
 impl Window {
@@ -216,7 +217,8 @@ impl QuotaCounters for Quota {
         at: DateTime<Utc>,
     ) -> OutcomeFuture<'a> {
         let mut state = self.inner.state();
-        let key = total_key(kind, &month_of(at), agency, purpose);
+        let (month, _) = state.calendar(at).window(Window::Month);
+        let key = total_key(kind, month, agency, purpose);
         let counted = state.value(&self.inner.tree, &key).map(|n| state.set(key, n + 1));
         Box::pin(std::future::ready(counted))
     }
@@ -252,10 +254,37 @@ struct Counters {
     persisting: Mutex<()>,
 }
 
+/// The counters' maps: keys are made by the broker, not by agencies, so a fast hasher will do.
+type FastHash = foldhash::fast::RandomState;
+
 #[derive(Default)]
 struct CounterState {
-    values: HashMap<String, u64>,
-    dirty: HashSet<String>,
+    values: HashMap<String, u64, FastHash>,
+    dirty: HashSet<String, FastHash>,
+    /// The windows of the minute metered last: three date formats per request were a visible part of the
+    /// metering step.
+    calendar: Option<Calendar>,
+}
+
+/// The label and end of each window containing one UTC minute.
+struct Calendar {
+    minute: i64,
+    /// As [`current_windows`] gives them, in [`WINDOWS`] order.
+    windows: [(Window, String, DateTime<Utc>); 3],
+}
+
+impl Calendar {
+    fn of(now: DateTime<Utc>) -> Self {
+        Self {
+            minute: now.timestamp().div_euclid(60),
+            windows: current_windows(now),
+        }
+    }
+
+    fn window(&self, window: Window) -> (&str, DateTime<Utc>) {
+        let (_, label, end) = &self.windows[window as usize];
+        (label, *end)
+    }
 }
 
 fn store_error(e: impl std::fmt::Display) -> ApiError {
@@ -359,8 +388,18 @@ impl CounterState {
     }
 
     fn set(&mut self, key: String, value: u64) {
-        self.dirty.insert(key.clone());
+        if !self.dirty.contains(&key) {
+            self.dirty.insert(key.clone());
+        }
         self.values.insert(key, value);
+    }
+
+    /// The windows containing `now`, formatted once per minute.
+    fn calendar(&mut self, now: DateTime<Utc>) -> &Calendar {
+        let minute = now.timestamp().div_euclid(60);
+        let calendar = self.calendar.take().filter(|c| c.minute == minute);
+        self.calendar
+            .insert(calendar.unwrap_or_else(|| Calendar::of(now)))
     }
 }
 
@@ -456,7 +495,7 @@ impl Quota {
     ) -> Result<Option<RateInfo>, (ApiError, Option<RateInfo>)> {
         let limits = plan.for_purpose(purpose);
         let mut state = self.inner.state();
-        let windows = current_windows(now);
+        let windows = state.calendar(now).windows.clone();
         let mut used = [0; 3];
         for (slot, (window, label, _)) in used.iter_mut().zip(&windows) {
             *slot = state
