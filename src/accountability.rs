@@ -8,7 +8,7 @@
 //! REST); the X-Road SOAP channel takes `userId` and `issue` from its SOAP header instead.
 //!
 //! Everything is validated before any data is touched and recorded in the audit entry
-//! ([`crate::audit::AuditRecord::accountability`]).
+//! (`audit::AuditRecord::accountability`).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use hyper::HeaderMap;

@@ -1,7 +1,7 @@
 //! Billing: the monthly report, priced at the terms in force at each call. The report is computed from
 //! the audit trail: each served call is priced at its purpose's price in the catalogue version recorded
 //! on its audit entry (the version that served it), under the agency's billing class at the entry's
-//! instant (class changes are dated, see [`crate::registry::ClassHistory`]). One line per (agency,
+//! instant (class changes are dated, see `registry::ClassHistory`). One line per (agency,
 //! purpose, unit price, class), so a price or class change mid-month shows as two lines.
 //!
 //! `reconcile` recomputes the month from the trail and compares its served and refused calls per agency

@@ -219,7 +219,7 @@ impl Broker {
 
     /// The database's sticky I/O error, if it has one: sled keeps its first I/O error (a full disk, a
     /// read-only file system) for the life of the open database and fails every later write with it. The
-    /// supervisor ([`crate::supervisor`]) then reopens the database once the data dir is writable again;
+    /// supervisor (`supervisor`) then reopens the database once the data dir is writable again;
     /// until then `/healthz` answers 503 `store_unavailable`.
     pub fn store_failure(&self) -> Option<String> {
         // `context` and `global_error` are public but hidden in sled 0.34 (pinned in Cargo.lock); they

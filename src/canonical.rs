@@ -1,5 +1,5 @@
 //! Stage: the canonical operations every channel sits on — read a citizen for a purpose, add an entry
-//! to a citizen's health history. The canonical HTTP API ([`crate::api`]) and every connector call these,
+//! to a citizen's health history. The canonical HTTP API (`api`) and every connector call these,
 //! so policy, store, quota and audit bookkeeping are written once.
 
 use chrono::Utc;
@@ -21,7 +21,7 @@ pub use crate::record::History;
 
 /// The declared purpose, checked against the catalogue and the agency: 400 `purpose_required`,
 /// 400 `unknown_purpose`, 403 `purpose_not_allowed`; then the declared accountability against the purpose
-/// (consent reference, hiding: see [`crate::accountability::check_against`]).
+/// (consent reference, hiding: see `accountability::check_against`).
 pub fn authorize(
     broker: &Broker,
     exchange: &mut Exchange,
@@ -207,7 +207,7 @@ pub fn release(exchange: &mut Exchange, record: &Value, fields: &[crate::policy:
 pub const QR_MATCH_FIELDS: [&str; 2] = ["full_name", "birth_date"];
 
 /// Does a scanned CCCD QR belong to this record? Name (NFC, case- and space-insensitive, see
-/// [`crate::qr::names_match`]) and birth date must both agree; 409 `qr_mismatch` otherwise.
+/// `qr::names_match`) and birth date must both agree; 409 `qr_mismatch` otherwise.
 pub fn check_qr_matches(qr: &crate::qr::CccdQr, record: &Value) -> Result<(), ApiError> {
     let name_ok = record["full_name"]
         .as_str()

@@ -1,4 +1,4 @@
-//! The yearly service catalogue: versions of the purpose catalogue ([`crate::policy::Catalogue`]), each
+//! The yearly service catalogue: versions of the purpose catalogue (`policy::Catalogue`), each
 //! with an identifier (e.g. `2027`) and the instant it takes effect. The Ministry republishes the
 //! catalogue every year; the broker holds every version it knows and serves each request with the one in
 //! force at the request's instant, chosen once when the request starts, so no request ever sees a mix.

@@ -197,7 +197,7 @@ pub struct StorageConfig {
     /// 256 cost the same per request (BENCHMARKS.md), so the default keeps memory low.
     pub cache_mb: u64,
     /// Where citizen records and the audit trail live: `sled` (embedded, the default) or `postgres`
-    /// (shared by several brokers; see [`crate::postgres`]).
+    /// (shared by several brokers; see `postgres`).
     pub backend: StorageBackend,
     /// The PostgreSQL database, with `backend = "postgres"`.
     pub postgres: crate::postgres::PostgresConfig,

@@ -4,7 +4,7 @@
 //!
 //! It needs no JavaScript: actions are plain form POSTs answered with a redirect, and they go through the
 //! same registry calls as the admin API, so they are persisted and audited alike. Only admin certificates
-//! reach it (checked by [`crate::admin`]); cross-site form posts are refused by their `Origin`.
+//! reach it (checked by `admin`); cross-site form posts are refused by their `Origin`.
 //! Citizen IDs are masked on the page.
 
 use hyper::header::{HeaderName, HeaderValue, LOCATION};

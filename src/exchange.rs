@@ -1,8 +1,8 @@
 //! Stage: the ground floor every stage stands on. What is known about one request as it goes through the
 //! pipeline ([`Exchange`]: peer, agency, purpose, operation, citizen, fields, outcome), the request once its
 //! body is read ([`ReadRequest`]) and the answer before it becomes HTTP ([`Reply`]). It imports no stage:
-//! only the error type. The peer's identity ([`PeerIdentity`], read by [`crate::identity`]) and the
-//! rate-limit figures ([`RateInfo`], computed by [`crate::quota`]) are defined here because every request
+//! only the error type. The peer's identity ([`PeerIdentity`], read by `identity`) and the
+//! rate-limit figures ([`RateInfo`], computed by `quota`) are defined here because every request
 //! carries them.
 
 use std::sync::Arc;
@@ -276,7 +276,7 @@ pub struct Exchange {
     pub also_concerns: Vec<String>,
     /// The catalogue version in force when the request started: the only one it sees.
     pub catalogue: Arc<crate::catalogue::CatalogueVersion>,
-    /// The person behind the request and the reason, as declared ([`crate::accountability`]).
+    /// The person behind the request and the reason, as declared (`accountability`).
     pub accountability: crate::accountability::Accountability,
     /// The W3C `traceparent` followed across the agency, the broker and an upstream provider.
     pub traceparent: Option<String>,

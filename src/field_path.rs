@@ -1,5 +1,5 @@
 //! The one field-path parser: `full_name`, `permanent_address.province`, `vaccinations[].date`. The
-//! purpose catalogue ([`crate::policy`]), the schema's checks ([`crate::schema`]), the connectors and the
+//! purpose catalogue (`policy`), the schema's checks (`schema`), the connectors and the
 //! OpenAPI document all read paths through [`FieldPath`]. It imports nothing of the broker.
 
 use std::fmt;

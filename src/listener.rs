@@ -105,7 +105,7 @@ pub async fn close_after_refusal(mut tcp: TcpStream, reason: &str) {
 }
 
 /// What the operator should check after a refused handshake, by the reason counted in the metrics
-/// ([`crate::metrics::handshake_failure_reason`]).
+/// (`metrics::handshake_failure_reason`).
 pub fn handshake_hint(reason: &str) -> &'static str {
     match reason {
         "no_client_certificate" => {

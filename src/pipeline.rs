@@ -1,9 +1,9 @@
 //! Stage: the pipeline. One request, from the verified peer to the response, stage by stage in
 //! `run`: identify → admit → read body → route → audit → log → encode. Routing hands the request to
 //! its front door (the canonical API, a connector, SMS, checkpoints, or the admin side), which decodes it
-//! and runs the canonical operations (authorize → meter → store → release, [`crate::canonical`]).
+//! and runs the canonical operations (authorize → meter → store → release, `canonical`).
 //!
-//! The listeners ([`crate::server`]) call `run` once per request; nothing here knows about sockets.
+//! The listeners (`server`) call `run` once per request; nothing here knows about sockets.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -247,7 +247,7 @@ fn health(broker: &Broker, exchange: &mut Exchange, path: &str) -> Option<Reply>
 }
 
 /// Read the body within the size and time limits, hashing it for the audit trail (keyed: see
-/// [`crate::audit::AuditLog::body_hash`]). The request target is checked first ([`refuse_ambiguous_target`]),
+/// `audit::AuditLog::body_hash`). The request target is checked first ([`refuse_ambiguous_target`]),
 /// and a declared length over the limit is refused before a byte of the body is awaited.
 async fn read_body(
     broker: &Broker,
@@ -351,7 +351,7 @@ fn refuse_ambiguous_target(uri: &hyper::Uri) -> Result<(), ApiError> {
 /// Record the exchange in the audit trail, then hand back the reply to send. If the trail cannot be
 /// written the reply is replaced by 503 `audit_unavailable`: nothing leaves unaccounted. Health checks,
 /// metrics scrapes and console assets on the admin listener are not recorded (they touch no data).
-/// On the agency listener the final answer is signed ([`crate::signed_answer`]) over its body, the
+/// On the agency listener the final answer is signed (`signed_answer`) over its body, the
 /// request id, agency, purpose and the audit entry's time.
 pub(crate) async fn audit(broker: &Broker, side: Side, exchange: &Exchange, reply: Reply) -> Reply {
     let (reply, time) = record(broker, side, exchange, reply).await;

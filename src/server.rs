@@ -1,5 +1,5 @@
 //! Stage: listener. The two listeners, per-connection TLS handshake and peer identity, HTTP/1.1 and
-//! HTTP/2 connections (each request handed to `crate::pipeline::run`), requests hyper refuses before
+//! HTTP/2 connections (each request handed to `pipeline::run`), requests hyper refuses before
 //! the pipeline sees them, and graceful shutdown.
 //!
 //! `serve` takes already-bound listeners, so tests bind `127.0.0.1:0` and read the port back.

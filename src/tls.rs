@@ -159,7 +159,7 @@ pub struct Built {
 }
 
 /// Build both listeners' server configs from files, after checking every CRL ([`check_crl`]). The admin
-/// listener's extra rule (pinned admin certificates) is enforced after the handshake, in [`crate::admin`].
+/// listener's extra rule (pinned admin certificates) is enforced after the handshake, in `admin`.
 pub fn build(tls: &TlsConfig) -> Result<Built, TlsError> {
     let cas = read_certs(&tls.ca_bundle)?;
     let mut roots = RootCertStore::empty();

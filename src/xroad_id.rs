@@ -1,6 +1,6 @@
 //! The X-Road identifiers: a member or subsystem ([`ClientId`], which the registry binds to an agency) and
 //! a service ([`ServiceId`]). Plain data with their parsing and checks, below both the registry and the
-//! X-Road front door ([`crate::xroad`]), which re-exports them.
+//! X-Road front door (`xroad`), which re-exports them.
 
 use std::fmt;
 

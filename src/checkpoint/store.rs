@@ -1,6 +1,6 @@
 //! Stage: store (checkpoints). Registered checkpoints and the index of check-ins by checkpoint and time,
 //! behind the [`CheckpointStore`] seam: the broker's sled database ([`Checkpoints`]) or PostgreSQL (shared
-//! by a cluster, `crate::postgres::checkpoints`); held by the broker, used by the checkpoint channel
+//! by a cluster, `postgres::checkpoints`); held by the broker, used by the checkpoint channel
 //! ([`super`]).
 
 use chrono::{DateTime, SecondsFormat, Utc};

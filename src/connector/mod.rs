@@ -1,5 +1,5 @@
 //! Stage: connector. Declarative files in `connectors/` map an agency's own JSON or XML onto the canonical
-//! operations ([`crate::canonical`]) and the canonical answer back into the agency's shape. A connector only
+//! operations (`canonical`) and the canonical answer back into the agency's shape. A connector only
 //! translates: purpose, policy, store, audit (and quota) are the canonical pipeline's, so a new agency
 //! dialect is a new file, never new Rust. The file format is described in `connectors/README.md`.
 //!

@@ -150,7 +150,7 @@ pub struct Connector {
 }
 
 /// The file being checked, for `file:line` errors (shared with the provider files of
-/// [`crate::upstream`]).
+/// `upstream`).
 pub(crate) struct Ctx<'a> {
     pub(crate) file: &'a str,
     pub(crate) text: &'a str,

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Signed by a Document Signer certificate (DSC) that a country signing CA (CSCA) issued; the dev PKI
-//! ([`crate::certs::init_dir`]) makes both. `kid` is the first 8 bytes of the SHA-256 of the DSC. The
+//! (`certs::init_dir`) makes both. `kid` is the first 8 bytes of the SHA-256 of the DSC. The
 //! verifier unwraps the same layers in reverse against a trust list of DSCs.
 //!
 //! Crates: `coset` (COSE_Sign1 and CWT claims) over `ciborium` (CBOR), `flate2` (zlib), `base45`, `qrcode`

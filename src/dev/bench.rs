@@ -6,11 +6,11 @@
 //! - the broker: `lienthong demo` on a fresh data dir (seeded once, then restarted so the peak RSS
 //!   measures serving, not seeding);
 //! - the baseline: `lienthong bench --serve-baseline ADDR` — hyper 1 + rustls with the very same
-//!   [`crate::tls::server_config`] (client certificates verified against the same CA and CRL, same
+//!   `tls::server_config` (client certificates verified against the same CA and CRL, same
 //!   ALPN) and the same hyper connection settings, answering every request with a fixed JSON body
 //!   of the size of the broker's canonical answer.
 //!
-//! Both are driven by the same load generator: [`crate::client::MtlsClient`] keep-alive connections,
+//! Both are driven by the same load generator: `client::MtlsClient` keep-alive connections,
 //! one task per connection, a fixed duration, every latency kept (exact percentiles) and every status
 //! counted. Per scenario it reports requests/s, p50/p99/p99.9, the ratio broker/baseline, the broker's
 //! peak RSS, and the audit entries written (read from `GET /admin/v1/audit/head` before and after),

@@ -1,6 +1,6 @@
 //! Quota counters in PostgreSQL: exact across brokers. A metered call locks its counter rows
 //! (`SELECT … FOR UPDATE`, in one order everywhere, so brokers queue rather than deadlock), checks them
-//! with the same rule as the embedded counters ([`crate::quota::decide`]) and increments them in the same
+//! with the same rule as the embedded counters (`quota::decide`) and increments them in the same
 //! transaction, so N brokers together never serve more than a plan allows. A purpose without limits is
 //! not counted here at all (nothing to enforce, no round trip).
 //!

@@ -9,7 +9,7 @@
 //! Both are thin: the named X-Road client must be the one bound to the certificate's agency
 //! ([`check_client`]; the header is a claim, the certificate is the proof), the service id maps by config
 //! (`[[xroad.services]]`) to a canonical operation and purpose, or to a connector ([`ServiceMap`]), and from
-//! there the request runs through [`crate::canonical`] (or the connector) like any other channel.
+//! there the request runs through `canonical` (or the connector) like any other channel.
 
 pub mod rest;
 pub mod soap;

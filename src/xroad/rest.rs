@@ -4,7 +4,7 @@
 //! - `X-Road-Client` (mandatory; the last one counts, as the protocol says) must be the client bound to
 //!   the certificate's agency;
 //! - `X-Road-Id` is echoed (one is made when the client sent none); `X-Road-UserId` and `X-Road-Issue` go
-//!   to the audit entry like on every channel ([`crate::accountability`]);
+//!   to the audit entry like on every channel (`accountability`);
 //! - a `read` service takes the citizen ID as its path (`…/{service}/{citizen_id}`) and `?fields=`;
 //! - answers carry `X-Road-Id`, `X-Road-Client`, `X-Road-Service`, `X-Road-Request-Id` and
 //!   `X-Road-Request-Hash`: Base64 of SHA-512(SHA-512(headers) ‖ SHA-512(body)), or of SHA-512(headers)
