@@ -257,18 +257,6 @@ impl Broker {
         })
     }
 
-    /// 501 `not_supported_on_postgres` for an operator feature that still reads this broker's own files
-    /// (its audit segments, its counters): with PostgreSQL they would answer for this node only.
-    pub fn embedded_only(&self, feature: &str) -> Result<(), crate::error::ApiError> {
-        match self.postgres {
-            Some(_) => Err(crate::error::ApiError::new(
-                crate::error::ErrorCode::NotSupportedOnPostgres,
-                format!("not yet supported with backend = postgres: {feature}"),
-            )),
-            None => Ok(()),
-        }
-    }
-
     /// Calls counted in the current windows for one agency and purpose: in PostgreSQL (every broker's) or
     /// the embedded counters.
     pub async fn quota_usage(

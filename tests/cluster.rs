@@ -167,6 +167,8 @@ fn make_certs(dir: &Path) -> PathBuf {
         "--client",
         "dvc",
         "--client",
+        "pccovid",
+        "--client",
         "vneid",
         "--client",
         "admin",
@@ -413,13 +415,13 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("from version 0 to 6"),
+        text(&out.stdout).contains("from version 0 to 7"),
         "{}",
         text(&out.stdout)
     );
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(
-        text(&out.stdout).contains("schema version 6 is current"),
+        text(&out.stdout).contains("schema version 7 is current"),
         "{}",
         text(&out.stdout)
     );
@@ -819,16 +821,23 @@ async fn three_nodes_under_concurrent_reads_serve_exactly_the_plan() {
         "{}",
         text(&r.body)
     );
-    // Reports that would read one node's own files are refused, not answered from a third of the data.
+    // The billing report on B counts every node's calls.
     let r = admin
         .get(nodes[1].admin, "/admin/v1/billing/report")
         .await
         .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let line = &r.json()["lines"][0];
     assert_eq!(
-        (r.status, error_code(&r).as_str()),
-        (501, "not_supported_on_postgres")
+        (
+            line["agency"].clone(),
+            line["served"].clone(),
+            line["refused_quota"].clone()
+        ),
+        (json!("dvc"), json!(50), json!(40)),
+        "{}",
+        text(&r.body)
     );
-    assert!(text(&r.body).contains("not yet supported with backend = postgres: the billing report"));
 
     // Suspended on A: refused on C within a second; resumed on B: served on A again.
     let read = format!("/v1/citizens/{}?purpose=public-service-prefill", ids[0]);
@@ -986,7 +995,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("schema version 99 is newer than this broker understands (version 6)"),
+        stderr.contains("schema version 99 is newer than this broker understands (version 7)"),
         "{stderr}"
     );
 
@@ -1008,7 +1017,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(status.code(), Some(1));
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.contains("schema version 99 is newer than this broker understands (version 6)"),
+        log.contains("schema version 99 is newer than this broker understands (version 7)"),
         "{log}"
     );
 }
@@ -1154,4 +1163,279 @@ fn postgres_settings_are_checked_and_the_password_never_shown() {
     write("[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://broker@127.0.0.1/x\"\n");
     let out = check();
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// The month before the one `now` is in (Vietnam time), `YYYY-MM`: over, so it can be closed.
+fn last_month() -> String {
+    let vietnam = chrono::Utc::now() + chrono::Duration::hours(7);
+    let first = chrono::NaiveDate::from_ymd_opt(
+        chrono::Datelike::year(&vietnam),
+        chrono::Datelike::month(&vietnam),
+        1,
+    )
+    .unwrap();
+    (first - chrono::Duration::days(1)).format("%Y-%m").to_string()
+}
+
+#[tokio::test]
+async fn billing_checkpoints_and_export_answer_for_the_whole_cluster() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let ids = seed(&pg.url(), 4).await;
+    let admin = client(&certs, "admin");
+    let a = Node::start(dir.path(), &certs, "bill-a", &pg.url()).await;
+    let b = Node::start(dir.path(), &certs, "bill-b", &pg.url()).await;
+    a.register(&certs, &["dvc", "pccovid"]).await;
+    b.wait_for_agency(&certs, "pccovid", |x| x["code"] == "pccovid")
+        .await;
+    // pccovid is funded by the state budget: set on B, seen on A.
+    let r = admin
+        .request(
+            b.admin,
+            hyper::Method::PUT,
+            "/admin/v1/agencies/pccovid/billing-class",
+            Some("application/json"),
+            json!({ "billing_class": "state-budget" }).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    a.wait_for_agency(&certs, "pccovid", |x| x["billing_class"] == "state-budget")
+        .await;
+    // A plan, so the shared counters meter dvc (a purpose without limits is not counted).
+    let r = admin
+        .request(
+            a.admin,
+            hyper::Method::PUT,
+            "/admin/v1/agencies/dvc/plan",
+            Some("application/json"),
+            json!({ "limits": { "public-service-prefill": { "per_month": 100 } } }).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    b.wait_for_agency(&certs, "dvc", |x| !x["plan"].is_null()).await;
+
+    // dvc: 3 calls on A, 2 on B (1000 VND each); pccovid: 2 on A, 1 on B (exempt).
+    let (dvc, pccovid) = (client(&certs, "dvc"), client(&certs, "pccovid"));
+    let mut served = Vec::new();
+    for (who, purpose, node, times) in [
+        (&dvc, "public-service-prefill", &a, 3),
+        (&dvc, "public-service-prefill", &b, 2),
+        (&pccovid, "covid-qr-status", &a, 2),
+        (&pccovid, "covid-qr-status", &b, 1),
+    ] {
+        for i in 0..times {
+            let path = format!("/v1/citizens/{}?purpose={purpose}", ids[i % ids.len()]);
+            let r = who.get(node.agency, &path).await.unwrap();
+            assert_eq!(r.status, 200, "{}", text(&r.body));
+            served.push(request_id(&r));
+        }
+    }
+
+    // The same report on both nodes: the sum of their use, state-budget use counted but not charged.
+    let mut reports = Vec::new();
+    for node in [&a, &b] {
+        let r = admin.get(node.admin, "/admin/v1/billing/report").await.unwrap();
+        assert_eq!(r.status, 200, "{}", text(&r.body));
+        reports.push(r.json());
+    }
+    assert_eq!(reports[0], reports[1]);
+    let report = &reports[0];
+    let lines = report["lines"].as_array().unwrap();
+    let line = |agency: &str| lines.iter().find(|l| l["agency"] == agency).unwrap().clone();
+    let dvc_line = line("dvc");
+    assert_eq!(
+        (
+            dvc_line["served"].clone(),
+            dvc_line["amount_vnd"].clone(),
+            dvc_line["exempt"].clone()
+        ),
+        (json!(5), json!(5000), json!(false)),
+        "{report}"
+    );
+    let pccovid_line = line("pccovid");
+    assert_eq!(
+        (
+            pccovid_line["served"].clone(),
+            pccovid_line["amount_vnd"].clone(),
+            pccovid_line["exempt"].clone(),
+            pccovid_line["billing_class"].clone()
+        ),
+        (json!(3), json!(0), json!(true), json!("state-budget")),
+        "{report}"
+    );
+    assert_eq!(
+        (report["total_vnd"].clone(), report["closed"].clone()),
+        (json!(5000), json!(false))
+    );
+    let r = admin
+        .get(a.admin, "/admin/v1/billing/report?format=csv")
+        .await
+        .unwrap();
+    assert!(
+        text(&r.body).contains(",dvc,public-service-prefill,5,0,1000,5000,false\n"),
+        "{}",
+        text(&r.body)
+    );
+
+    // Reconcile: every node's counters match every node's audit entries.
+    let r = admin.get(b.admin, "/admin/v1/billing/reconcile").await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let rec = r.json();
+    assert_eq!(
+        (rec["ok"].clone(), rec["differences"].clone()),
+        (json!(true), json!([])),
+        "{rec}"
+    );
+    assert_eq!(rec["from_audit"]["total_vnd"], 5000);
+
+    // A month that is over: closed on A, once for the cluster; B answers 409 and the frozen month.
+    let month = last_month();
+    let r = admin
+        .post_json(
+            a.admin,
+            &format!("/admin/v1/billing/close?month={month}"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", text(&r.body));
+    let closed = r.json();
+    let statement = &closed["statement"];
+    let chains = statement["audit_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 2, "one chain per node: {closed}");
+    let entries: u64 = chains.iter().map(|c| c["seq"].as_u64().unwrap()).sum();
+    assert_eq!(statement["audit_head_seq"], entries);
+    assert_eq!(statement["audit_head_hash"].as_str().unwrap().len(), 64);
+    let public = std::fs::read_to_string(dir.path().join("bill-a/audit/checkpoint.pub")).unwrap();
+    assert_eq!(closed["signature"]["public_key"], public.trim());
+    let signed = closed["signed_json"].as_str().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(signed).unwrap(), *statement);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, hex::decode(public.trim()).unwrap())
+        .verify(
+            format!("lienthong-billing-close-v1\n{signed}").as_bytes(),
+            &hex::decode(closed["signature"]["signature"].as_str().unwrap()).unwrap(),
+        )
+        .expect("the closed month's signature verifies");
+    let r = admin
+        .post_json(
+            b.admin,
+            &format!("/admin/v1/billing/close?month={month}"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (409, "month_closed"),
+        "{}",
+        text(&r.body)
+    );
+    let r = admin
+        .get(b.admin, &format!("/admin/v1/billing/closed?month={month}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    assert_eq!(r.json(), closed);
+    let r = admin
+        .get(b.admin, &format!("/admin/v1/billing/report?month={month}"))
+        .await
+        .unwrap();
+    assert_eq!(r.json()["closed"], true, "{}", text(&r.body));
+    let r = admin
+        .get(b.admin, &format!("/admin/v1/billing/reconcile?month={month}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.json()["ok"].clone(), r.json()["closed_report_matches"].clone()),
+        (json!(true), json!(true)),
+        "{}",
+        text(&r.body)
+    );
+
+    // A checkpoint: a seal over both chains, signed now by B, which verification then checks.
+    let r = admin.get(b.admin, "/admin/v1/audit/checkpoint").await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let seal = r.json();
+    assert_eq!(seal["node"], "bill-b");
+    assert_eq!(seal["heads"].as_array().unwrap().len(), 2, "{seal}");
+    let public_b = std::fs::read_to_string(dir.path().join("bill-b/audit/checkpoint.pub")).unwrap();
+    assert_eq!(seal["public_key"], public_b.trim());
+    let out = verify(&pg);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let verified = admin.get(a.admin, "/admin/v1/audit/verify").await.unwrap().json();
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    // Exported from the database: both nodes' entries, each chain linked and every hash recomputed.
+    let export = dir.path().join("export.jsonl");
+    let out = lienthong(&[
+        "audit",
+        "export",
+        "--database",
+        &pg.url(),
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exported = std::fs::read_to_string(&export).unwrap();
+    let lines: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Every entry in the table (the verify call above is audited too).
+    let stored: i64 = pg
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM audit_entries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lines.len() as i64, stored);
+    assert!(text(&out.stderr).contains(&format!("exported {} entries", lines.len())));
+    let mut heads = std::collections::HashSet::from([lienthong::audit::GENESIS_HASH.to_string()]);
+    for line in &lines {
+        let entry: lienthong::audit::AuditEntry = serde_json::from_value(line.clone()).unwrap();
+        assert_eq!(entry.compute_hash().unwrap(), entry.hash, "entry {line}");
+        let prev = line["prev_hash"].as_str().unwrap();
+        assert!(
+            heads.contains(prev),
+            "entry {line} does not continue an exported entry"
+        );
+        heads.insert(line["hash"].as_str().unwrap().to_string());
+    }
+    for id in &served {
+        assert!(exported.contains(id.as_str()), "request {id} not exported");
+    }
+
+    // The console shows the cluster's figures.
+    let r = admin.get(a.admin, "/admin/console").await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let page = text(&r.body);
+    assert!(page.contains("id=\"billing-total\">5000<"), "billing panel");
+    assert!(page.contains("in 2 chains"), "chain status");
+    assert!(
+        page.contains("<span class=\"num\">5 / 100</span>"),
+        "quota panel counts both nodes' dvc calls"
+    );
+
+    // dvc moves to the state budget on B: the calls before stay billed on A too (the change is dated in
+    // the shared registry, not only in B's own).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = admin
+        .request(
+            b.admin,
+            hyper::Method::PUT,
+            "/admin/v1/agencies/dvc/billing-class",
+            Some("application/json"),
+            json!({ "billing_class": "state-budget" }).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    a.wait_for_agency(&certs, "dvc", |x| x["billing_class"] == "state-budget")
+        .await;
+    let r = admin.get(a.admin, "/admin/v1/billing/report").await.unwrap();
+    assert_eq!(r.json(), reports[0], "{}", text(&r.body));
 }

@@ -373,12 +373,15 @@ fn seal_message(time: &str, heads: &[SealedHead]) -> Vec<u8> {
     message.into_bytes()
 }
 
-/// One chain's head as a seal names it.
+/// One chain's head as a seal (and a closed billing month) names it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct SealedHead {
-    chain_id: Uuid,
-    seq: i64,
-    hash: String,
+pub struct SealedHead {
+    /// The chain.
+    pub chain_id: Uuid,
+    /// Its last entry's seq…
+    pub seq: i64,
+    /// …and hash.
+    pub hash: String,
 }
 
 /// Every `every`, one broker of the cluster (whichever wins the advisory lock, when the last seal is older
@@ -434,7 +437,41 @@ async fn seal_if_elected(
     if !due {
         return Ok(None);
     }
-    let heads = chain_heads(&tx).await.map_err(db)?;
+    let Some(seal) = write_seal(&tx, key_dir, node).await? else {
+        return Ok(None);
+    };
+    tx.commit().await.map_err(db)?;
+    Ok(Some(seal.heads.len()))
+}
+
+/// A seal as stored in `audit_seals` and answered by `/admin/v1/audit/checkpoint`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Seal {
+    /// Its id in `audit_seals`.
+    pub id: i64,
+    /// When it was signed, RFC 3339 UTC (signed).
+    pub time: String,
+    /// The broker that signed it.
+    pub node: String,
+    /// Every chain's head (signed).
+    pub heads: Vec<SealedHead>,
+    /// Entries over every chain.
+    pub count: u64,
+    /// The signer's Ed25519 public key, hex (the broker's `audit/checkpoint.pub`).
+    pub public_key: String,
+    /// Ed25519 over `"lienthong-audit-seal-v1\n{time}\n"` and `"{chain_id} {seq} {hash}\n"` per chain.
+    pub signature: String,
+}
+
+/// Sign every chain's head with the broker's checkpoint key (in `key_dir`) into `audit_seals`, within
+/// `tx`; `None` while there is no chain yet.
+async fn write_seal(
+    tx: &tokio_postgres::Transaction<'_>,
+    key_dir: &std::path::Path,
+    node: &str,
+) -> Result<Option<Seal>, String> {
+    let db = |e: tokio_postgres::Error| e.to_string();
+    let heads = chain_heads(tx).await.map_err(db)?;
     if heads.is_empty() {
         return Ok(None);
     }
@@ -446,14 +483,57 @@ async fn seal_if_elected(
     let signature = hex::encode(key.sign(&seal_message(&time, &heads)));
     let public_key = hex::encode(ring::signature::KeyPair::public_key(&key).as_ref());
     let heads_json = serde_json::to_value(&heads).map_err(|e| e.to_string())?;
-    tx.execute(
-        "INSERT INTO audit_seals (time, node, heads, public_key, signature) VALUES ($1, $2, $3, $4, $5)",
-        &[&time, &node, &heads_json, &public_key, &signature],
-    )
-    .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
-    Ok(Some(heads.len()))
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO audit_seals (time, node, heads, public_key, signature) VALUES ($1, $2, $3, $4, $5) \
+             RETURNING id",
+            &[&time, &node, &heads_json, &public_key, &signature],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+    Ok(Some(Seal {
+        id,
+        time,
+        node: node.to_string(),
+        count: heads.iter().map(|h| u64::try_from(h.seq).unwrap_or(0)).sum(),
+        heads,
+        public_key,
+        signature,
+    }))
+}
+
+/// `POST|GET /admin/v1/audit/checkpoint` on PostgreSQL: a seal over every chain's head, signed now by this
+/// broker (after any seal being written elsewhere), for the operator to keep outside the cluster.
+pub async fn seal_now(
+    postgres: &Postgres,
+    key_dir: &std::path::Path,
+    node: &str,
+) -> Result<Seal, AuditError> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        postgres.health().failed(&e.to_string());
+        AuditError::Unavailable(format!("{}: {e}", postgres.redacted_url))
+    };
+    let mut client = postgres.pool().get().await.map_err(|e| unavailable(&e))?;
+    let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SEAL_LOCK])
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let seal = write_seal(&tx, key_dir, node)
+        .await
+        .map_err(|e| AuditError::Unavailable(format!("{}: {e}", postgres.redacted_url)))?
+        .ok_or_else(|| AuditError::Unavailable("no audit chain yet: nothing to seal".into()))?;
+    tx.commit().await.map_err(|e| unavailable(&e))?;
+    Ok(seal)
+}
+
+/// Every chain's head, read in one snapshot (a closed billing month names them).
+pub async fn heads(postgres: &Postgres) -> Result<Vec<SealedHead>, AuditError> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| AuditError::Unavailable(format!("{}: {e}", postgres.redacted_url));
+    let mut client = postgres.pool().get().await.map_err(|e| unavailable(&e))?;
+    let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
+    chain_heads(&tx).await.map_err(|e| unavailable(&e))
 }
 
 /// The head of every chain, in chain id order.
@@ -479,11 +559,7 @@ async fn chain_heads(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<SealedH
 
 /// `GET /admin/v1/audit/head` on PostgreSQL: every chain's head and the number of entries.
 pub async fn head_json(postgres: &Postgres) -> Result<serde_json::Value, AuditError> {
-    let unavailable =
-        |e: &dyn std::fmt::Display| AuditError::Unavailable(format!("{}: {e}", postgres.redacted_url));
-    let mut client = postgres.pool().get().await.map_err(|e| unavailable(&e))?;
-    let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
-    let heads = chain_heads(&tx).await.map_err(|e| unavailable(&e))?;
+    let heads = heads(postgres).await?;
     let count: u64 = heads.iter().map(|h| u64::try_from(h.seq).unwrap_or(0)).sum();
     Ok(serde_json::json!({ "count": count, "chains": heads }))
 }
@@ -631,4 +707,52 @@ pub async fn search(
         }
     }
     Ok(found)
+}
+
+/// `lienthong audit export --database`: every broker's entries as JSON Lines, chain by chain in start
+/// order and by seq within a chain (so each chain's `prev_hash` links can be followed), `from` inclusive,
+/// `to` exclusive. The stored lines as they are. How many were written.
+pub async fn export(
+    client: &tokio_postgres::Client,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, String> {
+    let db = |e: tokio_postgres::Error| e.to_string();
+    let chains = client
+        .query(
+            "SELECT chain_id FROM audit_chains ORDER BY started_at, chain_id",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    let mut written = 0;
+    for chain in chains {
+        let chain_id: Uuid = chain.get(0);
+        let mut after: i64 = 0;
+        loop {
+            let page = client
+                .query(
+                    "SELECT seq, line FROM audit_entries WHERE chain_id = $1 AND seq > $2 \
+                       AND ($3::timestamptz IS NULL OR time >= $3) AND ($4::timestamptz IS NULL OR time < $4) \
+                     ORDER BY seq LIMIT $5",
+                    &[&chain_id, &after, &from, &to, &VERIFY_PAGE],
+                )
+                .await
+                .map_err(db)?;
+            for row in &page {
+                after = row.get(0);
+                let line: &str = row.get(1);
+                out.write_all(line.as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map_err(|e| e.to_string())?;
+                written += 1;
+            }
+            if (page.len() as i64) < VERIFY_PAGE {
+                break;
+            }
+        }
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(written)
 }

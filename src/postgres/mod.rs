@@ -4,12 +4,13 @@
 //! against the schema in the broker), the audit trail ([`audit`]: one hash chain per broker start in a
 //! shared append-only table, group-committed), the quota counters ([`quota`], exact across brokers) and
 //! the agency registry ([`registry`], followed by every broker through LISTEN/NOTIFY) and checkpoints with
-//! their check-in index ([`checkpoints`]).
+//! their check-in index ([`checkpoints`]), and closed billing months ([`billing`]).
 //!
 //! The connection URL may carry a password: it is never logged or answered. Every message that names the
 //! database names it through [`redact_url`].
 
 pub mod audit;
+pub mod billing;
 pub mod checkpoints;
 pub mod citizens;
 pub mod import;
@@ -236,6 +237,10 @@ pub struct Backend {
     pub registry: Arc<registry::PgRegistry>,
     /// Checkpoints and the check-in index.
     pub checkpoints: Arc<checkpoints::PgCheckpoints>,
+    /// This broker's name in the audit trail and on the seals it signs.
+    pub node: String,
+    /// Where this broker's signing key (`checkpoint.key`) is: seals and closed billing months.
+    pub key_dir: PathBuf,
 }
 
 impl Backend {
@@ -249,19 +254,22 @@ impl Backend {
         } else {
             settings.node_name.clone()
         };
+        let key_dir = config.audit.key_dir(&config.storage.data_dir);
         audit::start_sealer(
             &postgres,
-            config.audit.key_dir(&config.storage.data_dir),
+            key_dir.clone(),
             node.clone(),
             Duration::from_millis(settings.seal_every_ms),
         );
         Ok(Self {
             citizens: Arc::new(citizens::PgCitizenStore::new(postgres.clone())),
-            audit: Arc::new(audit::PgAuditSink::start(postgres.clone(), node)),
+            audit: Arc::new(audit::PgAuditSink::start(postgres.clone(), node.clone())),
             quota: Arc::new(quota::PgQuota::new(postgres.clone())),
             registry: Arc::new(registry::PgRegistry::new(postgres.clone())),
             checkpoints: Arc::new(checkpoints::PgCheckpoints::new(postgres.clone())),
             postgres,
+            node,
+            key_dir,
         })
     }
 
