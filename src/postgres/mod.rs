@@ -150,7 +150,7 @@ pub struct Backend {
     /// This broker's name in the audit trail and on the seals it signs.
     pub node: String,
     /// Where this broker's signing key (`checkpoint.key`) is: seals and closed billing months.
-    pub key_dir: PathBuf,
+    pub key_dir: std::path::PathBuf,
 }
 
 impl Backend {
