@@ -135,14 +135,14 @@ impl Broker {
                 false => store_err(describe_sled_error(e)),
             })?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
+        let metrics = crate::metrics::Metrics::new();
         let postgres = match config.storage.backend {
             crate::config::StorageBackend::Sled => None,
             crate::config::StorageBackend::Postgres => Some(
-                crate::postgres::Backend::open(&config)
+                crate::postgres::Backend::open(&config, metrics.audit_commits.clone())
                     .map_err(|e| StartError::Other(format!("storage.postgres: {e}")))?,
             ),
         };
-        let metrics = crate::metrics::Metrics::new();
         // Citizen records: an upstream provider ([store] backend), else the storage backend's own.
         let store: Arc<dyn CitizenStore> = match (&config.store.backend, &config.store.upstream, &postgres) {
             (crate::config::StoreBackend::Upstream, Some(upstream), _) => Arc::new(

@@ -1409,6 +1409,23 @@ async fn billing_checkpoints_and_export_answer_for_the_whole_cluster() {
         assert!(exported.contains(id.as_str()), "request {id} not exported");
     }
 
+    // Group commits are counted in /metrics.
+    let metrics = text(&admin.get(a.admin, "/metrics").await.unwrap().body);
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    let (commits, committed) = (
+        counter("lienthong_audit_commits_total"),
+        counter("lienthong_audit_committed_entries_total"),
+    );
+    assert!(
+        commits > 0 && committed >= commits,
+        "{commits} commits of {committed} entries"
+    );
+
     // The console shows the cluster's figures.
     let r = admin.get(a.admin, "/admin/console").await.unwrap();
     assert_eq!(r.status, 200, "{}", text(&r.body));

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::Postgres;
 use crate::audit::{AuditEntry, AuditError, AuditFuture, AuditRecord, AuditSink, GENESIS_HASH};
+use crate::metrics::AuditCommitMetrics;
 
 /// Entries committed in one transaction at most.
 pub const MAX_BATCH: usize = 512;
@@ -40,11 +41,12 @@ pub struct PgAuditSink {
 }
 
 impl PgAuditSink {
-    /// Start the writer task for a new chain of `node`. Call within a tokio runtime.
-    pub fn start(postgres: Arc<Postgres>, node: String) -> Self {
+    /// Start the writer task for a new chain of `node`, counting its commits in `metrics`. Call within a
+    /// tokio runtime.
+    pub fn start(postgres: Arc<Postgres>, node: String, metrics: AuditCommitMetrics) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
         let chain_id = Uuid::new_v4();
-        tokio::spawn(write_batches(postgres, node, chain_id, waiting));
+        tokio::spawn(write_batches(postgres, node, chain_id, waiting, metrics));
         Self { queue, chain_id }
     }
 }
@@ -76,6 +78,7 @@ async fn write_batches(
     node: String,
     chain_id: Uuid,
     mut waiting: mpsc::Receiver<Pending>,
+    metrics: AuditCommitMetrics,
 ) {
     // `None` until the chain is registered, and again after a failed batch: read from the database.
     let mut head: Option<Head> = None;
@@ -91,6 +94,7 @@ async fn write_batches(
         match commit_batch(&postgres, &node, chain_id, head.clone(), &records).await {
             Ok((entries, new_head)) => {
                 head = Some(new_head);
+                metrics.count_commit(entries.len());
                 for (pending, entry) in batch.into_iter().zip(entries) {
                     let _ = pending.answer.send(Ok(entry));
                 }

@@ -154,9 +154,12 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Build the pool and start the audit writer (nothing is asked of the database yet). Within a tokio
-    /// runtime.
-    pub fn open(config: &crate::config::Config) -> Result<Self, String> {
+    /// Build the pool and start the audit writer, its commits counted in `audit_commits` (nothing is asked
+    /// of the database yet). Within a tokio runtime.
+    pub fn open(
+        config: &crate::config::Config,
+        audit_commits: crate::metrics::AuditCommitMetrics,
+    ) -> Result<Self, String> {
         let settings = &config.storage.postgres;
         let postgres = Postgres::open(settings)?;
         let node = if settings.node_name.is_empty() {
@@ -173,7 +176,11 @@ impl Backend {
         );
         Ok(Self {
             citizens: Arc::new(citizens::PgCitizenStore::new(postgres.clone())),
-            audit: Arc::new(audit::PgAuditSink::start(postgres.clone(), node.clone())),
+            audit: Arc::new(audit::PgAuditSink::start(
+                postgres.clone(),
+                node.clone(),
+                audit_commits,
+            )),
             quota: Arc::new(quota::PgQuota::new(postgres.clone())),
             registry: Arc::new(registry::PgRegistry::new(postgres.clone())),
             checkpoints: Arc::new(checkpoints::PgCheckpoints::new(postgres.clone())),
