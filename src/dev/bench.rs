@@ -35,6 +35,8 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::client::{Alpn, ClientError, Connection, MtlsClient};
+
+mod postgres;
 use crate::dev::demo::{DemoOptions, DEMO_AGENCIES};
 
 /// The demo seed: the broker's `demo` seeds `population::generate(n, 2021)`.
@@ -69,6 +71,11 @@ pub struct BenchArgs {
     /// provider directly, and the baseline; the hop's added p50/p99 in the notes.
     #[arg(long)]
     pub upstream: bool,
+    /// Also measure the PostgreSQL backend on a throw-away PostgreSQL: one broker on it vs the embedded
+    /// broker vs the baseline (canonical read, vaccination write), and three brokers vs one, with audit
+    /// commits per second and entries per commit.
+    #[arg(long)]
+    pub postgres: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -176,6 +183,8 @@ pub struct BenchOptions {
     pub half_load: bool,
     /// Also measure upstream provider mode (front broker → provider vs provider vs baseline).
     pub upstream: bool,
+    /// Also measure the PostgreSQL backend (one and three brokers on a throw-away PostgreSQL).
+    pub postgres: bool,
 }
 
 impl BenchOptions {
@@ -199,6 +208,7 @@ impl BenchOptions {
             ready_timeout: Duration::from_secs(a.ready_timeout_secs),
             half_load: true,
             upstream: a.upstream,
+            postgres: a.postgres,
         };
         if a.smoke {
             opts.citizens = 200;
@@ -1335,6 +1345,17 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
             baseline: &baseline,
         };
         upstream.run(&harness, &mut runs, &mut notes, &mut run_no).await?;
+    }
+    if opts.postgres {
+        let postgres = postgres::PostgresRun {
+            certs: &certs,
+            work: &work.path,
+            baseline_addr,
+            baseline: &baseline,
+            embedded_addr: agency,
+            embedded: &broker,
+        };
+        postgres.run(&harness, &mut runs, &mut notes, &mut run_no).await?;
     }
     let broker_peak = broker.memory();
     let baseline_peak = baseline.memory();
