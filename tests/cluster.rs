@@ -1290,6 +1290,36 @@ async fn billing_checkpoints_and_export_answer_for_the_whole_cluster() {
         "{rec}"
     );
     assert_eq!(rec["from_audit"]["total_vnd"], 5000);
+    // The same through the operator's CLI, on either node.
+    let cli = |node: &Node, args: &[&str]| {
+        let admin_addr = node.admin.to_string();
+        let (ca, cert, key) = (
+            certs.join("ca.pem"),
+            certs.join("admin.pem"),
+            certs.join("admin.key"),
+        );
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([
+            "--admin-addr",
+            &admin_addr,
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        lienthong(&all)
+    };
+    let out = cli(&a, &["billing", "reconcile"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let out = cli(&b, &["billing", "report", "--format", "csv"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(",TOTAL,,,,,5000,\n"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // A month that is over: closed on A, once for the cluster; B answers 409 and the frozen month.
     let month = last_month();
