@@ -1517,12 +1517,6 @@ async fn measured(
     run_no: u64,
 ) -> Result<RunResult, String> {
     let (opts, admin, admin_addr, sample) = (h.opts, h.admin, h.admin_addr, h.sample);
-    let Plan {
-        scenario,
-        concurrency: conc,
-        rate,
-        ..
-    } = plan;
     let is_broker = target == "broker";
     if !opts.warmup.is_zero() {
         load(
@@ -1545,7 +1539,7 @@ async fn measured(
         None
     };
     let cpu_before = child.cpu_secs();
-    let mut res = load(
+    let res = load(
         clients,
         sample,
         Plan {
@@ -1567,38 +1561,55 @@ async fn measured(
         ),
         None => (None, BTreeMap::new()),
     };
-    res.latencies_us.sort_unstable();
-    let answered = res.latencies_us.len() as u64;
-    let ok_2xx = res
-        .statuses
-        .iter()
-        .filter(|(s, _)| (200..300).contains(*s))
-        .map(|(_, n)| n)
-        .sum();
-    let mem = child.memory();
-    let secs = res.elapsed.as_secs_f64().max(1e-9);
     Ok(RunResult {
-        scenario: scenario.name.to_string(),
-        target: target.to_string(),
-        concurrency: conc,
-        rate,
-        answered,
-        ok_2xx,
-        statuses: res.statuses,
-        errors: res.errors,
-        first_error: res.first_error,
-        rps: answered as f64 / secs,
-        p50_ms: percentile(&res.latencies_us, 0.50),
-        p99_ms: percentile(&res.latencies_us, 0.99),
-        p999_ms: percentile(&res.latencies_us, 0.999),
-        max_ms: res.latencies_us.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
-        ratio: None,
-        cpu_us_per_answer: cpu_used.map(|s| s * 1e6 / answered.max(1) as f64),
-        vm_hwm_kib: mem.map(|m| m.0),
-        vm_rss_kib: mem.map(|m| m.1),
         audit_entries,
         stage_ms,
+        ..RunResult::of_load(&plan, target, res, cpu_used, child.memory())
     })
+}
+
+impl RunResult {
+    /// The figures of one load run of `plan` on `target`, with the CPU seconds the target used and its
+    /// memory after (no audit count, no stages).
+    fn of_load(
+        plan: &Plan,
+        target: &str,
+        mut res: LoadResult,
+        cpu_used: Option<f64>,
+        memory: Option<(u64, u64)>,
+    ) -> Self {
+        res.latencies_us.sort_unstable();
+        let answered = res.latencies_us.len() as u64;
+        let ok_2xx = res
+            .statuses
+            .iter()
+            .filter(|(s, _)| (200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum();
+        let secs = res.elapsed.as_secs_f64().max(1e-9);
+        Self {
+            scenario: plan.scenario.name.to_string(),
+            target: target.to_string(),
+            concurrency: plan.concurrency,
+            rate: plan.rate,
+            answered,
+            ok_2xx,
+            statuses: res.statuses,
+            errors: res.errors,
+            first_error: res.first_error,
+            rps: answered as f64 / secs,
+            p50_ms: percentile(&res.latencies_us, 0.50),
+            p99_ms: percentile(&res.latencies_us, 0.99),
+            p999_ms: percentile(&res.latencies_us, 0.999),
+            max_ms: res.latencies_us.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
+            ratio: None,
+            cpu_us_per_answer: cpu_used.map(|s| s * 1e6 / answered.max(1) as f64),
+            vm_hwm_kib: memory.map(|m| m.0),
+            vm_rss_kib: memory.map(|m| m.1),
+            audit_entries: None,
+            stage_ms: BTreeMap::new(),
+        }
+    }
 }
 
 #[cfg(test)]

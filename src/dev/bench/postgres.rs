@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::{
-    audit_count, free_addr, load, measured, percentile, stage_means, stage_totals, wait_ready, Child,
-    Clients, Harness, Kind, LoadResult, Plan, RunResult, Scenario,
+    audit_count, free_addr, load, measured, stage_means, stage_totals, wait_ready, Child, Clients, Harness,
+    Kind, LoadResult, Plan, RunResult, Scenario,
 };
 use crate::client::MtlsClient;
 
@@ -446,7 +446,7 @@ async fn spread(
     let commits_before = commits(h.admin, nodes).await?;
     let audit_before = audit_count(h.admin, h.admin_addr).await?;
     let cpu_before: Option<f64> = nodes.iter().map(|n| n.child.cpu_secs()).sum();
-    let mut res = all(plan, format!("r{run_no}")).await;
+    let res = all(plan, format!("r{run_no}")).await;
     let cpu_used = nodes
         .iter()
         .map(|n| n.child.cpu_secs())
@@ -463,37 +463,12 @@ async fn spread(
         None => Default::default(),
     };
     let memory = nodes[0].child.memory().filter(|_| single);
-    res.latencies_us.sort_unstable();
-    let answered = res.latencies_us.len() as u64;
-    let ok_2xx = res
-        .statuses
-        .iter()
-        .filter(|(s, _)| (200..300).contains(*s))
-        .map(|(_, n)| n)
-        .sum();
-    let secs = res.elapsed.as_secs_f64().max(1e-9);
     let result = RunResult {
-        scenario: plan.scenario.name.to_string(),
         target: format!("postgres ×{}", nodes.len()),
-        concurrency: plan.concurrency,
-        rate: None,
-        answered,
-        ok_2xx,
-        statuses: res.statuses,
-        errors: res.errors,
-        first_error: res.first_error,
-        rps: answered as f64 / secs,
-        p50_ms: percentile(&res.latencies_us, 0.50),
-        p99_ms: percentile(&res.latencies_us, 0.99),
-        p999_ms: percentile(&res.latencies_us, 0.999),
-        max_ms: res.latencies_us.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
-        ratio: None,
-        // Over the three brokers together.
-        cpu_us_per_answer: cpu_used.map(|s| s * 1e6 / answered.max(1) as f64),
-        vm_hwm_kib: memory.map(|m| m.0),
-        vm_rss_kib: memory.map(|m| m.1),
         audit_entries: Some(audit_entries),
         stage_ms,
+        // CPU over every broker of the run together.
+        ..RunResult::of_load(&plan, "", res, cpu_used, memory)
     };
     let note = commit_note(&result, commits_before, commits_after);
     Ok((result, note))
