@@ -358,3 +358,19 @@ fn describe_sled_error(e: sled::Error) -> String {
         other => other.to_string(),
     }
 }
+
+/// A cluster broker follows the shared registry into its own (`postgres::registry`).
+impl crate::postgres::registry::Follower for Broker {
+    fn replace_agencies(&self, agencies: Vec<crate::registry::Agency>) -> crate::store::StoreFuture<'_, ()> {
+        Box::pin(async move {
+            for agency in &agencies {
+                self.catalogues.set_grants(&agency.code, &agency.granted_purposes);
+            }
+            self.registry.replace_all(agencies).await
+        })
+    }
+
+    fn reload_tls(&self) -> Result<(), String> {
+        self.tls.reload().map_err(|e| e.to_string())
+    }
+}
