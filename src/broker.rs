@@ -54,7 +54,7 @@ pub struct Broker {
     /// The agency registry.
     pub registry: Registry,
     /// The canonical citizen record schema, compiled once.
-    pub schema: CitizenSchema,
+    pub schema: Arc<CitizenSchema>,
     /// The versions of the purpose catalogue; [`Broker::catalogue`] is the one in force now.
     pub catalogues: crate::catalogue::Catalogues,
     /// The clock every dated decision asks (tests move it).
@@ -95,8 +95,10 @@ impl Broker {
     /// Open everything the config names. Fails fast, naming the file or key at fault.
     pub fn open(config: Config) -> Result<Self, StartError> {
         let tls = TlsConfigHandle::new(config.tls.clone())?;
-        let schema = CitizenSchema::load(config.catalogue.schema.as_deref())
-            .map_err(|e| StartError::Other(format!("schema: {e}")))?;
+        let schema = Arc::new(
+            CitizenSchema::load(config.catalogue.schema.as_deref())
+                .map_err(|e| StartError::Other(format!("schema: {e}")))?,
+        );
         let catalogue = Catalogue::load(config.catalogue.purposes.as_deref(), &schema)
             .map_err(|e| StartError::Other(format!("purpose catalogue: {e}")))?;
         let catalogue_origin = config.catalogue.purposes.as_deref().map_or_else(
@@ -146,7 +148,7 @@ impl Broker {
         // Citizen records: an upstream provider ([store] backend), else the storage backend's own.
         let store: Arc<dyn CitizenStore> = match (&config.store.backend, &config.store.upstream, &postgres) {
             (crate::config::StoreBackend::Upstream, Some(upstream), _) => Arc::new(
-                crate::upstream::UpstreamStore::open(upstream, &schema, metrics.upstream.clone())
+                crate::upstream::UpstreamStore::open(upstream, schema.clone(), metrics.upstream.clone())
                     .map_err(|e| StartError::Other(format!("store.upstream: {e}")))?,
             ),
             (_, _, Some(backend)) => backend.citizens.clone(),

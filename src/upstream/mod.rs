@@ -100,8 +100,8 @@ struct Inner {
     metrics: UpstreamMetrics,
     /// The stored top-level fields (what a whole-record read asks for).
     stored_fields: Vec<String>,
-    /// The canonical schema without its `required` list: a partial record is checked field by field.
-    partial_schema: jsonschema::Validator,
+    /// The canonical schema: a provider's answer is a partial record ([`CitizenSchema::validate_partial`]).
+    schema: Arc<CitizenSchema>,
     reachable: AtomicBool,
 }
 
@@ -110,10 +110,10 @@ impl UpstreamStore {
     /// start probing its health path.
     pub fn open(
         config: &UpstreamConfig,
-        schema: &CitizenSchema,
+        schema: Arc<CitizenSchema>,
         metrics: UpstreamMetrics,
     ) -> Result<Self, String> {
-        let provider = Provider::load(&config.provider, schema).map_err(|e| format!("provider file {e}"))?;
+        let provider = Provider::load(&config.provider, &schema).map_err(|e| format!("provider file {e}"))?;
         let client = ProviderClient::new(config)?;
         let stored_fields = schema
             .field_paths()
@@ -121,14 +121,6 @@ impl UpstreamStore {
             .filter(|p| !p.contains(['.', '[']) && !schema.derived_fields().contains(*p))
             .cloned()
             .collect();
-        let mut partial = schema.raw().clone();
-        if let Some(map) = partial.as_object_mut() {
-            map.remove("required");
-        }
-        let partial_schema = jsonschema::draft202012::options()
-            .should_validate_formats(true)
-            .build(&partial)
-            .map_err(|e| format!("schema: {e}"))?;
         let inner = Arc::new(Inner {
             provider,
             client,
@@ -139,7 +131,7 @@ impl UpstreamStore {
             retries: config.retries,
             metrics,
             stored_fields,
-            partial_schema,
+            schema,
             reachable: AtomicBool::new(true),
         });
         inner.metrics.set_reachable(true);
@@ -339,8 +331,8 @@ impl Inner {
             self.metrics.count_dropped_fields(dropped);
             tracing::info!(provider = %self.provider.name, dropped, "dropped fields the provider answered unasked");
         }
-        if let Some(error) = self.partial_schema.iter_errors(&record).next() {
-            let at = error.instance_path().to_string();
+        if let Err(violation) = self.schema.validate_partial(&record) {
+            let at = violation.pointer;
             return Err(self.bad_answer(&format!("breaks the canonical schema at {at:?}")));
         }
         Ok(record)

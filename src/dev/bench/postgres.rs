@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{
-    audit_count, free_addr, load, measured, stage_means, stage_totals, wait_ready, Child, Clients, Harness,
-    Kind, LoadResult, Plan, RunResult, Scenario,
-};
+use super::args::{Kind, Scenario};
+use super::children::{free_addr, wait_ready, Child};
+use super::load::{load, Clients, LoadResult, Plan};
+use super::measure::{audit_count, measured, stage_means, stage_totals, Harness};
+use super::report::RunResult;
 use crate::client::MtlsClient;
 
 /// The brokers of the three-node runs.
@@ -148,15 +149,11 @@ struct Node {
     admin: SocketAddr,
 }
 
-/// What the PostgreSQL scenario needs from the main run: the certificates, the work folder, and the
-/// embedded broker and the baseline, still running.
+/// What the PostgreSQL scenario needs from the main run besides the harness (whose embedded broker and
+/// baseline are still running): the certificates and the work folder.
 pub(super) struct PostgresRun<'a> {
-    pub certs: &'a Path,
-    pub work: &'a Path,
-    pub baseline_addr: SocketAddr,
-    pub baseline: &'a Child,
-    pub embedded_addr: SocketAddr,
-    pub embedded: &'a Child,
+    pub(super) certs: &'a Path,
+    pub(super) work: &'a Path,
 }
 
 impl PostgresRun<'_> {
@@ -223,15 +220,16 @@ impl PostgresRun<'_> {
             };
             for (scenario, clients) in [(read, &dvc), (write, &moh)] {
                 // The baseline (reads only) and the embedded broker…
-                let mut targets = vec![("embedded", "broker", self.embedded, self.embedded_addr)];
+                let mut targets = vec![("embedded", harness.broker)];
                 if scenario.kind == Kind::CanonicalRead {
-                    targets.insert(0, ("baseline", "baseline", self.baseline, self.baseline_addr));
+                    targets.insert(0, ("baseline", harness.baseline));
                 }
-                for (label, target, child, addr) in targets {
+                for (label, target) in targets {
                     *run_no += 1;
                     eprintln!("bench: {} c={conc} {label}…", scenario.name);
+                    let plan = plan(target.addr, scenario);
                     let mut res =
-                        measured(harness, clients, child, target, plan(addr, scenario), *run_no).await?;
+                        measured(harness, clients, target.child, target.name, plan, *run_no).await?;
                     res.target = label.into();
                     runs.push(res);
                 }
