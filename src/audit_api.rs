@@ -84,19 +84,19 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
             "head" => {
                 return Ok(Reply::json(
                     StatusCode::OK,
-                    &crate::postgres::audit::head_json(postgres).await?,
+                    &crate::postgres::seals::head_json(postgres).await?,
                 ))
             }
             "verify" => {
                 return Ok(Reply::json(
                     StatusCode::OK,
-                    &crate::postgres::audit::verify_json(postgres).await?,
+                    &crate::postgres::seals::verify_json(postgres).await?,
                 ))
             }
             // A seal over every chain's head, signed now by this broker.
             "checkpoint" => {
                 let seal =
-                    crate::postgres::audit::seal_now(postgres, &backend.key_dir, &backend.node).await?;
+                    crate::postgres::seals::seal_now(postgres, &backend.key_dir, &backend.node).await?;
                 return Ok(Reply::json(StatusCode::OK, &json!(seal)));
             }
             _ => {}

@@ -79,7 +79,7 @@ pub struct Statement {
     pub audit_head_hash: String,
     /// With PostgreSQL: every broker's chain head when the month was closed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub audit_chains: Vec<crate::postgres::audit::SealedHead>,
+    pub audit_chains: Vec<crate::postgres::seals::SealedHead>,
     /// The frozen report.
     pub report: Report,
 }
@@ -273,7 +273,7 @@ pub async fn close(broker: &Broker, month: &str) -> Result<ClosedMonth, ApiError
     // than the chain up to this head.
     let (audit_head_seq, audit_head_hash, audit_chains) = match &broker.postgres {
         Some(backend) => {
-            let heads = crate::postgres::audit::heads(&backend.postgres).await?;
+            let heads = crate::postgres::seals::heads(&backend.postgres).await?;
             let entries = heads.iter().map(|h| u64::try_from(h.seq).unwrap_or(0)).sum();
             (entries, digest_of_heads(&heads), heads)
         }
@@ -300,7 +300,7 @@ pub async fn close(broker: &Broker, month: &str) -> Result<ClosedMonth, ApiError
     };
     if let Some(backend) = &broker.postgres {
         // Once for the whole cluster: a close on another broker in between wins, this one is refused.
-        return match crate::postgres::billing::store_closed(&backend.postgres, &closed).await? {
+        return match crate::postgres::billing::store_closed(&backend.postgres, month, &closed).await? {
             true => Ok(closed),
             false => Err(already_closed()),
         };
@@ -321,7 +321,7 @@ pub async fn close(broker: &Broker, month: &str) -> Result<ClosedMonth, ApiError
 
 /// SHA-256 (hex) of every chain's head, one `"{chain_id} {seq} {hash}\n"` line per chain in chain id
 /// order, as a seal lists them: the cluster's head in one value.
-fn digest_of_heads(heads: &[crate::postgres::audit::SealedHead]) -> String {
+fn digest_of_heads(heads: &[crate::postgres::seals::SealedHead]) -> String {
     let mut lines = String::new();
     for head in heads {
         lines.push_str(&format!("{} {} {}\n", head.chain_id, head.seq, head.hash));

@@ -319,7 +319,7 @@ async fn chain_status(broker: &Broker) -> (&'static str, String) {
 
 /// What `/admin/v1/audit/verify` answers on PostgreSQL, as one line.
 async fn cluster_chain_status(postgres: &crate::postgres::Postgres) -> (&'static str, String) {
-    match crate::postgres::audit::verify_json(postgres).await {
+    match crate::postgres::seals::verify_json(postgres).await {
         Ok(v) if v["ok"] == true => (
             "ok",
             format!(

@@ -166,7 +166,7 @@ pub async fn verify_command(database: DatabaseArgs) -> i32 {
         Err(e) => return fail(1, format!("{}: {e}", postgres.redacted_url)),
     };
     let verified = match crate::postgres::audit::verify(&client).await {
-        Ok(report) => crate::postgres::audit::verify_seals(&client)
+        Ok(report) => crate::postgres::seals::verify_seals(&client)
             .await
             .map(|seals| (report, seals)),
         Err(broken) => Err(broken),

@@ -1,12 +1,15 @@
 //! Closed billing months in PostgreSQL: a month is closed once for the whole cluster (`billing_closed`,
-//! append-only like the trail), whichever broker closes it; every broker answers the same frozen report.
+//! append-only like the trail), whichever broker closes it; every broker answers the same frozen month.
+//! The month is stored as the JSON `billing` makes of it (this module does not read it).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::Postgres;
-use crate::billing::ClosedMonth;
 use crate::error::ApiError;
 
 /// The closed month, if any broker closed it.
-pub async fn closed(postgres: &Postgres, month: &str) -> Result<Option<ClosedMonth>, ApiError> {
+pub async fn closed<T: DeserializeOwned>(postgres: &Postgres, month: &str) -> Result<Option<T>, ApiError> {
     let failed = |e: &dyn std::fmt::Display| postgres.unavailable("billing", e);
     let client = postgres.pool().get().await.map_err(|e| failed(&e))?;
     let row = client
@@ -18,14 +21,18 @@ pub async fn closed(postgres: &Postgres, month: &str) -> Result<Option<ClosedMon
 }
 
 /// Store a closed month, committed before this returns; `false` when another close got there first.
-pub async fn store_closed(postgres: &Postgres, closed: &ClosedMonth) -> Result<bool, ApiError> {
+pub async fn store_closed(
+    postgres: &Postgres,
+    month: &str,
+    closed: &impl Serialize,
+) -> Result<bool, ApiError> {
     let failed = |e: &dyn std::fmt::Display| postgres.unavailable("billing", e);
     let value = serde_json::to_value(closed).map_err(ApiError::internal)?;
     let client = postgres.pool().get().await.map_err(|e| failed(&e))?;
     let stored = client
         .execute(
             "INSERT INTO billing_closed (month, closed) VALUES ($1, $2) ON CONFLICT (month) DO NOTHING",
-            &[&closed.statement.month, &value],
+            &[&month, &value],
         )
         .await
         .map_err(|e| failed(&e))?;

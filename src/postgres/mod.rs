@@ -2,9 +2,10 @@
 //!
 //! What lives in the database with this backend: citizen records ([`citizens`], JSONB, still validated
 //! against the schema in the broker), the audit trail ([`audit`]: one hash chain per broker start in a
-//! shared append-only table, group-committed), the quota counters ([`quota`], exact across brokers) and
-//! the agency registry ([`registry`], followed by every broker through LISTEN/NOTIFY) and checkpoints with
-//! their check-in index ([`checkpoints`]), and closed billing months ([`billing`]).
+//! shared append-only table, group-committed) and its signed seals ([`seals`]), the quota counters
+//! ([`quota`], exact across brokers), the agency registry ([`registry`], followed by every broker through
+//! LISTEN/NOTIFY), checkpoints with their check-in index ([`checkpoints`]), and closed billing months
+//! ([`billing`]).
 //!
 //! The connection URL may carry a password: it is never logged or answered. Every message that names the
 //! database names it through [`redact_url`].
@@ -17,6 +18,7 @@ pub mod import;
 pub mod migrate;
 pub mod quota;
 pub mod registry;
+pub mod seals;
 
 pub use crate::config::postgres::{redact_url, PostgresConfig};
 
@@ -168,7 +170,7 @@ impl Backend {
             settings.node_name.clone()
         };
         let key_dir = config.audit.key_dir(&config.storage.data_dir);
-        audit::start_sealer(
+        seals::start_sealer(
             &postgres,
             key_dir.clone(),
             node.clone(),
