@@ -35,6 +35,11 @@ pub struct BenchArgs {
     /// provider directly, and the baseline; the hop's added p50/p99 in the notes.
     #[arg(long)]
     pub upstream: bool,
+    /// Also measure cluster mode: three brokers on one throw-away PostgreSQL (Debian's binaries), one
+    /// node alone and all three, against the embedded broker and the baseline; audit commits per second
+    /// and entries per commit in the notes.
+    #[arg(long)]
+    pub postgres: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -89,6 +94,8 @@ pub struct BenchOptions {
     pub half_load: bool,
     /// Also measure upstream provider mode (front broker → provider vs provider vs baseline).
     pub upstream: bool,
+    /// Also measure cluster mode (brokers on PostgreSQL vs the embedded broker vs baseline).
+    pub postgres: bool,
 }
 
 impl BenchOptions {
@@ -112,6 +119,7 @@ impl BenchOptions {
             ready_timeout: Duration::from_secs(a.ready_timeout_secs),
             half_load: true,
             upstream: a.upstream,
+            postgres: a.postgres,
         };
         if a.smoke {
             opts.citizens = 200;

@@ -88,7 +88,7 @@ pub(super) struct LoadResult {
 }
 
 impl LoadResult {
-    fn merge(&mut self, other: LoadResult) {
+    pub(super) fn merge(&mut self, other: LoadResult) {
         self.latencies_us.extend(other.latencies_us);
         for (s, n) in other.statuses {
             *self.statuses.entry(s).or_default() += n;
@@ -201,6 +201,53 @@ pub(super) async fn load(clients: &Clients, sample: &Arc<Sample>, plan: Plan, ru
         }
     }
     total.elapsed = start.elapsed();
+    total
+}
+
+/// One load run over several servers (a cluster's nodes): the plan's connections dealt round-robin, each
+/// server's share run at once; one result.
+pub(super) async fn load_spread(
+    clients: &Clients,
+    sample: &Arc<Sample>,
+    plan: Plan,
+    addrs: &[SocketAddr],
+    run_tag: &str,
+) -> LoadResult {
+    if let [addr] = addrs {
+        return load(clients, sample, Plan { addr: *addr, ..plan }, run_tag).await;
+    }
+    let mut shares = tokio::task::JoinSet::new();
+    for (k, addr) in addrs.iter().enumerate() {
+        let concurrency = plan.concurrency / addrs.len() + usize::from(k < plan.concurrency % addrs.len());
+        if concurrency == 0 {
+            continue;
+        }
+        let share = Plan {
+            addr: *addr,
+            concurrency,
+            rate: plan
+                .rate
+                .map(|r| r * concurrency as f64 / plan.concurrency as f64),
+            ..plan
+        };
+        let (clients, sample, tag) = (clients.clone(), sample.clone(), format!("{run_tag}n{k}"));
+        shares.spawn(async move { load(&clients, &sample, share, &tag).await });
+    }
+    let mut total = LoadResult::default();
+    while let Some(share) = shares.join_next().await {
+        match share {
+            Ok(r) => {
+                total.elapsed = total.elapsed.max(r.elapsed);
+                total.merge(r);
+            }
+            Err(e) => {
+                total.errors += 1;
+                total
+                    .first_error
+                    .get_or_insert_with(|| format!("load share: {e}"));
+            }
+        }
+    }
     total
 }
 

@@ -144,15 +144,15 @@ impl Report {
             s.push_str(
                 "\nWhere the broker's time went: mean ms per request in each stage (its own `/metrics`):\n\n",
             );
-            s.push_str("| scenario | conc |");
+            s.push_str("| scenario | conc | target |");
             for stage in &stages {
                 s.push_str(&format!(" {stage} |"));
             }
-            s.push_str("\n|---|---:|");
+            s.push_str("\n|---|---:|---|");
             s.push_str(&"---:|".repeat(stages.len()));
             s.push('\n');
             for r in self.runs.iter().filter(|r| !r.stage_ms.is_empty()) {
-                s.push_str(&format!("| {} | {} |", r.scenario, r.concurrency));
+                s.push_str(&format!("| {} | {} | {} |", r.scenario, r.concurrency, r.target));
                 for stage in &stages {
                     match r.stage_ms.get(*stage) {
                         Some(ms) => s.push_str(&format!(" {ms:.3} |")),
