@@ -35,9 +35,9 @@ pub struct BenchArgs {
     /// provider directly, and the baseline; the hop's added p50/p99 in the notes.
     #[arg(long)]
     pub upstream: bool,
-    /// Also measure the PostgreSQL backend on a throw-away PostgreSQL: one broker on it vs the embedded
-    /// broker vs the baseline (canonical read, vaccination write), and three brokers vs one, with audit
-    /// commits per second and entries per commit.
+    /// Also measure cluster mode: three brokers on one throw-away PostgreSQL (Debian's binaries), one
+    /// node alone and all three, against the embedded broker and the baseline; audit commits per second
+    /// and entries per commit in the notes.
     #[arg(long)]
     pub postgres: bool,
     /// Write the results as JSON here.
@@ -94,7 +94,7 @@ pub struct BenchOptions {
     pub half_load: bool,
     /// Also measure upstream provider mode (front broker → provider vs provider vs baseline).
     pub upstream: bool,
-    /// Also measure the PostgreSQL backend (one and three brokers on a throw-away PostgreSQL).
+    /// Also measure cluster mode (brokers on PostgreSQL vs the embedded broker vs baseline).
     pub postgres: bool,
 }
 

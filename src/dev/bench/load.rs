@@ -204,6 +204,53 @@ pub(super) async fn load(clients: &Clients, sample: &Arc<Sample>, plan: Plan, ru
     total
 }
 
+/// One load run over several servers (a cluster's nodes): the plan's connections dealt round-robin, each
+/// server's share run at once; one result.
+pub(super) async fn load_spread(
+    clients: &Clients,
+    sample: &Arc<Sample>,
+    plan: Plan,
+    addrs: &[SocketAddr],
+    run_tag: &str,
+) -> LoadResult {
+    if let [addr] = addrs {
+        return load(clients, sample, Plan { addr: *addr, ..plan }, run_tag).await;
+    }
+    let mut shares = tokio::task::JoinSet::new();
+    for (k, addr) in addrs.iter().enumerate() {
+        let concurrency = plan.concurrency / addrs.len() + usize::from(k < plan.concurrency % addrs.len());
+        if concurrency == 0 {
+            continue;
+        }
+        let share = Plan {
+            addr: *addr,
+            concurrency,
+            rate: plan
+                .rate
+                .map(|r| r * concurrency as f64 / plan.concurrency as f64),
+            ..plan
+        };
+        let (clients, sample, tag) = (clients.clone(), sample.clone(), format!("{run_tag}n{k}"));
+        shares.spawn(async move { load(&clients, &sample, share, &tag).await });
+    }
+    let mut total = LoadResult::default();
+    while let Some(share) = shares.join_next().await {
+        match share {
+            Ok(r) => {
+                total.elapsed = total.elapsed.max(r.elapsed);
+                total.merge(r);
+            }
+            Err(e) => {
+                total.errors += 1;
+                total
+                    .first_error
+                    .get_or_insert_with(|| format!("load share: {e}"));
+            }
+        }
+    }
+    total
+}
+
 pub(super) fn percentile(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

@@ -18,8 +18,8 @@
 //!
 //! The rooms: `args` (options, scenario table), `workloads` (what each scenario sends), `baseline` (the
 //! bare server), `children` (child processes), `load` (the load generator), `measure` (one measured run
-//! and what is read around it), `upstream` (provider mode), `postgres` (one and three brokers on a
-//! throw-away PostgreSQL), `report` (tables, JSON); this file runs them.
+//! and what is read around it), `upstream` (provider mode), `cluster` (brokers on PostgreSQL), `report`
+//! (tables, JSON); this file runs them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,9 +33,9 @@ use crate::dev::demo::DEMO_AGENCIES;
 mod args;
 mod baseline;
 mod children;
+mod cluster;
 mod load;
 mod measure;
-mod postgres;
 mod report;
 mod upstream;
 mod workloads;
@@ -46,6 +46,7 @@ pub use report::{Report, RunResult};
 pub use workloads::{prepare, Person, PreparedRequest, Sample};
 
 use children::{free_addr, wait_ready, Child};
+use cluster::ClusterRun;
 use load::{Clients, Plan};
 use measure::{Harness, Target};
 use upstream::UpstreamRun;
@@ -234,17 +235,18 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
     let harness = Harness {
         opts,
         admin: &admin,
-        admin_addr,
         sample: &sample,
         baseline: Target {
             name: "baseline",
             addr: baseline_addr,
             child: &baseline,
+            admin: None,
         },
         broker: Target {
             name: "broker",
             addr: agency,
             child: &broker,
+            admin: Some(admin_addr),
         },
     };
     let mut runs = Vec::new();
@@ -325,11 +327,11 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
         upstream.run(&harness, &mut runs, &mut notes, &mut run_no).await?;
     }
     if opts.postgres {
-        let postgres = postgres::PostgresRun {
+        let cluster = ClusterRun {
             certs: &certs,
             work: &work.path,
         };
-        postgres.run(&harness, &mut runs, &mut notes, &mut run_no).await?;
+        cluster.run(&harness, &mut runs, &mut notes, &mut run_no).await?;
     }
     let broker_peak = broker.memory();
     let baseline_peak = baseline.memory();

@@ -144,7 +144,6 @@ impl Report {
             s.push_str(
                 "\nWhere the broker's time went: mean ms per request in each stage (its own `/metrics`):\n\n",
             );
-            // The target too: the PostgreSQL runs measure the embedded broker and one on PostgreSQL alike.
             s.push_str("| scenario | conc | target |");
             for stage in &stages {
                 s.push_str(&format!(" {stage} |"));

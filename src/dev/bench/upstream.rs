@@ -6,7 +6,7 @@ use std::path::Path;
 use super::args::{Kind, Scenario};
 use super::children::{free_addr, wait_ready, Child};
 use super::load::{Clients, Plan};
-use super::measure::{measured, Harness};
+use super::measure::{measured, Harness, Target};
 use super::report::RunResult;
 
 /// The upstream scenario: a provider (`demo --provider`, seeding the same population) and a front broker
@@ -106,7 +106,13 @@ impl UpstreamRun<'_> {
                     duration: opts.duration,
                     rate: None,
                 };
-                measured_here.push(measured(harness, clients, child, target, plan, *run_no).await?);
+                let on = Target {
+                    name: target,
+                    addr,
+                    child,
+                    admin: None,
+                };
+                measured_here.push(measured(harness, clients, &[on], plan, *run_no).await?);
             }
             if let [_, direct, through] = measured_here.as_slice() {
                 notes.push(format!(
