@@ -402,6 +402,20 @@ async fn unaudited(pg: &Pg, ids: &[String]) -> Vec<String> {
     rows.iter().map(|r| r.get(0)).collect()
 }
 
+/// `PUT` a JSON body on an admin listener.
+async fn put_json(admin: &MtlsClient, addr: SocketAddr, path: &str, body: Value) -> Response {
+    admin
+        .request(
+            addr,
+            hyper::Method::PUT,
+            path,
+            Some("application/json"),
+            body.to_string(),
+        )
+        .await
+        .unwrap()
+}
+
 fn verify(pg: &Pg) -> Output {
     lienthong(&["audit", "verify", "--database", &pg.url()])
 }
@@ -758,16 +772,13 @@ async fn three_nodes_under_concurrent_reads_serve_exactly_the_plan() {
     }
     nodes[0].register(&certs, &["dvc"]).await;
     // A plan set on C applies on every node.
-    let r = admin
-        .request(
-            nodes[2].admin,
-            hyper::Method::PUT,
-            "/admin/v1/agencies/dvc/plan",
-            Some("application/json"),
-            json!({ "limits": { "public-service-prefill": { "per_day": 50 } } }).to_string(),
-        )
-        .await
-        .unwrap();
+    let r = put_json(
+        &admin,
+        nodes[2].admin,
+        "/admin/v1/agencies/dvc/plan",
+        json!({ "limits": { "public-service-prefill": { "per_day": 50 } } }),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", text(&r.body));
     for node in &nodes {
         node.wait_for_agency(&certs, "dvc", |a| !a["plan"].is_null())
@@ -1190,30 +1201,24 @@ async fn billing_checkpoints_and_export_answer_for_the_whole_cluster() {
     b.wait_for_agency(&certs, "pccovid", |x| x["code"] == "pccovid")
         .await;
     // pccovid is funded by the state budget: set on B, seen on A.
-    let r = admin
-        .request(
-            b.admin,
-            hyper::Method::PUT,
-            "/admin/v1/agencies/pccovid/billing-class",
-            Some("application/json"),
-            json!({ "billing_class": "state-budget" }).to_string(),
-        )
-        .await
-        .unwrap();
+    let r = put_json(
+        &admin,
+        b.admin,
+        "/admin/v1/agencies/pccovid/billing-class",
+        json!({ "billing_class": "state-budget" }),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", text(&r.body));
     a.wait_for_agency(&certs, "pccovid", |x| x["billing_class"] == "state-budget")
         .await;
     // A plan, so the shared counters meter dvc (a purpose without limits is not counted).
-    let r = admin
-        .request(
-            a.admin,
-            hyper::Method::PUT,
-            "/admin/v1/agencies/dvc/plan",
-            Some("application/json"),
-            json!({ "limits": { "public-service-prefill": { "per_month": 100 } } }).to_string(),
-        )
-        .await
-        .unwrap();
+    let r = put_json(
+        &admin,
+        a.admin,
+        "/admin/v1/agencies/dvc/plan",
+        json!({ "limits": { "public-service-prefill": { "per_month": 100 } } }),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", text(&r.body));
     b.wait_for_agency(&certs, "dvc", |x| !x["plan"].is_null()).await;
 
@@ -1470,16 +1475,13 @@ async fn billing_checkpoints_and_export_answer_for_the_whole_cluster() {
     // dvc moves to the state budget on B: the calls before stay billed on A too (the change is dated in
     // the shared registry, not only in B's own).
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let r = admin
-        .request(
-            b.admin,
-            hyper::Method::PUT,
-            "/admin/v1/agencies/dvc/billing-class",
-            Some("application/json"),
-            json!({ "billing_class": "state-budget" }).to_string(),
-        )
-        .await
-        .unwrap();
+    let r = put_json(
+        &admin,
+        b.admin,
+        "/admin/v1/agencies/dvc/billing-class",
+        json!({ "billing_class": "state-budget" }),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", text(&r.body));
     a.wait_for_agency(&certs, "dvc", |x| x["billing_class"] == "state-budget")
         .await;
