@@ -10,119 +10,35 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use lienthong::client::{MtlsClient, Response};
+use lienthong::dev::throwaway_pg::ThrowawayPostgres;
 use lienthong::postgres::{citizens::PgCitizenStore, Postgres, PostgresConfig};
 use lienthong::store::CitizenStore;
 use serde_json::{json, Value};
 
-fn running_as_root() -> bool {
-    let out = Command::new("id").arg("-u").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
-}
-
-/// A throw-away PostgreSQL on 127.0.0.1, trust auth, user `lienthong`. PostgreSQL refuses to run as root:
-/// as root, it runs as `nobody`, owning the temp dir.
+/// A throw-away PostgreSQL on 127.0.0.1 (`lienthong::dev::throwaway_pg`: trust auth, user `lienthong`; as
+/// root it runs as `nobody`, owning the temp dir), stopped when dropped.
 struct Pg {
-    dir: tempfile::TempDir,
-    port: u16,
-    as_nobody: bool,
+    server: ThrowawayPostgres,
+    _dir: tempfile::TempDir,
 }
 
 impl Pg {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let as_nobody = running_as_root();
-        if as_nobody {
-            let status = Command::new("chown")
-                .arg("nobody")
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-        let pg = Self {
-            port: common::free_port(),
-            dir,
-            as_nobody,
-        };
-        let data = pg.dir.path().join("data");
-        let out = pg.run(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "lienthong",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        pg.start_server();
-        pg
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) -> Output {
-        let mut cmd = if self.as_nobody {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "nobody", "--"]).arg(common::postgres_tool(tool));
-            c
-        } else {
-            Command::new(common::postgres_tool(tool))
-        };
-        cmd.args(args).current_dir(self.dir.path()).stdin(Stdio::null());
-        cmd.output().unwrap()
-    }
-
-    fn pg_ctl(&self, args: &[&str]) -> Output {
-        let data = self.dir.path().join("data");
-        let mut all = vec!["-D", data.to_str().unwrap()];
-        all.extend_from_slice(args);
-        self.run("pg_ctl", &all)
+        let server = ThrowawayPostgres::start(dir.path(), common::free_port()).unwrap();
+        Self { server, _dir: dir }
     }
 
     fn start_server(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log");
-        let out = self.pg_ctl(&[
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            log.to_str().unwrap(),
-            "-o",
-            &options,
-            "start",
-        ]);
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        self.server.start_server().unwrap();
     }
 
     fn stop_server(&self) {
-        let out = self.pg_ctl(&["-w", "-m", "fast", "stop"]);
-        assert!(
-            out.status.success(),
-            "pg_ctl stop: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.server.stop_server().unwrap();
     }
 
     fn url(&self) -> String {
-        format!("postgres://lienthong@127.0.0.1:{}/postgres", self.port)
+        self.server.url()
     }
 
     /// A connection for the test's own queries.
@@ -132,12 +48,6 @@ impl Pg {
             .unwrap();
         tokio::spawn(connection);
         client
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
     }
 }
 
