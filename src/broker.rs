@@ -184,7 +184,7 @@ impl Broker {
             Some(backend) => backend.audit.clone(),
             None => audit.clone(),
         };
-        let answer_keys = crate::signed_answer::AnswerKeys::open(data_dir)
+        let answer_keys = crate::signed_answer::AnswerKeys::open(&config.audit.key_dir(data_dir), data_dir)
             .map_err(|e| store_err(format!("answer-signing key: {e}")))?;
         let (dcc_signer, dcc_trust) = open_dcc(&config.dcc).map_err(StartError::Other)?;
         Ok(Self {

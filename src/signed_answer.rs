@@ -11,7 +11,9 @@
 //! reconstruction of HTTP components that proxies may rewrite; the exchange's identifiers travel inside the
 //! signed header instead of being re-derived from the request.
 //!
-//! Keys live in `<data_dir>/answer-keys/`: `signing.key` (PKCS#8, mode 0600) is the current key, and
+//! Keys live in `<audit.key_dir>/answer-keys/`, beside the audit signing key and outside the data dir (a
+//! copy of the data dir is not a copy of the key; older brokers kept them in `<data_dir>/answer-keys/`,
+//! moved on the first start): `signing.key` (PKCS#8, mode 0600) is the current key, and
 //! `<kid>.jwk` keeps the public key of every key that was ever current, so answers signed before a
 //! rotation still verify. `kid` is the RFC 7638 thumbprint of the public JWK. The JWKS (current key first)
 //! is served at [`JWKS_PATH`] on the agency listener and in the OpenAPI catalogue.
@@ -65,14 +67,33 @@ pub struct Exchange<'a> {
     pub time: &'a str,
 }
 
-fn keys_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join(KEYS_DIR)
+/// Where the keys are: `answer-keys/` in the key folder (`audit.key_dir`). Keys still in the data dir,
+/// where brokers before this one kept them, are moved here first.
+fn keys_dir(key_dir: &Path, data_dir: &Path) -> Result<PathBuf, String> {
+    let dir = key_dir.join(KEYS_DIR);
+    let old = data_dir.join(KEYS_DIR);
+    if !dir.exists() && old.is_dir() {
+        fs::create_dir_all(key_dir).map_err(|e| format!("{}: {e}", key_dir.display()))?;
+        let moved = fs::rename(&old, &dir).or_else(|_| {
+            // Another file system: copy every file, then remove the old folder.
+            fs::create_dir_all(&dir)?;
+            for entry in fs::read_dir(&old)? {
+                let entry = entry?;
+                fs::copy(entry.path(), dir.join(entry.file_name()))?;
+            }
+            fs::remove_dir_all(&old)
+        });
+        moved.map_err(|e| format!("moving {} to {}: {e}", old.display(), dir.display()))?;
+        tracing::info!(from = %old.display(), to = %dir.display(), "answer-signing keys moved out of the data dir");
+    }
+    Ok(dir)
 }
 
 impl AnswerKeys {
-    /// Open the keys of a data dir, making the first one if there is none.
-    pub fn open(data_dir: &Path) -> Result<Self, String> {
-        let dir = keys_dir(data_dir);
+    /// Open the keys in `key_dir` (`audit.key_dir`; those still in `data_dir` are moved there first),
+    /// making the first one if there is none.
+    pub fn open(key_dir: &Path, data_dir: &Path) -> Result<Self, String> {
+        let dir = keys_dir(key_dir, data_dir)?;
         let key_path = dir.join(SIGNING_KEY_FILE);
         if !key_path.exists() {
             install_new_key(&dir)?;
@@ -110,10 +131,10 @@ impl AnswerKeys {
 
     /// Make a new current key; the old one's public key stays published. Takes effect when the broker
     /// next starts. Returns the new `kid`.
-    pub fn rotate(data_dir: &Path) -> Result<String, String> {
-        let dir = keys_dir(data_dir);
+    pub fn rotate(key_dir: &Path, data_dir: &Path) -> Result<String, String> {
         // Publish the outgoing key's public half before replacing it.
-        Self::open(data_dir)?;
+        Self::open(key_dir, data_dir)?;
+        let dir = keys_dir(key_dir, data_dir)?;
         install_new_key(&dir)
     }
 
@@ -251,7 +272,8 @@ mod tests {
     #[test]
     fn sign_verify_tamper_and_rotate() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = AnswerKeys::open(dir.path()).unwrap();
+        let (keys_at, data) = (dir.path().join("keys"), dir.path().join("data"));
+        let keys = AnswerKeys::open(&keys_at, &data).unwrap();
         let body = br#"{"ok":true}"#;
         let header = keys.sign(body, exchange("r-1"));
         let protected = verify(&header, body, keys.jwks()).unwrap();
@@ -268,12 +290,28 @@ mod tests {
 
         // After a rotation the old answers still verify against the new JWKS.
         let old_kid = keys.kid().to_string();
-        let new_kid = AnswerKeys::rotate(dir.path()).unwrap();
+        let new_kid = AnswerKeys::rotate(&keys_at, &data).unwrap();
         assert_ne!(new_kid, old_kid);
-        let rotated = AnswerKeys::open(dir.path()).unwrap();
+        let rotated = AnswerKeys::open(&keys_at, &data).unwrap();
         assert_eq!(rotated.kid(), new_kid);
         assert_eq!(rotated.jwks()["keys"][0]["kid"], new_kid.as_str());
         assert_eq!(rotated.jwks()["keys"][1]["kid"], old_kid.as_str());
         verify(&header, body, rotated.jwks()).unwrap();
+    }
+
+    #[test]
+    fn keys_left_in_the_data_dir_move_to_the_key_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys_at, data) = (dir.path().join("keys"), dir.path().join("data"));
+        // Where brokers before this one kept them.
+        let old = AnswerKeys::open(&data, Path::new("/nonexistent")).unwrap();
+        assert!(data.join(KEYS_DIR).join(SIGNING_KEY_FILE).is_file());
+        let moved = AnswerKeys::open(&keys_at, &data).unwrap();
+        assert_eq!(moved.kid(), old.kid(), "the same key, not a new one");
+        assert!(keys_at.join(KEYS_DIR).join(SIGNING_KEY_FILE).is_file());
+        assert!(
+            !data.join(KEYS_DIR).exists(),
+            "no copy of the key left in the data dir"
+        );
     }
 }

@@ -303,16 +303,37 @@ pub enum AnswerKeysCommand {
     /// Make a new answer-signing key; the old public key stays published so earlier answers still verify.
     /// Run on a stopped broker (it takes effect at the next start).
     Rotate {
-        /// The broker's data dir (the keys are in its `answer-keys/` folder).
-        #[arg(long, default_value = "data/demo")]
-        data_dir: PathBuf,
+        /// Where the keys are.
+        #[command(flatten)]
+        keys: AnswerKeysDir,
     },
     /// Print the published keys (JWKS), current first.
     Show {
-        /// The broker's data dir.
-        #[arg(long, default_value = "data/demo")]
-        data_dir: PathBuf,
+        /// Where the keys are.
+        #[command(flatten)]
+        keys: AnswerKeysDir,
     },
+}
+
+/// Where a broker's answer-signing keys are: `answer-keys/` in its `audit.key_dir`.
+#[derive(Debug, Args)]
+pub struct AnswerKeysDir {
+    /// The broker's data dir (`storage.data_dir`).
+    #[arg(long, default_value = "data/demo")]
+    pub data_dir: PathBuf,
+    /// The broker's `audit.key_dir`, when its config sets one (default: `<data_dir>-keys` beside the data
+    /// dir, as the broker's own default).
+    #[arg(long)]
+    pub key_dir: Option<PathBuf>,
+}
+
+impl AnswerKeysDir {
+    /// The key folder in force.
+    pub fn key_dir(&self) -> PathBuf {
+        self.key_dir
+            .clone()
+            .unwrap_or_else(|| crate::audit::default_key_dir(&self.data_dir))
+    }
 }
 
 /// `lienthong billing …`

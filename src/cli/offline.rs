@@ -114,10 +114,14 @@ pub(super) fn verify_response_command(args: VerifyResponseArgs) -> i32 {
 
 pub(super) fn answer_keys_command(action: AnswerKeysCommand) -> i32 {
     let result = match action {
-        AnswerKeysCommand::Rotate { data_dir } => crate::signed_answer::AnswerKeys::rotate(&data_dir)
-            .map(|kid| format!("new answer-signing key {kid}; the broker uses it from its next start")),
-        AnswerKeysCommand::Show { data_dir } => crate::signed_answer::AnswerKeys::open(&data_dir)
-            .map(|keys| serde_json::to_string_pretty(keys.jwks()).unwrap_or_default()),
+        AnswerKeysCommand::Rotate { keys } => {
+            crate::signed_answer::AnswerKeys::rotate(&keys.key_dir(), &keys.data_dir)
+                .map(|kid| format!("new answer-signing key {kid}; the broker uses it from its next start"))
+        }
+        AnswerKeysCommand::Show { keys } => {
+            crate::signed_answer::AnswerKeys::open(&keys.key_dir(), &keys.data_dir)
+                .map(|keys| serde_json::to_string_pretty(keys.jwks()).unwrap_or_default())
+        }
     };
     match result {
         Ok(text) => {
