@@ -288,6 +288,9 @@ pub struct AuditConfig {
     /// Witness file every signed checkpoint is also appended to, outside the data dir (ideally on
     /// another volume); default `<key_dir>/witness.jsonl`. At start-up a trail behind it is refused.
     pub witness: Option<PathBuf>,
+    /// Microseconds the audit writer may hold a batch for more concurrent appends before its
+    /// `fdatasync` (only while requests arrive concurrently); 0 turns the wait off.
+    pub commit_delay_us: u64,
 }
 
 impl Default for AuditConfig {
@@ -296,6 +299,7 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             key_dir: None,
             witness: None,
+            commit_delay_us: crate::audit::DEFAULT_COMMIT_DELAY.as_micros() as u64,
         }
     }
 }
@@ -480,6 +484,13 @@ impl Config {
         }
         if self.audit.checkpoint_every == 0 {
             return Err(err("audit.checkpoint_every", "must be greater than 0".into()));
+        }
+        // Every concurrent answer may wait this long: past a few milliseconds it costs more than a sync.
+        if self.audit.commit_delay_us > 10_000 {
+            return Err(err(
+                "audit.commit_delay_us",
+                "must be at most 10000 (10 ms)".into(),
+            ));
         }
         match (&self.dcc.dsc_cert, &self.dcc.dsc_key) {
             (Some(cert), Some(key)) => {

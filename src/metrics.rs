@@ -67,6 +67,39 @@ struct RequestLabels {
     status: u16,
 }
 
+/// [`RequestLabels`] borrowed from the request: the same fields in the same order, so it hashes the same
+/// (a `String` hashes as its `str`) and finds a counter without building the three `String`s.
+#[derive(Hash)]
+struct RequestKey<'a> {
+    side: &'static str,
+    agency: &'a str,
+    purpose: &'a str,
+    connector: &'a str,
+    status: u16,
+}
+
+impl hashbrown::Equivalent<RequestLabels> for RequestKey<'_> {
+    fn equivalent(&self, labels: &RequestLabels) -> bool {
+        self.side == labels.side
+            && self.status == labels.status
+            && self.agency == labels.agency
+            && self.purpose == labels.purpose
+            && self.connector == labels.connector
+    }
+}
+
+impl RequestKey<'_> {
+    fn to_labels(&self) -> RequestLabels {
+        RequestLabels {
+            side: self.side,
+            agency: self.agency.to_string(),
+            purpose: self.purpose.to_string(),
+            connector: self.connector.to_string(),
+            status: self.status,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StageLabels {
     stage: &'static str,
@@ -116,6 +149,10 @@ fn stage_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// The counters of `requests` already seen, found by borrowed labels (one per series, so bounded
+    /// like the series themselves).
+    request_counters:
+        std::sync::RwLock<hashbrown::HashMap<RequestLabels, Counter, foldhash::fast::RandomState>>,
     stages: Family<StageLabels, Histogram, fn() -> Histogram>,
     quota_rejections: Family<QuotaLabels, Counter>,
     audit_head_seq: Gauge<u64, AtomicU64>,
@@ -326,6 +363,7 @@ impl Metrics {
         Self {
             registry,
             requests,
+            request_counters: Default::default(),
             stages,
             quota_rejections,
             audit_head_seq,
@@ -379,15 +417,28 @@ impl Metrics {
 
     /// Count one answered request.
     pub fn count_request(&self, outcome: RequestOutcome<'_>) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                side: side_label(outcome.side),
-                agency: outcome.agency.to_string(),
-                purpose: outcome.purpose.to_string(),
-                connector: outcome.connector.to_string(),
-                status: outcome.status,
-            })
-            .inc();
+        let key = RequestKey {
+            side: side_label(outcome.side),
+            agency: outcome.agency,
+            purpose: outcome.purpose,
+            connector: outcome.connector,
+            status: outcome.status,
+        };
+        let counters = self.request_counters.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(counter) = counters.get(&key) {
+            counter.inc();
+            return;
+        }
+        drop(counters);
+        // A new series: created once in the family, then found by the cache.
+        let labels = key.to_labels();
+        let counter = self.requests.get_or_create_owned(&labels);
+        counter.inc();
+        self.request_counters
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(labels)
+            .or_insert(counter);
     }
 
     /// Count one request refused for quota.
