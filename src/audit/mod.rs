@@ -316,6 +316,7 @@ impl AuditLog {
             witness,
             shared: Arc::clone(&shared),
             index: Arc::clone(&index),
+            batch_buf: Vec::new(),
         };
         let (tx, rx) = mpsc::channel(2 * MAX_BATCH);
         let writer = std::thread::Builder::new()

@@ -20,6 +20,9 @@ use super::{AuditEntry, AuditError, AuditOptions, AuditRecord};
 /// Most records committed by one `fdatasync`.
 pub(crate) const MAX_BATCH: usize = 4096;
 
+/// Largest batch buffer kept for the next batch (bytes).
+const KEPT_BATCH_BUF: usize = 1 << 20;
+
 /// How often the commit delay looks for newly arrived appends.
 const COMMIT_DELAY_POLL: Duration = Duration::from_micros(50);
 
@@ -67,6 +70,8 @@ pub(crate) struct Writer {
     pub(crate) shared: Arc<Shared>,
     /// Given each committed batch before its answers, and each full segment when the next one starts.
     pub(crate) index: Arc<Index>,
+    /// The lines of the batch being written (reused from batch to batch).
+    pub(crate) batch_buf: Vec<u8>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> AuditError {
@@ -171,7 +176,9 @@ impl Writer {
         let time_text = format_time(time);
         let mut seq = self.seq;
         let mut prev = self.head_hash.clone();
-        let mut buf = Vec::new();
+        // The last batch's buffer, kept so that a batch does not regrow it from empty.
+        let mut buf = std::mem::take(&mut self.batch_buf);
+        buf.clear();
         let mut out = Vec::with_capacity(records.len());
         for record in records {
             seq += 1;
@@ -219,6 +226,10 @@ impl Writer {
         }
         segment.len += buf.len() as u64;
         segment.entries += count;
+        // Kept unless a burst made it large: the writer's memory stays bounded between bursts.
+        if buf.capacity() <= KEPT_BATCH_BUF {
+            self.batch_buf = buf;
+        }
         self.seq = seq;
         self.head_hash = prev.clone();
         self.last_time = time;
