@@ -269,7 +269,7 @@ async fn route(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> R
         }
         (&Method::PUT, ["admin", "v1", "agencies", code, "xroad"]) => {
             exchange.operation = Some(Operation::Admin(AdminOperation::SetXroad));
-            let id: crate::xroad::ClientId = crate::json::body(req)?;
+            let id: crate::doors::xroad::ClientId = crate::json::body(req)?;
             ok(json!({ "agency": broker.registry.set_xroad(code, Some(id)).await? }))
         }
         (&Method::DELETE, ["admin", "v1", "agencies", code, "xroad"]) => {

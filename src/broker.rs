@@ -54,7 +54,7 @@ pub struct Broker {
     /// The agency registry.
     pub registry: Registry,
     /// The canonical citizen record schema, compiled once.
-    pub schema: CitizenSchema,
+    pub schema: Arc<CitizenSchema>,
     /// The versions of the purpose catalogue; [`Broker::catalogue`] is the one in force now.
     pub catalogues: crate::catalogue::Catalogues,
     /// The clock every dated decision asks (tests move it).
@@ -72,7 +72,7 @@ pub struct Broker {
     /// Quota counters and monthly billing totals.
     pub quota: crate::quota::Quota,
     /// Registered checkpoints and the check-in index.
-    pub checkpoints: Arc<dyn crate::checkpoint::store::CheckpointStore>,
+    pub checkpoints: Arc<dyn crate::checkpoint::CheckpointStore>,
     /// Per-phone-number look-up limiter of the SMS channel.
     pub sms_limiter: crate::admission::PhoneLimiter,
     /// The sled database (one process per database: admin changes go through the running broker).
@@ -88,15 +88,17 @@ pub struct Broker {
     /// The Document Signer certificates `POST /v1/dcc/verify` trusts (the broker's own and `dcc.trust_list`).
     pub dcc_trust: crate::dcc::TrustList,
     /// X-Road service codes and what they map to.
-    pub xroad_services: crate::xroad::ServiceMap,
+    pub xroad_services: crate::xroad_id::ServiceMap,
 }
 
 impl Broker {
     /// Open everything the config names. Fails fast, naming the file or key at fault.
     pub fn open(config: Config) -> Result<Self, StartError> {
         let tls = TlsConfigHandle::new(config.tls.clone())?;
-        let schema = CitizenSchema::load(config.catalogue.schema.as_deref())
-            .map_err(|e| StartError::Other(format!("schema: {e}")))?;
+        let schema = Arc::new(
+            CitizenSchema::load(config.catalogue.schema.as_deref())
+                .map_err(|e| StartError::Other(format!("schema: {e}")))?,
+        );
         let catalogue = Catalogue::load(config.catalogue.purposes.as_deref(), &schema)
             .map_err(|e| StartError::Other(format!("purpose catalogue: {e}")))?;
         let catalogue_origin = config.catalogue.purposes.as_deref().map_or_else(
@@ -115,7 +117,7 @@ impl Broker {
             &catalogue,
         )
         .map_err(|e| StartError::Other(format!("connector {e}")))?;
-        let xroad_services = crate::xroad::ServiceMap::load(&config.xroad, &catalogue, &connectors)?;
+        let xroad_services = crate::xroad_id::ServiceMap::load(&config.xroad, &catalogue, &connectors)?;
         let data_dir = &config.storage.data_dir;
         let store_err = |message: String| StartError::Store {
             path: data_dir.clone(),
@@ -146,18 +148,17 @@ impl Broker {
         // Citizen records: an upstream provider ([store] backend), else the storage backend's own.
         let store: Arc<dyn CitizenStore> = match (&config.store.backend, &config.store.upstream, &postgres) {
             (crate::config::StoreBackend::Upstream, Some(upstream), _) => Arc::new(
-                crate::upstream::UpstreamStore::open(upstream, &schema, metrics.upstream.clone())
+                crate::upstream::UpstreamStore::open(upstream, schema.clone(), metrics.upstream.clone())
                     .map_err(|e| StartError::Other(format!("store.upstream: {e}")))?,
             ),
             (_, _, Some(backend)) => backend.citizens.clone(),
             _ => Arc::new(SledStore::open(&db).map_err(|e| store_err(describe_sled_error(e)))?),
         };
         let quota = crate::quota::Quota::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
-        let checkpoints: Arc<dyn crate::checkpoint::store::CheckpointStore> = match &postgres {
+        let checkpoints: Arc<dyn crate::checkpoint::CheckpointStore> = match &postgres {
             Some(backend) => backend.checkpoints.clone(),
             None => Arc::new(
-                crate::checkpoint::store::Checkpoints::open(&db)
-                    .map_err(|e| store_err(describe_sled_error(e)))?,
+                crate::checkpoint::Checkpoints::open(&db).map_err(|e| store_err(describe_sled_error(e)))?,
             ),
         };
         let catalogues = crate::catalogue::Catalogues::open(
@@ -357,5 +358,21 @@ fn describe_sled_error(e: sled::Error) -> String {
         }
         sled::Error::Corruption { .. } => format!("corrupt database, refusing to start: {e}"),
         other => other.to_string(),
+    }
+}
+
+/// A cluster broker follows the shared registry into its own (`postgres::registry`).
+impl crate::postgres::registry::Follower for Broker {
+    fn replace_agencies(&self, agencies: Vec<crate::registry::Agency>) -> crate::store::StoreFuture<'_, ()> {
+        Box::pin(async move {
+            for agency in &agencies {
+                self.catalogues.set_grants(&agency.code, &agency.granted_purposes);
+            }
+            self.registry.replace_all(agencies).await
+        })
+    }
+
+    fn reload_tls(&self) -> Result<(), String> {
+        self.tls.reload().map_err(|e| e.to_string())
     }
 }

@@ -257,6 +257,13 @@ pub async fn append(
     };
     refuse_future_event(history, &entry)?;
     meter(broker, exchange).await?;
+    // A provider system holds the rest of the record: the entry is checked here, before it leaves.
+    if broker.store.is_remote() {
+        broker
+            .schema
+            .validate_partial(&serde_json::json!({ field: [&entry] }))
+            .map_err(|v| ApiError::from(hide_history_position(field, v)))?;
+    }
     let validate = |record: &Value| -> Result<(), ApiError> {
         broker
             .schema

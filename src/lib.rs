@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! agency ──mTLS──▶ server (listener) ─▶ tls ─▶ identity ─▶ pipeline:
-//!   admit (registry, admission) ─▶ read body ─▶ route to a front door (api | connector::door | sms | checkpoint)
+//!   admit (registry, admission) ─▶ read body ─▶ route to a front door (doors: api | connector | sms | checkpoint | xroad)
 //!     ─▶ decode ─▶ canonical: authorize (policy) ─▶ meter (quota) ─▶ store ─▶ release (policy) ─▶ encode
 //!   ─▶ audit (durable before the response is written) ─▶ log (metrics) ─▶ response
 //! ```
@@ -23,13 +23,16 @@
 //! | [`pipeline`] | the pipeline: identify → admit → read body → route → audit → log → encode |
 //! | [`admission`] | admit: requests in flight per agency, SMS look-ups per phone |
 //! | [`registry`] | admit: agencies, their bound certificates, status, plan and billing class |
-//! | [`api`] | front door: the canonical API on the agency listener |
-//! | [`connector`] | front door: declarative `connectors/*.toml` (the loaded set; `door` answers them) |
-//! | [`sms`] | front door: SMS self-look-up through the telecom gateway (one reply for every failure) |
-//! | [`xroad`] | front door: X-Road message protocol for SOAP (`POST /xroad`) and REST (`/r1/…`) |
-//! | [`xroad_id`] | the X-Road identifiers (member, subsystem, service) the registry binds and X-Road names |
-//! | [`dcc`] | front door: EU Digital COVID Certificates: issue (`HC1:` + QR) and verify offline |
-//! | [`checkpoint`] | front door: checkpoint check-ins (CCCD QR scans) and contact tracing; `store` holds them |
+//! | [`doors`] | route: the front doors, one room each; every door turns its channel's requests into canonical operations |
+//! | [`doors::api`] | front door: the canonical API on the agency listener (and its DCC routes, [`doors::api::dcc`]) |
+//! | [`doors::connector`] | front door: the declarative connectors' requests and answers |
+//! | [`doors::sms`] | front door: SMS self-look-up through the telecom gateway (one reply for every failure) |
+//! | [`doors::checkpoint`] | front door: checkpoint check-ins (CCCD QR scans) and contact tracing |
+//! | [`doors::xroad`] | front door: X-Road message protocol for SOAP (`POST /xroad`) and REST (`/r1/…`) |
+//! | [`connector`] | decode/encode: `connectors/*.toml`, loaded and checked at start (the set the broker holds), their XML reader |
+//! | [`xroad_id`] | the X-Road identifiers (member, subsystem, service) the registry binds, and the service map |
+//! | [`dcc`] | encode: EU Digital COVID Certificates: issue (`HC1:` + QR) and verify offline |
+//! | [`checkpoint`] | store: registered checkpoints and their check-in index (sled; PostgreSQL in `postgres`) |
 //! | [`admin`] | front door of the admin listener: the admin API |
 //! | [`import`] | admin: `POST /admin/v1/citizens/import`: JSON Lines of canonical records, all or nothing per batch |
 //! | [`console`] | the operator's web console on the admin listener (`/admin/console`) |
@@ -67,7 +70,6 @@
 pub mod accountability;
 pub mod admin;
 pub mod admission;
-pub mod api;
 pub mod audit;
 pub mod audit_api;
 pub mod billing;
@@ -84,6 +86,7 @@ pub mod connector;
 pub mod console;
 pub mod dcc;
 pub mod dev;
+pub mod doors;
 pub mod error;
 pub mod exchange;
 pub mod field_path;
@@ -104,10 +107,8 @@ pub mod registry;
 pub mod schema;
 pub mod server;
 pub mod signed_answer;
-pub mod sms;
 pub mod store;
 pub mod supervisor;
 pub mod tls;
 pub mod upstream;
-pub mod xroad;
 pub mod xroad_id;

@@ -154,7 +154,7 @@ fn refusal(exchange: &mut Exchange, connector: Option<&Connector>, e: &ApiError)
     match connector {
         Some(c) => {
             exchange.channel = c.name.clone();
-            crate::connector::door::error_reply(c, e, &exchange.request_id)
+            crate::doors::connector::error_reply(c, e, &exchange.request_id)
         }
         None => Reply::error(e, &exchange.request_id),
     }
@@ -183,24 +183,24 @@ async fn agency_door(
             return Ok(reply);
         }
         // X-Road authenticates and reads the accountability headers itself, to answer in its own form.
-        if let Some(protocol) = crate::xroad::Protocol::of(path) {
-            return Ok(crate::xroad::handle(broker, exchange, agency, protocol, &req).await);
+        if let Some(protocol) = crate::doors::xroad::Protocol::of(path) {
+            return Ok(crate::doors::xroad::handle(broker, exchange, agency, protocol, &req).await);
         }
         let agency = crate::admission::authenticate(exchange, agency)?;
         crate::canonical::declare_accountability(exchange, &req.parts.headers)?;
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
             (_, ["v1", "checkpoints", rest @ ..]) => {
-                crate::checkpoint::route(broker, exchange, &agency, &req, rest).await
+                crate::doors::checkpoint::route(broker, exchange, &agency, &req, rest).await
             }
             (&Method::POST, ["v1", "sms", "inbound"]) => {
-                crate::sms::inbound(broker, exchange, &agency, &req).await
+                crate::doors::sms::inbound(broker, exchange, &agency, &req).await
             }
-            _ if crate::api::serves(method, path, &segments) => {
-                crate::api::route(broker, exchange, &agency, &req, &segments).await
+            _ if crate::doors::api::serves(method, path, &segments) => {
+                crate::doors::api::route(broker, exchange, &agency, &req, &segments).await
             }
             _ => match connector {
-                Some(c) => Ok(crate::connector::door::handle(broker, exchange, &agency, c, &req).await),
+                Some(c) => Ok(crate::doors::connector::handle(broker, exchange, &agency, c, &req).await),
                 None if broker.connectors.has_path(path) => Err(ApiError::method_not_allowed(method, path)),
                 None => Err(ApiError::no_route(method, path)),
             },

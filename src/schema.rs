@@ -114,6 +114,9 @@ fn first_control_char(value: &Value, pointer: String) -> Option<String> {
 pub struct CitizenSchema {
     raw: Value,
     validator: jsonschema::Validator,
+    /// The same schema without its top-level `required`: checks part of a record (a history entry
+    /// bound for a store that holds the rest).
+    partial: jsonschema::Validator,
     field_paths: BTreeSet<String>,
     derived: BTreeSet<String>,
 }
@@ -148,10 +151,18 @@ impl CitizenSchema {
             return Err(invalid("the document must be a JSON object".into()));
         }
         // Formats are annotations only in 2020-12 unless switched on; dates must really be dates.
-        let validator = jsonschema::draft202012::options()
-            .should_validate_formats(true)
-            .build(&raw)
-            .map_err(|e| invalid(e.to_string()))?;
+        let compile = |schema: &Value| {
+            jsonschema::draft202012::options()
+                .should_validate_formats(true)
+                .build(schema)
+                .map_err(|e| invalid(e.to_string()))
+        };
+        let validator = compile(&raw)?;
+        let mut without_required = raw.clone();
+        if let Some(map) = without_required.as_object_mut() {
+            map.remove("required");
+        }
+        let partial = compile(&without_required)?;
         let mut field_paths = BTreeSet::new();
         let mut derived = BTreeSet::new();
         walk(&raw, &raw, "", 0, &mut field_paths, &mut derived).map_err(invalid)?;
@@ -161,6 +172,7 @@ impl CitizenSchema {
         Ok(Self {
             raw,
             validator,
+            partial,
             field_paths,
             derived,
         })
@@ -184,6 +196,17 @@ impl CitizenSchema {
     /// Validates a record about to be written. Derived (read-only) fields are refused; otherwise the
     /// first schema failure is returned with its JSON Pointer.
     pub fn validate(&self, record: &Value) -> Result<(), SchemaViolation> {
+        self.check(&self.validator, record)
+    }
+
+    /// Validates part of a record (fields absent are not missing): the same checks as
+    /// [`CitizenSchema::validate`] but the top-level `required`. A write to a store that holds the whole
+    /// record elsewhere (an upstream provider) is checked with it before it leaves the broker.
+    pub fn validate_partial(&self, record: &Value) -> Result<(), SchemaViolation> {
+        self.check(&self.partial, record)
+    }
+
+    fn check(&self, validator: &jsonschema::Validator, record: &Value) -> Result<(), SchemaViolation> {
         for path in &self.derived {
             let steps = path
                 .parse::<FieldPath>()
@@ -196,7 +219,7 @@ impl CitizenSchema {
                 });
             }
         }
-        if let Err(e) = self.validator.validate(record) {
+        if let Err(e) = validator.validate(record) {
             let mut pointer = e.instance_path().as_str().to_string();
             // Point at the offending or missing property itself, not at its parent object.
             match e.kind() {
@@ -400,6 +423,30 @@ mod tests {
             "gender": "male", "permanent_address": { "detail": "1 Tràng Tiền", "province": "Hà Nội" }
         });
         s.validate(&minimal).unwrap();
+    }
+
+    #[test]
+    fn a_partial_record_misses_nothing_but_breaks_nothing() {
+        let s = schema();
+        let dose = json!({ "source_record_id": "p-1", "dose_number": 1, "vaccine_code": "208",
+                           "vaccine_name": "Comirnaty", "date": "2021-08-01" });
+        s.validate_partial(&json!({ "vaccinations": [dose.clone()] }))
+            .unwrap();
+        assert!(
+            s.validate(&json!({ "vaccinations": [dose.clone()] })).is_err(),
+            "a record needs its required fields"
+        );
+        let mut bad = dose;
+        bad["dose_number"] = json!(99);
+        let v = s.validate_partial(&json!({ "vaccinations": [bad] })).unwrap_err();
+        assert_eq!(v.pointer, "/vaccinations/0/dose_number");
+        let v = s
+            .validate_partial(&json!({ "covid_status": "green" }))
+            .unwrap_err();
+        assert_eq!(
+            v.pointer, "/covid_status",
+            "derived fields are refused in part as in whole"
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{ConfigError, XRoadConfig};
+use crate::connector::ConnectorSet;
 use crate::error::{ApiError, ErrorCode};
+use crate::policy::Catalogue;
 
 /// The X-Road identifier of a member or subsystem (`INSTANCE/CLASS/MEMBER[/SUBSYSTEM]`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -131,5 +134,97 @@ impl ServiceId {
             provider: ClientId::from_parts(provider)?,
             code: code.clone(),
         })
+    }
+}
+
+/// What a service code runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// A canonical read of one citizen under the purpose.
+    Read {
+        /// The purpose id.
+        purpose: String,
+    },
+    /// The purposes open to the client's agency (no citizen data).
+    ListPurposes,
+    /// The message as received, to a connector (by name): its purpose, mapping and checks apply.
+    Connector {
+        /// The connector's name.
+        name: String,
+    },
+}
+
+/// The configured services, checked against the catalogue at start.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceMap {
+    services: Vec<(ServiceId, Operation)>,
+}
+
+impl ServiceMap {
+    /// Build from `[[xroad.services]]`; a bad id, operation or purpose names its key.
+    pub fn load(
+        config: &XRoadConfig,
+        catalogue: &Catalogue,
+        connectors: &ConnectorSet,
+    ) -> Result<Self, ConfigError> {
+        let mut services = Vec::new();
+        for (i, s) in config.services.iter().enumerate() {
+            let err = |field: &str, message: String| ConfigError {
+                file: "config".into(),
+                key: format!("xroad.services[{i}].{field}"),
+                message,
+            };
+            let id = ServiceId::parse(&s.service).map_err(|e| err("service", e.message))?;
+            if services.iter().any(|(known, _)| *known == id) {
+                return Err(err("service", format!("{id} is mapped twice")));
+            }
+            let op = match (s.operation.as_str(), &s.purpose, &s.connector) {
+                ("read", Some(p), None) if catalogue.get(p).is_some() => {
+                    Operation::Read { purpose: p.clone() }
+                }
+                ("read", Some(p), None) => {
+                    return Err(err("purpose", format!("no purpose {p} in the catalogue")))
+                }
+                ("read", None, _) => return Err(err("purpose", "a read names its purpose".into())),
+                ("list_purposes", None, None) => Operation::ListPurposes,
+                ("connector", None, Some(name)) if connectors.by_name(name).is_some() => {
+                    Operation::Connector { name: name.clone() }
+                }
+                ("connector", None, Some(name)) => {
+                    return Err(err("connector", format!("no connector named {name}")))
+                }
+                ("connector", None, None) => {
+                    return Err(err("connector", "a connector service names its connector".into()))
+                }
+                ("read" | "list_purposes" | "connector", _, _) => {
+                    return Err(err(
+                        "operation",
+                        "read takes `purpose`, connector takes `connector`, list_purposes neither".into(),
+                    ))
+                }
+                (other, _, _) => {
+                    return Err(err(
+                        "operation",
+                        format!("{other:?}: expected \"read\", \"list_purposes\" or \"connector\""),
+                    ))
+                }
+            };
+            services.push((id, op));
+        }
+        Ok(Self { services })
+    }
+
+    /// The operation behind a service, if it is mapped.
+    pub fn lookup(&self, id: &ServiceId) -> Option<&Operation> {
+        self.services
+            .iter()
+            .find(|(known, _)| known == id)
+            .map(|(_, op)| op)
+    }
+
+    /// The operation behind a service: 404 `xroad_unknown_service`.
+    pub fn find(&self, id: &ServiceId) -> Result<&Operation, ApiError> {
+        self.lookup(id)
+            .ok_or_else(|| ApiError::new(ErrorCode::XroadUnknownService, format!("no X-Road service {id}")))
     }
 }

@@ -95,7 +95,7 @@ async fn sms_answers_the_owner_of_the_number_and_nobody_else() {
 async fn sms_rate_limit_per_phone_number() {
     let b = TestBroker::start().await;
     let phone = "+84911111111";
-    for _ in 0..lienthong::sms::PER_PHONE_LIMIT {
+    for _ in 0..lienthong::doors::sms::PER_PHONE_LIMIT {
         assert_eq!(sms(&b, phone, "TTCD 001090000001").await["reply"], NO_MATCH);
     }
     let r = b

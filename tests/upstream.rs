@@ -341,6 +341,14 @@ async fn through_both_legs_like_embedded_asking_only_released_fields_and_survivi
     let held = provider.history(BINH, "vaccinations").await;
     assert_eq!(held.iter().filter(|v| v["source_record_id"] == "up-1").count(), 1);
     assert!(!held.iter().any(|v| v["source_record_id"] == "up-2"));
+    // The entry that breaks the schema was refused by the front broker: the provider never saw it.
+    let refused_at_provider = provider
+        .audit_of_front(BINH)
+        .await
+        .into_iter()
+        .filter(|e| e["operation"] == "write" && e["status"] == 422)
+        .count();
+    assert_eq!(refused_at_provider, 0, "checked before it left the front broker");
 
     // A write whose acknowledgement is lost: the relay swallows every answer on the connection the
     // front broker holds; it retries on a new one, the provider answers "already there".

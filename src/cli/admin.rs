@@ -308,7 +308,7 @@ pub(super) async fn agency_command(admin: AdminTarget, action: AgencyCommand) ->
             code, clear: true, ..
         } => Ok((Method::DELETE, format!("/admin/v1/agencies/{code}/xroad"), None)),
         AgencyCommand::Xroad { code, client, .. } => {
-            crate::xroad::ClientId::parse(client.as_deref().unwrap_or_default())
+            crate::doors::xroad::ClientId::parse(client.as_deref().unwrap_or_default())
                 .map_err(|e| e.message)
                 .and_then(|id| serde_json::to_value(id).map_err(|e| e.to_string()))
                 .map(|body| {

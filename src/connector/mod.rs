@@ -3,10 +3,9 @@
 //! translates: purpose, policy, store, audit (and quota) are the canonical pipeline's, so a new agency
 //! dialect is a new file, never new Rust. The file format is described in `connectors/README.md`.
 //!
-//! This module is the loaded set ([`ConnectorSet`], held by the broker); [`door`] is the front door that
+//! This module is the loaded set ([`ConnectorSet`], held by the broker); `doors::connector` is the front door that
 //! answers a connector's requests.
 
-pub mod door;
 mod file;
 pub mod spec;
 pub mod transform;

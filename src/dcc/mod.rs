@@ -12,7 +12,6 @@
 //! Crates: `coset` (COSE_Sign1 and CWT claims) over `ciborium` (CBOR), `flate2` (zlib), `base45`, `qrcode`
 //! + `png` (the QR image), `ring` (ES256 signing and verification), `jsonschema` (the DCC schema).
 
-pub mod http;
 mod issue;
 mod name;
 mod uvci;

@@ -132,7 +132,8 @@ pub async fn prepare_with(
         );
     }
     if broker.registry.get("dvc").is_some_and(|a| a.xroad.is_none()) {
-        let id = crate::xroad::ClientId::parse(DEMO_DVC_XROAD).map_err(|e| StartError::Other(e.message))?;
+        let id =
+            crate::doors::xroad::ClientId::parse(DEMO_DVC_XROAD).map_err(|e| StartError::Other(e.message))?;
         broker
             .registry
             .set_xroad("dvc", Some(id))

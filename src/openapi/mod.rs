@@ -43,11 +43,15 @@ const PURPOSE_ERRORS: &[ErrorCode] = &[
     ErrorCode::QuotaExceeded,
 ];
 
-/// Errors of routes that name a citizen and touch the store.
+/// Errors of routes that name a citizen and touch the store (the `upstream_*` ones when the store is a
+/// provider system, `[store] backend = "upstream"`: the contract is the same in every mode).
 const CITIZEN_ERRORS: &[ErrorCode] = &[
     ErrorCode::InvalidCitizenId,
     ErrorCode::CitizenNotFound,
     ErrorCode::StoreUnavailable,
+    ErrorCode::UpstreamError,
+    ErrorCode::UpstreamUnavailable,
+    ErrorCode::UpstreamTimeout,
 ];
 
 const FIELD_ERRORS: &[ErrorCode] = &[ErrorCode::UnknownField, ErrorCode::ForbiddenField];

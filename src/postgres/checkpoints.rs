@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::Postgres;
-use crate::checkpoint::store::{checkpoint_exists, key_time, Checkpoint, CheckpointStore};
+use crate::checkpoint::{checkpoint_exists, key_time, Checkpoint, CheckpointStore};
 use crate::error::ApiError;
 use crate::store::StoreFuture;
 

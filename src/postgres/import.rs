@@ -104,7 +104,7 @@ pub async fn import(postgres: &Arc<Postgres>, data_dir: &Path, node: &str) -> Re
 
 /// Copy the registered checkpoints and the check-in index (the embedded store's trees, read as they are).
 async fn import_checkpoints(postgres: &Arc<Postgres>, db: &sled::Db) -> Result<(usize, usize), String> {
-    use crate::checkpoint::store::{Checkpoint, CheckpointStore};
+    use crate::checkpoint::{Checkpoint, CheckpointStore};
     let shared = super::checkpoints::PgCheckpoints::new(postgres.clone());
     let mut counts = (0, 0);
     for item in db.open_tree("checkpoints").map_err(|e| e.to_string())?.iter() {

@@ -12,10 +12,17 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::Postgres;
-use crate::broker::Broker;
 use crate::error::{ApiError, ErrorCode};
 use crate::registry::{Agency, SharedRegistry};
 use crate::store::StoreFuture;
+
+/// What the follower changes in the broker it runs for: the local copy of the registry, and the TLS files.
+pub trait Follower: Send + Sync + 'static {
+    /// Make the local registry (and the purpose grants kept per agency) what the shared one holds.
+    fn replace_agencies(&self, agencies: Vec<Agency>) -> StoreFuture<'_, ()>;
+    /// Reload the TLS files (a new CRL), as another broker announced; the error says why the old stay.
+    fn reload_tls(&self) -> Result<(), String>;
+}
 
 /// The `NOTIFY` channel of registry changes.
 const CHANNEL: &str = "lienthong_registry";
@@ -70,18 +77,19 @@ impl PgRegistry {
 
     /// Follow the shared registry into `broker`'s local one until the broker is gone: reload on each
     /// notification and whenever the version moved. The first load happens before this returns.
-    pub async fn follow(self: Arc<Self>, broker: &Arc<Broker>) -> Result<(), ApiError> {
+    pub async fn follow<F: Follower>(self: Arc<Self>, broker: &Arc<F>) -> Result<(), ApiError> {
         let first = match self.load().await {
-            Ok((version, agencies)) => apply(broker, agencies).await.map(|()| version),
+            Ok((version, agencies)) => broker.replace_agencies(agencies).await.map(|()| version),
             Err(e) => Err(e),
         };
         // Followed even if the first load failed: the follower catches up once the database answers.
         let loaded = *first.as_ref().unwrap_or(&-1);
-        tokio::spawn(self.follow_from(loaded, Arc::downgrade(broker)));
+        let broker: Arc<dyn Follower> = broker.clone();
+        tokio::spawn(self.follow_from(loaded, Arc::downgrade(&broker)));
         first.map(|_| ())
     }
 
-    async fn follow_from(self: Arc<Self>, mut loaded: i64, broker: Weak<Broker>) {
+    async fn follow_from(self: Arc<Self>, mut loaded: i64, broker: Weak<dyn Follower>) {
         let (notify, mut notified) = tokio::sync::mpsc::unbounded_channel();
         let mut listener: Option<tokio::task::JoinHandle<()>> = None;
         loop {
@@ -105,7 +113,7 @@ impl PgRegistry {
                 return;
             };
             if payload.as_deref() == Some(TLS_RELOAD) {
-                match broker.tls.reload() {
+                match broker.reload_tls() {
                     Ok(()) => tracing::info!("TLS reloaded: announced by another broker"),
                     Err(e) => {
                         tracing::error!(error = %e, "TLS reload announced by another broker failed; the old config stays")
@@ -119,7 +127,7 @@ impl PgRegistry {
                 Err(_) => continue,
             }
             match self.load().await {
-                Ok((version, agencies)) => match apply(&broker, agencies).await {
+                Ok((version, agencies)) => match broker.replace_agencies(agencies).await {
                     Ok(()) => {
                         tracing::debug!(version, "registry reloaded from PostgreSQL");
                         loaded = version;
@@ -130,16 +138,6 @@ impl PgRegistry {
             }
         }
     }
-}
-
-/// Make `broker`'s registry (and the purpose grants the catalogue keeps per agency) what the shared one holds.
-async fn apply(broker: &Broker, agencies: Vec<Agency>) -> Result<(), ApiError> {
-    for agency in &agencies {
-        broker
-            .catalogues
-            .set_grants(&agency.code, &agency.granted_purposes);
-    }
-    broker.registry.replace_all(agencies).await
 }
 
 impl PgRegistry {

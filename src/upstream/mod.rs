@@ -18,12 +18,12 @@ pub mod breaker;
 pub mod client;
 pub mod provider;
 
-use std::path::PathBuf;
+pub use crate::config::upstream::UpstreamConfig;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{ApiError, ErrorCode};
@@ -34,131 +34,6 @@ use crate::store::{Change, CitizenStore, StoreFuture, UpdateOutcome, Validate};
 use breaker::{Breaker, Circuit};
 use client::{Answer, Failure, ProviderClient};
 use provider::{Fill, Provider};
-
-/// `[store.upstream]`: where the provider is and how to talk to it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// The provider's base URL, `https://host:port` (paths come from the provider file).
-    pub url: String,
-    /// The provider file (`providers/*.toml`), or the name of a shipped one (`lienthong-rest.toml`).
-    pub provider: PathBuf,
-    /// PEM CA bundle the provider's server certificate must chain to.
-    pub ca_bundle: PathBuf,
-    /// PEM certificate chain the broker presents to the provider.
-    pub client_cert: PathBuf,
-    /// PEM private key of `client_cert`.
-    pub client_key: PathBuf,
-    /// Time allowed for one call (connect, request, whole answer), in milliseconds: 504 past it.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Time allowed to open a TCP connection, in milliseconds.
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Retries after a failed call (refused, timed out, connection lost, provider 5xx): reads, and writes
-    /// (idempotent on `source_record_id`).
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    /// Idle keep-alive connections kept open to the provider.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
-    /// Failures in a row that open the circuit.
-    #[serde(default = "default_breaker_failures")]
-    pub breaker_failures: u32,
-    /// How long an open circuit refuses calls before one probe, in milliseconds.
-    #[serde(default = "default_breaker_open_ms")]
-    pub breaker_open_ms: u64,
-    /// How often the provider's health path is probed (for `/healthz` and metrics), in milliseconds.
-    #[serde(default = "default_probe_interval_ms")]
-    pub probe_interval_ms: u64,
-}
-
-fn default_timeout_ms() -> u64 {
-    2_000
-}
-fn default_connect_timeout_ms() -> u64 {
-    1_000
-}
-fn default_retries() -> u32 {
-    2
-}
-fn default_pool_size() -> usize {
-    32
-}
-fn default_breaker_failures() -> u32 {
-    5
-}
-fn default_breaker_open_ms() -> u64 {
-    5_000
-}
-fn default_probe_interval_ms() -> u64 {
-    2_000
-}
-
-impl UpstreamConfig {
-    /// Make relative paths absolute against `base` (the config file's folder). A provider named like a
-    /// shipped file that does not exist there stays a name.
-    pub fn resolve_paths(&mut self, base: &std::path::Path) {
-        for p in [&mut self.ca_bundle, &mut self.client_cert, &mut self.client_key] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-        let joined = base.join(&self.provider);
-        if self.provider.is_relative() && (joined.exists() || self.provider.components().count() > 1) {
-            self.provider = joined;
-        }
-    }
-
-    /// What the types cannot say: `(key, message)` of the first problem.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        let uri: hyper::Uri = self
-            .url
-            .parse()
-            .map_err(|e| ("store.upstream.url", format!("{:?} is not a URL: {e}", self.url)))?;
-        if uri.scheme_str() != Some("https") || uri.host().is_none() {
-            return Err((
-                "store.upstream.url",
-                format!(
-                    "{:?}: the provider is reached over https://host:port only",
-                    self.url
-                ),
-            ));
-        }
-        for (key, p) in [
-            ("store.upstream.ca_bundle", &self.ca_bundle),
-            ("store.upstream.client_cert", &self.client_cert),
-            ("store.upstream.client_key", &self.client_key),
-        ] {
-            if !p.is_file() {
-                return Err((key, format!("file not found: {}", p.display())));
-            }
-        }
-        let shipped = provider::EMBEDDED
-            .iter()
-            .any(|(name, _)| std::path::Path::new(name) == self.provider);
-        if !shipped && !self.provider.is_file() {
-            return Err((
-                "store.upstream.provider",
-                format!("file not found: {}", self.provider.display()),
-            ));
-        }
-        for (key, v) in [
-            ("store.upstream.timeout_ms", self.timeout_ms),
-            ("store.upstream.connect_timeout_ms", self.connect_timeout_ms),
-            ("store.upstream.breaker_open_ms", self.breaker_open_ms),
-            ("store.upstream.probe_interval_ms", self.probe_interval_ms),
-        ] {
-            if v == 0 {
-                return Err((key, "must be greater than 0".into()));
-            }
-        }
-        if self.pool_size == 0 {
-            return Err(("store.upstream.pool_size", "must be greater than 0".into()));
-        }
-        Ok(())
-    }
-}
 
 tokio::task_local! {
     /// The W3C `traceparent` of the request being answered, passed on to the provider.
@@ -225,8 +100,8 @@ struct Inner {
     metrics: UpstreamMetrics,
     /// The stored top-level fields (what a whole-record read asks for).
     stored_fields: Vec<String>,
-    /// The canonical schema without its `required` list: a partial record is checked field by field.
-    partial_schema: jsonschema::Validator,
+    /// The canonical schema: a provider's answer is a partial record ([`CitizenSchema::validate_partial`]).
+    schema: Arc<CitizenSchema>,
     reachable: AtomicBool,
 }
 
@@ -235,10 +110,10 @@ impl UpstreamStore {
     /// start probing its health path.
     pub fn open(
         config: &UpstreamConfig,
-        schema: &CitizenSchema,
+        schema: Arc<CitizenSchema>,
         metrics: UpstreamMetrics,
     ) -> Result<Self, String> {
-        let provider = Provider::load(&config.provider, schema).map_err(|e| format!("provider file {e}"))?;
+        let provider = Provider::load(&config.provider, &schema).map_err(|e| format!("provider file {e}"))?;
         let client = ProviderClient::new(config)?;
         let stored_fields = schema
             .field_paths()
@@ -246,14 +121,6 @@ impl UpstreamStore {
             .filter(|p| !p.contains(['.', '[']) && !schema.derived_fields().contains(*p))
             .cloned()
             .collect();
-        let mut partial = schema.raw().clone();
-        if let Some(map) = partial.as_object_mut() {
-            map.remove("required");
-        }
-        let partial_schema = jsonschema::draft202012::options()
-            .should_validate_formats(true)
-            .build(&partial)
-            .map_err(|e| format!("schema: {e}"))?;
         let inner = Arc::new(Inner {
             provider,
             client,
@@ -264,7 +131,7 @@ impl UpstreamStore {
             retries: config.retries,
             metrics,
             stored_fields,
-            partial_schema,
+            schema,
             reachable: AtomicBool::new(true),
         });
         inner.metrics.set_reachable(true);
@@ -464,8 +331,8 @@ impl Inner {
             self.metrics.count_dropped_fields(dropped);
             tracing::info!(provider = %self.provider.name, dropped, "dropped fields the provider answered unasked");
         }
-        if let Some(error) = self.partial_schema.iter_errors(&record).next() {
-            let at = error.instance_path().to_string();
+        if let Err(violation) = self.schema.validate_partial(&record) {
+            let at = violation.pointer;
             return Err(self.bad_answer(&format!("breaks the canonical schema at {at:?}")));
         }
         Ok(record)

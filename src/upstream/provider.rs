@@ -18,18 +18,7 @@ use crate::connector::Format;
 use crate::error::{ApiError, ErrorCode};
 use crate::schema::CitizenSchema;
 
-/// The provider files shipped in the binary, by file name (`store.upstream.provider` may name one of
-/// them instead of a path).
-pub const EMBEDDED: [(&str, &str); 2] = [
-    (
-        "lienthong-rest.toml",
-        include_str!("../../providers/lienthong-rest.toml"),
-    ),
-    (
-        "qcvn109-soap.toml",
-        include_str!("../../providers/qcvn109-soap.toml"),
-    ),
-];
+pub use crate::config::upstream::EMBEDDED;
 
 /// The provider's own error codes a provider file may map onto a canonical answer; every other error
 /// of the provider is 502 `upstream_error` (its text never passed on).

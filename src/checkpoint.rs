@@ -1,7 +1,7 @@
 //! Stage: store (checkpoints). Registered checkpoints and the index of check-ins by checkpoint and time,
 //! behind the [`CheckpointStore`] seam: the broker's sled database ([`Checkpoints`]) or PostgreSQL (shared
-//! by a cluster, `postgres::checkpoints`); held by the broker, used by the checkpoint channel
-//! ([`super`]).
+//! by a cluster, `postgres::checkpoints`); held by the broker, used by the checkpoint front door
+//! (`doors::checkpoint`).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};

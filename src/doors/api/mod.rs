@@ -2,6 +2,8 @@
 //! request to the canonical operations (reads, appends, the access log, the catalogue and its versions,
 //! the EU DCC routes).
 
+pub mod dcc;
+
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
@@ -116,9 +118,9 @@ async fn route_resources(
             ))
         }
         (&Method::GET, ["v1", "citizens", id, "covid-certificate"]) => {
-            crate::dcc::http::issue(broker, exchange, agency, req, id).await
+            crate::doors::api::dcc::issue(broker, exchange, agency, req, id).await
         }
-        (&Method::POST, ["v1", "dcc", "verify"]) => crate::dcc::http::verify(broker, exchange, req),
+        (&Method::POST, ["v1", "dcc", "verify"]) => crate::doors::api::dcc::verify(broker, exchange, req),
         (&Method::GET, ["v1", "citizens", id]) => {
             let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
             let id = canonical::citizen_id(exchange, id)?;

@@ -8,6 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod postgres;
+pub mod upstream;
+
+pub use postgres::PostgresConfig;
+pub use upstream::UpstreamConfig;
+
 /// A configuration problem, naming the file and the key. The CLI exits with code 2 on it.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}: {message}")]
@@ -53,7 +59,7 @@ pub struct StoreConfig {
     /// `embedded` (sled in `storage.data_dir`, the default) or `upstream`.
     pub backend: StoreBackend,
     /// The provider, for `backend = "upstream"`.
-    pub upstream: Option<crate::upstream::UpstreamConfig>,
+    pub upstream: Option<UpstreamConfig>,
 }
 
 /// The citizen store's backend.
@@ -200,7 +206,7 @@ pub struct StorageConfig {
     /// (shared by several brokers; see `postgres`).
     pub backend: StorageBackend,
     /// The PostgreSQL database, with `backend = "postgres"`.
-    pub postgres: crate::postgres::PostgresConfig,
+    pub postgres: PostgresConfig,
 }
 
 /// Which storage backend the broker uses.

@@ -12,8 +12,8 @@ use crate::exchange::{Exchange, ReadRequest, Reply};
 use crate::policy::FieldPath;
 use crate::registry::Agency;
 
-use super::spec::{Connector, ErrorStyle, Format, Locator, Operation, Source, Target};
-use super::xml::{self, Element, Step};
+use crate::connector::spec::{Connector, ErrorStyle, Format, Locator, Operation, Source, Target};
+use crate::connector::xml::{self, Element, Step};
 
 /// A decoded request document.
 enum Doc {
@@ -246,7 +246,7 @@ async fn write_batch(
     connector: &Connector,
     history: canonical::History,
     doc: &Value,
-    batch: &super::spec::Batch,
+    batch: &crate::connector::spec::Batch,
 ) -> Result<Reply, ApiError> {
     let entries = doc
         .pointer(&batch.entries)

@@ -35,7 +35,7 @@ pub async fn issue(
 ) -> Result<Reply, ApiError> {
     exchange.operation = Some(Operation::DccIssue);
     let purpose = canonical::authorize(broker, exchange, agency, req.query("purpose").as_deref())?;
-    let sources: Vec<FieldPath> = super::SOURCE_FIELDS
+    let sources: Vec<FieldPath> = crate::dcc::SOURCE_FIELDS
         .iter()
         .filter_map(|f| f.parse().ok())
         .collect();
@@ -68,10 +68,10 @@ pub async fn issue(
     })?;
     let record = canonical::fetch_for_release(broker, exchange, &id, &sources, &[]).await?;
     let released = canonical::release(exchange, &record, &sources);
-    let uvci = super::uvci(&exchange.request_id.replace('-', "").to_ascii_uppercase());
-    let dcc = super::certificate_json(&released, &uvci, &broker.config.dcc.issuer)?;
+    let uvci = crate::dcc::uvci(&exchange.request_id.replace('-', "").to_ascii_uppercase());
+    let dcc = crate::dcc::certificate_json(&released, &uvci, &broker.config.dcc.issuer)?;
     let validity = chrono::Duration::days(i64::from(broker.config.dcc.validity_days));
-    let issued = signer.sign(dcc, super::COUNTRY, chrono::Utc::now(), validity)?;
+    let issued = signer.sign(dcc, crate::dcc::COUNTRY, chrono::Utc::now(), validity)?;
     Ok(match format {
         Format::Json => Reply::json(
             StatusCode::OK,
@@ -92,7 +92,7 @@ pub async fn issue(
         },
         Format::Png => Reply {
             content_type: "image/png",
-            body: super::qr_png(&issued.hc1)?.into(),
+            body: crate::dcc::qr_png(&issued.hc1)?.into(),
             ..Reply::json(StatusCode::OK, &json!(null))
         },
     })
@@ -121,7 +121,7 @@ pub fn verify(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> Re
     let trust = match body.get("trust_list") {
         None => &broker.dcc_trust,
         Some(list) => {
-            let mut trust = super::TrustList::default();
+            let mut trust = crate::dcc::TrustList::default();
             let items = list
                 .as_array()
                 .ok_or_else(|| invalid("/trust_list", "an array of base64 DER certificates"))?;
@@ -138,7 +138,7 @@ pub fn verify(broker: &Broker, exchange: &mut Exchange, req: &ReadRequest) -> Re
             &given
         }
     };
-    let answer = match super::verify(hc1, trust, at) {
+    let answer = match crate::dcc::verify(hc1, trust, at) {
         Ok(verified) => json!({ "valid": true, "certificate": verified }),
         Err(refusal) => json!({
             "valid": false,

@@ -10,16 +10,14 @@ use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub mod store;
-
 use crate::broker::Broker;
 use crate::canonical::{self, History};
 use crate::error::{ApiError, ErrorCode};
 use crate::exchange::{Exchange, Operation, ReadRequest, Reply};
 use crate::registry::Agency;
 
-use store::{key_time, NewCheckpoint};
-pub use store::{Checkpoint, CheckpointKind};
+use crate::checkpoint::{key_time, NewCheckpoint};
+pub use crate::checkpoint::{Checkpoint, CheckpointKind};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
