@@ -585,6 +585,32 @@ mod tests {
     }
 
     #[test]
+    fn requests_counted_again_add_to_their_own_series_only() {
+        let m = Metrics::new();
+        let outcome = |agency, status| RequestOutcome {
+            side: Side::Agency,
+            agency,
+            purpose: "public-service-prefill",
+            connector: "canonical",
+            status,
+        };
+        for _ in 0..3 {
+            m.count_request(outcome("dvc", 200));
+        }
+        m.count_request(outcome("dvc", 404));
+        m.count_request(outcome("moh", 200));
+        let text = m.render(0);
+        let series = |agency: &str, status: u16, n: u64| {
+            format!(
+                r#"lienthong_requests_total{{side="agency",agency="{agency}",purpose="public-service-prefill",connector="canonical",status="{status}"}} {n}"#
+            )
+        };
+        assert!(text.contains(&series("dvc", 200, 3)), "{text}");
+        assert!(text.contains(&series("dvc", 404, 1)), "{text}");
+        assert!(text.contains(&series("moh", 200, 1)), "{text}");
+    }
+
+    #[test]
     fn connection_gauge_follows_guards() {
         let m = Metrics::new();
         let a = m.connection_opened(Side::Admin);
