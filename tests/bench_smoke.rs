@@ -1,6 +1,7 @@
-//! The benchmark harness in smoke mode (`lienthong bench --smoke`), so that it cannot rot: it must run to
-//! the end, and on the broker every answer must be 2xx with exactly one audit entry each. No timings are
-//! asserted.
+//! The benchmark harness in smoke mode (`lienthong bench --smoke`, with upstream and cluster mode), so that
+//! it cannot rot: it must run to the end, and on every broker every answer must be 2xx with exactly one
+//! audit entry each. No timings are asserted. Cluster mode needs PostgreSQL's binaries
+//! (`scripts/install-deps.sh --for-tests` installs them, as for tests/cluster.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -10,7 +11,7 @@ fn bench_smoke_completes_and_audits_every_answer() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
     let output = Command::new(env!("CARGO_BIN_EXE_lienthong"))
-        .args(["bench", "--smoke", "--upstream", "--out"])
+        .args(["bench", "--smoke", "--upstream", "--postgres", "--out"])
         .arg(&out)
         .arg("--work-dir")
         .arg(dir.path().join("work"))
@@ -43,7 +44,9 @@ fn bench_smoke_completes_and_audits_every_answer() {
             );
         }
     }
-    for r in runs.iter().filter(|r| r["target"] == "broker") {
+    for r in runs.iter().filter(|r| {
+        r["target"] == "broker" || r["target"].as_str().is_some_and(|t| t.starts_with("postgres"))
+    }) {
         let answered = r["answered"].as_u64().unwrap();
         assert!(answered > 0, "{r}");
         assert_eq!(r["ok_2xx"].as_u64(), Some(answered), "{r}");
@@ -69,7 +72,23 @@ fn bench_smoke_completes_and_audits_every_answer() {
             assert_eq!(r["errors"].as_u64(), Some(0), "{r}");
         }
     }
+    // Cluster mode: one node and three on PostgreSQL, beside the embedded broker, for reads and writes.
+    for scenario in ["cluster-read", "cluster-write"] {
+        for target in ["broker", "postgres×1", "postgres×3"] {
+            let n = runs
+                .iter()
+                .filter(|r| r["scenario"] == scenario && r["target"] == target)
+                .count();
+            assert_eq!(n, 2, "{scenario} on {target}: one run per concurrency level");
+        }
+    }
     let notes = report["notes"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.contains("entries per commit"))),
+        "{notes:?}"
+    );
     assert!(
         notes
             .iter()

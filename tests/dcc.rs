@@ -82,6 +82,29 @@ fn vectors_are_refused_for_the_right_reason() {
 }
 
 #[test]
+fn a_certificate_issued_outside_its_signers_validity_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    lienthong::dev::certs::init_dcc_signer(dir.path()).unwrap();
+    let signer =
+        dcc::DocumentSigner::load(&dir.path().join("dcc-dsc.pem"), &dir.path().join("dcc-dsc.key")).unwrap();
+    let mut trust = TrustList::default();
+    trust.add_der(signer.certificate_der()).unwrap();
+    let json = vector("common_2DCode_raw_DGC6.json").json;
+    let year = chrono::Duration::days(365);
+    // Issued now: valid.
+    let now = Utc::now();
+    let fresh = signer.sign(json.clone(), dcc::COUNTRY, now, year).unwrap();
+    dcc::verify(&fresh.hc1, &trust, now).unwrap();
+    // "Issued" in 2000, long before the Document Signer existed: its signature verifies, its date cannot.
+    let then = DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let backdated = signer.sign(json, dcc::COUNTRY, then, year).unwrap();
+    let refusal = dcc::verify(&backdated.hc1, &trust, then).unwrap_err();
+    assert_eq!(refusal.code(), "dsc_not_valid", "{refusal}");
+}
+
+#[test]
 fn shipped_schema_is_the_shared_copy() {
     let shared = std::fs::read_to_string(realdata("ehn-dcc-schema/DCC.combined-schema.json")).unwrap();
     assert_eq!(dcc::DCC_SCHEMA, shared);

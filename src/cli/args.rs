@@ -250,7 +250,7 @@ pub enum AuditCommand {
 pub enum DccCommand {
     /// Verify an `HC1:` string against a trust list of Document Signer certificates: exit 0 valid (the
     /// DCC JSON is printed), 1 invalid with the reason (bad_prefix, base45, zlib, cose_structure,
-    /// unknown_kid, bad_signature, expired, schema_violation), 2 usage.
+    /// unknown_kid, bad_signature, dsc_not_valid, expired, schema_violation), 2 usage.
     Verify {
         /// The `HC1:` string (or give --file).
         #[arg(required_unless_present = "file")]

@@ -45,6 +45,9 @@ pub enum Refusal {
     /// The signature does not verify with the Document Signer's key.
     #[error("bad signature: {0}")]
     BadSignature(String),
+    /// The Document Signer certificate was not valid when the certificate was issued (CWT `iat`).
+    #[error("Document Signer not valid at issuance: {0}")]
+    DscNotValid(String),
     /// The CWT's `exp` has passed.
     #[error("expired at {0}")]
     Expired(String),
@@ -63,6 +66,7 @@ impl Refusal {
             Refusal::CoseStructure(_) => "cose_structure",
             Refusal::UnknownKid(_) => "unknown_kid",
             Refusal::BadSignature(_) => "bad_signature",
+            Refusal::DscNotValid(_) => "dsc_not_valid",
             Refusal::Expired(_) => "expired",
             Refusal::SchemaViolation(_) => "schema_violation",
         }
@@ -89,6 +93,8 @@ pub struct Verified {
 pub struct Dsc {
     kid: [u8; 8],
     key: PublicKey,
+    /// `notBefore` and `notAfter`: a certificate it signed must have been issued within them.
+    valid: (DateTime<Utc>, DateTime<Utc>),
 }
 
 #[derive(Debug, Clone)]
@@ -111,9 +117,14 @@ impl Dsc {
             "1.2.840.113549.1.1.1" => PublicKey::Rsa(bits),
             other => return Err(format!("unsupported public key algorithm {other}")),
         };
+        let validity = cert.validity();
+        let instant = |t: x509_parser::time::ASN1Time| {
+            DateTime::from_timestamp(t.timestamp(), 0).ok_or_else(|| "validity out of range".to_string())
+        };
         Ok(Self {
             kid: kid_of(der),
             key,
+            valid: (instant(validity.not_before)?, instant(validity.not_after)?),
         })
     }
 
@@ -167,7 +178,8 @@ impl TrustList {
 }
 
 /// Check `hc1` at instant `now`: prefix, base45, zlib, COSE_Sign1 + CWT, `kid` in the trust list, ES256
-/// (or PS256) signature, `exp`, and the DCC JSON against the schema — the first failure is the answer.
+/// (or PS256) signature, the Document Signer valid at `iat`, `exp`, and the DCC JSON against the schema —
+/// the first failure is the answer.
 pub fn verify(hc1: &str, trust: &TrustList, now: DateTime<Utc>) -> Result<Verified, Refusal> {
     let encoded = hc1.trim().strip_prefix(HC1_PREFIX).ok_or(Refusal::BadPrefix)?;
     let compressed = base45::decode(encoded).map_err(|e| Refusal::Base45(e.to_string()))?;
@@ -200,6 +212,18 @@ pub fn verify(hc1: &str, trust: &TrustList, now: DateTime<Utc>) -> Result<Verifi
         .and_then(|k| trust.by_kid.get(&k))
         .ok_or_else(|| Refusal::UnknownKid(kid_hex.clone()))?;
     sign1.verify_signature(b"", |signature, tbs| check_signature(&sign1, dsc, signature, tbs))?;
+    let issued = claims.issued_at.as_ref().and_then(instant);
+    if let Some(iat) = issued {
+        let (not_before, not_after) = dsc.valid;
+        if iat < not_before || iat > not_after {
+            return Err(Refusal::DscNotValid(format!(
+                "issued {}, the Document Signer certificate is valid from {} to {}",
+                iat.to_rfc3339(),
+                not_before.to_rfc3339(),
+                not_after.to_rfc3339()
+            )));
+        }
+    }
     let expires = claims.expiration_time.as_ref().and_then(instant);
     if let Some(exp) = expires {
         if exp <= now {
@@ -212,11 +236,7 @@ pub fn verify(hc1: &str, trust: &TrustList, now: DateTime<Utc>) -> Result<Verifi
     Ok(Verified {
         kid: kid_hex,
         issuer: claims.issuer.clone(),
-        issued_at: claims
-            .issued_at
-            .as_ref()
-            .and_then(instant)
-            .map(|t| t.to_rfc3339()),
+        issued_at: issued.map(|t| t.to_rfc3339()),
         expires: expires.map(|t| t.to_rfc3339()),
         dcc,
     })

@@ -291,7 +291,7 @@ pub(super) fn dcc_verify() -> Value {
         "citizens",
         "Verify an `HC1:` string against the broker's trust list of Document Signer certificates",
         "Always 200 for a readable request: `valid` true with the certificate, or false with `reason` one of \
-         bad_prefix, base45, zlib, cose_structure, unknown_kid, bad_signature, expired, schema_violation."
+         bad_prefix, base45, zlib, cose_structure, unknown_kid, bad_signature, dsc_not_valid, expired, schema_violation."
             .into(),
         vec![],
         &[(200, ok_response("The verdict.", json!({
