@@ -116,7 +116,7 @@ impl Writer {
             drain(&mut rx, &mut appends, &mut gather);
             // Commit delay: when the last batch showed concurrent requests and fewer have arrived yet,
             // wait a moment for them, so that one fdatasync answers them all. Only under concurrency
-            // (a lone client never waits), and never longer than `commit_delay` after the first arrived.
+            // (a lone client does not wait, except once right after a burst), and never longer than `commit_delay` after the first arrived.
             let delay = self.options.commit_delay;
             if !delay.is_zero() && last_batch > 1 {
                 let deadline = arrived + delay;
