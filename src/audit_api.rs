@@ -44,7 +44,7 @@ fn time_param(req: &ReadRequest, name: &str) -> Result<Option<DateTime<Utc>>, Ap
 
 /// Entries matching `filter`, newest first, each with its cursor: the embedded trail's seq, or with
 /// PostgreSQL the shared table's id (every broker's entries).
-async fn search(
+pub(crate) async fn search(
     broker: &Broker,
     filter: &AuditFilter,
     before: Option<u64>,
@@ -84,17 +84,20 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
             "head" => {
                 return Ok(Reply::json(
                     StatusCode::OK,
-                    &crate::postgres::audit::head_json(postgres).await?,
+                    &crate::postgres::seals::head_json(postgres).await?,
                 ))
             }
             "verify" => {
                 return Ok(Reply::json(
                     StatusCode::OK,
-                    &crate::postgres::audit::verify_json(postgres).await?,
+                    &crate::postgres::seals::verify_json(postgres).await?,
                 ))
             }
+            // A seal over every chain's head, signed now by this broker.
             "checkpoint" => {
-                broker.embedded_only("a signed checkpoint of one broker (the seals cover every chain)")?
+                let seal =
+                    crate::postgres::seals::seal_now(postgres, &backend.key_dir, &backend.node).await?;
+                return Ok(Reply::json(StatusCode::OK, &json!(seal)));
             }
             _ => {}
         }

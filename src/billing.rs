@@ -9,6 +9,10 @@
 //! `close` freezes a month that is over: the report, the audit chain head it was computed from and the
 //! closing instant, signed with the trail's Ed25519 key; later catalogue versions or class changes
 //! cannot alter it, and an agency can check its invoice against the trail.
+//!
+//! With PostgreSQL (`storage.backend = "postgres"`) every broker answers for the cluster: the trail is
+//! every broker's chain, the counters are the shared ones, class changes are those made on any broker,
+//! and a month is closed once for all of them (the statement then names every chain's head).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -70,8 +74,12 @@ pub struct Statement {
     pub closed_at: String,
     /// The audit chain head the report was computed from: its seq…
     pub audit_head_seq: u64,
-    /// …and its hash.
+    /// …and its hash. With PostgreSQL: the entries over every chain, and the SHA-256 of
+    /// `audit_chains` as seals list them (`"{chain_id} {seq} {hash}\n"` per chain).
     pub audit_head_hash: String,
+    /// With PostgreSQL: every broker's chain head when the month was closed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_chains: Vec<crate::postgres::seals::SealedHead>,
     /// The frozen report.
     pub report: Report,
 }
@@ -114,8 +122,9 @@ async fn from_audit(broker: &Broker, month: &str) -> Result<Audited, ApiError> {
     let mut totals: BTreeMap<(String, String), MonthTotals> = BTreeMap::new();
     let mut before = None;
     loop {
-        let page = broker.audit.search(&filter, before, 500).await?;
-        for e in &page {
+        // Every broker's entries with PostgreSQL.
+        let page = crate::audit_api::search(broker, &filter, before, 500).await?;
+        for (_, e) in &page {
             let (Some(agency), Some(purpose)) = (&e.record.agency, &e.record.purpose) else {
                 continue;
             };
@@ -129,7 +138,7 @@ async fn from_audit(broker: &Broker, month: &str) -> Result<Audited, ApiError> {
             let class = match classes.get(agency) {
                 Some(history) => history.at(at),
                 None => {
-                    let history = broker.registry.class_history(agency)?;
+                    let history = class_history(broker, agency).await?;
                     let class = history.at(at);
                     classes.insert(agency.clone(), history);
                     class
@@ -146,7 +155,7 @@ async fn from_audit(broker: &Broker, month: &str) -> Result<Audited, ApiError> {
             t.refused += u64::from(refused);
         }
         match page.last() {
-            Some(last) if page.len() == 500 => before = Some(last.seq),
+            Some((cursor, _)) if page.len() == 500 => before = Some(*cursor),
             _ => break,
         }
     }
@@ -195,6 +204,21 @@ fn terms_of(broker: &Broker, entry: &AuditEntry, purpose: &str) -> (String, u64)
     (version.id.clone(), unit)
 }
 
+/// An agency's billing classes over time: with PostgreSQL, as changed on any broker.
+async fn class_history(broker: &Broker, agency: &str) -> Result<ClassHistory, ApiError> {
+    match &broker.postgres {
+        Some(backend) => {
+            let current = broker
+                .registry
+                .get(agency)
+                .map(|a| a.billing_class)
+                .unwrap_or_default();
+            ClassHistory::from_changes(backend.registry.class_changes(agency).await?, current)
+        }
+        None => broker.registry.class_history(agency),
+    }
+}
+
 fn closed_tree(broker: &Broker) -> Result<sled::Tree, ApiError> {
     broker
         .db
@@ -202,9 +226,12 @@ fn closed_tree(broker: &Broker) -> Result<sled::Tree, ApiError> {
         .map_err(|e| crate::store::unavailable("billing", e))
 }
 
-/// The closed month, if it was closed.
-pub fn closed(broker: &Broker, month: &str) -> Result<Option<ClosedMonth>, ApiError> {
+/// The closed month, if it was closed (with PostgreSQL: by any broker).
+pub async fn closed(broker: &Broker, month: &str) -> Result<Option<ClosedMonth>, ApiError> {
     month_range(month)?;
+    if let Some(backend) = &broker.postgres {
+        return crate::postgres::billing::closed(&backend.postgres, month).await;
+    }
     let Some(bytes) = closed_tree(broker)?
         .get(month.as_bytes())
         .map_err(|e| crate::store::unavailable("billing", e))?
@@ -218,8 +245,7 @@ pub fn closed(broker: &Broker, month: &str) -> Result<Option<ClosedMonth>, ApiEr
 
 /// The monthly report: the frozen one for a closed month, else recomputed from the audit trail.
 pub async fn report(broker: &Broker, month: &str) -> Result<Report, ApiError> {
-    broker.embedded_only("the billing report")?;
-    if let Some(closed) = closed(broker, month)? {
+    if let Some(closed) = closed(broker, month).await? {
         return Ok(closed.statement.report);
     }
     Ok(from_audit(broker, month).await?.report)
@@ -228,7 +254,6 @@ pub async fn report(broker: &Broker, month: &str) -> Result<Report, ApiError> {
 /// Close a month that is over: 409 `month_not_over` before its last instant has passed (Vietnam time),
 /// 409 `month_closed` when it already is. Durable before it is answered.
 pub async fn close(broker: &Broker, month: &str) -> Result<ClosedMonth, ApiError> {
-    broker.embedded_only("billing close")?;
     let (_, end) = month_range(month)?;
     let now = broker.clock.now();
     if now < end {
@@ -240,21 +265,30 @@ pub async fn close(broker: &Broker, month: &str) -> Result<ClosedMonth, ApiError
             ),
         ));
     }
-    if closed(broker, month)?.is_some() {
-        return Err(ApiError::new(
-            ErrorCode::MonthClosed,
-            format!("{month} is already closed"),
-        ));
+    let already_closed = || ApiError::new(ErrorCode::MonthClosed, format!("{month} is already closed"));
+    if closed(broker, month).await?.is_some() {
+        return Err(already_closed());
     }
     // The head first: every entry of the month is on the trail by now, so the report covers no more
     // than the chain up to this head.
-    let (audit_head_seq, audit_head_hash) = broker.audit.head();
+    let (audit_head_seq, audit_head_hash, audit_chains) = match &broker.postgres {
+        Some(backend) => {
+            let heads = crate::postgres::seals::heads(&backend.postgres).await?;
+            let entries = heads.iter().map(|h| u64::try_from(h.seq).unwrap_or(0)).sum();
+            (entries, digest_of_heads(&heads), heads)
+        }
+        None => {
+            let (seq, hash) = broker.audit.head();
+            (seq, hash, Vec::new())
+        }
+    };
     let report = from_audit(broker, month).await?.report;
     let statement = Statement {
         month: month.to_string(),
         closed_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         audit_head_seq,
         audit_head_hash,
+        audit_chains,
         report,
     };
     let signed_json = serde_json::to_string(&statement).map_err(ApiError::internal)?;
@@ -264,21 +298,35 @@ pub async fn close(broker: &Broker, month: &str) -> Result<ClosedMonth, ApiError
         signed_json,
         signature,
     };
+    if let Some(backend) = &broker.postgres {
+        // Once for the whole cluster: a close on another broker in between wins, this one is refused.
+        return match crate::postgres::billing::store_closed(&backend.postgres, month, &closed).await? {
+            true => Ok(closed),
+            false => Err(already_closed()),
+        };
+    }
     let bytes = serde_json::to_vec(&closed).map_err(ApiError::internal)?;
     let tree = closed_tree(broker)?;
     let swapped = tree
         .compare_and_swap(month.as_bytes(), None as Option<&[u8]>, Some(bytes))
         .map_err(|e| crate::store::unavailable("billing", e))?;
     if swapped.is_err() {
-        return Err(ApiError::new(
-            ErrorCode::MonthClosed,
-            format!("{month} is already closed"),
-        ));
+        return Err(already_closed());
     }
     crate::store::durable_flush(&tree)
         .await
         .map_err(|e| crate::store::unavailable("billing", e))?;
     Ok(closed)
+}
+
+/// SHA-256 (hex) of every chain's head, one `"{chain_id} {seq} {hash}\n"` line per chain in chain id
+/// order, as a seal lists them: the cluster's head in one value.
+fn digest_of_heads(heads: &[crate::postgres::seals::SealedHead]) -> String {
+    let mut lines = String::new();
+    for head in heads {
+        lines.push_str(&format!("{} {} {}\n", head.chain_id, head.seq, head.hash));
+    }
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, lines.as_bytes()))
 }
 
 /// The report as CSV (header line, one line per agency, purpose, price and class, a total line).
@@ -352,9 +400,11 @@ impl Reconciliation {
 
 /// Recompute the month from the audit trail and compare with the counters (and the frozen report).
 pub async fn reconcile(broker: &Broker, month: &str) -> Result<Reconciliation, ApiError> {
-    broker.embedded_only("billing reconcile")?;
     let audited = from_audit(broker, month).await?;
-    let counters = broker.quota.month_totals(month)?;
+    let counters = match &broker.postgres {
+        Some(backend) => backend.quota.month_totals(month).await?,
+        None => broker.quota.month_totals(month)?,
+    };
     let mut keys: Vec<&(String, String)> = counters.keys().chain(audited.totals.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -371,7 +421,9 @@ pub async fn reconcile(broker: &Broker, month: &str) -> Result<Reconciliation, A
             })
         })
         .collect();
-    let closed_report_matches = closed(broker, month)?.map(|c| c.statement.report == audited.report);
+    let closed_report_matches = closed(broker, month)
+        .await?
+        .map(|c| c.statement.report == audited.report);
     Ok(Reconciliation {
         from_audit: audited.report,
         differences,
@@ -402,7 +454,7 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
     let format = req.query("format");
     match action {
         "report" => {
-            let closed = closed(broker, &month)?;
+            let closed = closed(broker, &month).await?;
             let report = match &closed {
                 Some(c) => c.statement.report.clone(),
                 None => report(broker, &month).await?,
@@ -432,7 +484,7 @@ pub async fn admin_route(broker: &Broker, req: &ReadRequest, action: &str) -> Re
             let (status, closed) = if action == "close" {
                 (StatusCode::CREATED, close(broker, &month).await?)
             } else {
-                let closed = closed(broker, &month)?.ok_or_else(|| {
+                let closed = closed(broker, &month).await?.ok_or_else(|| {
                     ApiError::new(ErrorCode::MonthNotClosed, format!("{month} has not been closed"))
                 })?;
                 (StatusCode::OK, closed)

@@ -137,14 +137,14 @@ impl Broker {
                 false => store_err(describe_sled_error(e)),
             })?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
+        let metrics = crate::metrics::Metrics::new();
         let postgres = match config.storage.backend {
             crate::config::StorageBackend::Sled => None,
             crate::config::StorageBackend::Postgres => Some(
-                crate::postgres::Backend::open(&config)
+                crate::postgres::Backend::open(&config, metrics.audit_commits.clone())
                     .map_err(|e| StartError::Other(format!("storage.postgres: {e}")))?,
             ),
         };
-        let metrics = crate::metrics::Metrics::new();
         // Citizen records: an upstream provider ([store] backend), else the storage backend's own.
         let store: Arc<dyn CitizenStore> = match (&config.store.backend, &config.store.upstream, &postgres) {
             (crate::config::StoreBackend::Upstream, Some(upstream), _) => Arc::new(
@@ -257,18 +257,6 @@ impl Broker {
                 backend.postgres.redacted_url, e.message
             )
         })
-    }
-
-    /// 501 `not_supported_on_postgres` for an operator feature that still reads this broker's own files
-    /// (its audit segments, its counters): with PostgreSQL they would answer for this node only.
-    pub fn embedded_only(&self, feature: &str) -> Result<(), crate::error::ApiError> {
-        match self.postgres {
-            Some(_) => Err(crate::error::ApiError::new(
-                crate::error::ErrorCode::NotSupportedOnPostgres,
-                format!("not yet supported with backend = postgres: {feature}"),
-            )),
-            None => Ok(()),
-        }
     }
 
     /// Calls counted in the current windows for one agency and purpose: in PostgreSQL (every broker's) or

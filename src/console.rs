@@ -173,7 +173,8 @@ impl Filters {
 async fn render(broker: &Broker, req: &ReadRequest) -> Result<String, ApiError> {
     let filters = Filters::from(req);
     let audit_filter = filters.to_audit()?;
-    let entries = broker.audit.search(&audit_filter, None, ENTRIES_SHOWN).await?;
+    // Every broker's entries with PostgreSQL.
+    let entries = crate::audit_api::search(broker, &audit_filter, None, ENTRIES_SHOWN).await?;
     let (chain_class, chain) = chain_status(broker).await;
     let notice = req
         .query("notice")
@@ -214,7 +215,7 @@ async fn render(broker: &Broker, req: &ReadRequest) -> Result<String, ApiError> 
     }
 
     let mut entry_rows = String::new();
-    for e in &entries {
+    for (_, e) in &entries {
         let r = &e.record;
         let class = if r.status >= 400 { " class=\"error\"" } else { "" };
         let status = match &r.error_code {
@@ -285,8 +286,12 @@ fn upstream_status(broker: &Broker) -> String {
     }
 }
 
-/// Walk the chain (off the async threads: it reads every segment).
+/// Walk the chain (off the async threads: it reads every segment); with PostgreSQL every broker's chain
+/// and seal.
 async fn chain_status(broker: &Broker) -> (&'static str, String) {
+    if let Some(backend) = &broker.postgres {
+        return cluster_chain_status(&backend.postgres).await;
+    }
     let dir = broker.config.storage.data_dir.join("audit");
     let verified = tokio::task::spawn_blocking(move || crate::audit::verify_dir(&dir)).await;
     match verified {
@@ -312,6 +317,32 @@ async fn chain_status(broker: &Broker) -> (&'static str, String) {
     }
 }
 
+/// What `/admin/v1/audit/verify` answers on PostgreSQL, as one line.
+async fn cluster_chain_status(postgres: &crate::postgres::Postgres) -> (&'static str, String) {
+    match crate::postgres::seals::verify_json(postgres).await {
+        Ok(v) if v["ok"] == true => (
+            "ok",
+            format!(
+                "audit chains verified: {} entries in {} chains (every broker's), {} signed seals",
+                v["count"],
+                v["chains"].as_array().map_or(0, Vec::len),
+                v["seals"],
+            ),
+        ),
+        Ok(v) => (
+            "bad",
+            format!(
+                "audit chain BROKEN: {}",
+                escape(v["reason"].as_str().unwrap_or_default())
+            ),
+        ),
+        Err(e) => (
+            "bad",
+            format!("audit chains not verified: {}", escape(&e.to_string())),
+        ),
+    }
+}
+
 /// Quota and billing sections, rendered.
 struct Usage {
     quota_period: String,
@@ -324,7 +355,7 @@ async fn usage(broker: &Broker) -> Usage {
     let month = crate::quota::month_of(broker.clock.now());
     Usage {
         quota_period: "this minute, today and this month (Vietnam time)".into(),
-        quota_html: quota_table(broker).unwrap_or_else(unavailable),
+        quota_html: quota_table(broker).await.unwrap_or_else(unavailable),
         billing_period: month.clone(),
         billing_html: billing_table(broker, &month).await.unwrap_or_else(unavailable),
     }
@@ -347,13 +378,14 @@ fn quota_cell(used: u64, limit: Option<u64>) -> String {
     }
 }
 
-/// Use of every agency's purposes in the current windows, against its plan.
-fn quota_table(broker: &Broker) -> Result<String, ApiError> {
+/// Use of every agency's purposes in the current windows (every broker's with PostgreSQL), against its
+/// plan.
+async fn quota_table(broker: &Broker) -> Result<String, ApiError> {
     let mut rows = String::new();
     for agency in broker.registry.list() {
         let plan = agency.plan.clone().unwrap_or_default();
         for purpose in broker.catalogue().for_agency(&agency.code) {
-            let used = broker.quota.usage(&agency.code, &purpose.id)?;
+            let used = broker.quota_usage(&agency.code, &purpose.id).await?;
             let limits = plan.for_purpose(&purpose.id);
             let count = |w: &str| used.get(w).copied().unwrap_or(0);
             rows.push_str(&format!(

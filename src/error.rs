@@ -231,9 +231,6 @@ error_codes! {
     DccNotConfigured = "dcc_not_configured" => SERVICE_UNAVAILABLE,
     /// The database cannot be written.
     StoreUnavailable = "store_unavailable" => SERVICE_UNAVAILABLE,
-    /// An operator feature that still reads one broker's own files, refused with `storage.backend =
-    /// "postgres"` rather than answering from half the cluster.
-    NotSupportedOnPostgres = "not_supported_on_postgres" => NOT_IMPLEMENTED,
     /// The upstream provider gave a malformed answer, refused the call, or failed TLS.
     UpstreamError = "upstream_error" => BAD_GATEWAY,
     /// The upstream provider cannot be reached (connection refused, circuit open).

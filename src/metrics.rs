@@ -164,6 +164,39 @@ pub struct Metrics {
     hidden_accesses: Family<PurposeLabels, Counter>,
     /// The upstream provider's metrics (all zero with the embedded store).
     pub upstream: UpstreamMetrics,
+    /// Audit group commits to PostgreSQL (all zero with the embedded trail).
+    pub audit_commits: AuditCommitMetrics,
+}
+
+/// Audit transactions committed to PostgreSQL by this broker and the entries they carried: commits per
+/// second and entries per commit (group commit at work). Handles share the registry's series.
+#[derive(Debug, Clone, Default)]
+pub struct AuditCommitMetrics {
+    commits: Counter,
+    entries: Counter,
+}
+
+impl AuditCommitMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "audit_commits",
+            "Audit transactions committed to PostgreSQL (each a group of entries)",
+            metrics.commits.clone(),
+        );
+        registry.register(
+            "audit_committed_entries",
+            "Audit entries committed to PostgreSQL, over all commits",
+            metrics.entries.clone(),
+        );
+        metrics
+    }
+
+    /// Count one committed transaction of `entries` entries.
+    pub fn count_commit(&self, entries: usize) {
+        self.commits.inc();
+        self.entries.inc_by(entries as u64);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -354,6 +387,7 @@ impl Metrics {
             crl_stale.clone(),
         );
         let upstream = UpstreamMetrics::register(&mut registry);
+        let audit_commits = AuditCommitMetrics::register(&mut registry);
         for side in [Side::Agency, Side::Admin] {
             // Present from the start so dashboards see 0, not "no data".
             let _ = open_connections.get_or_create(&SideLabels {
@@ -374,6 +408,7 @@ impl Metrics {
             crl_stale,
             hidden_accesses,
             upstream,
+            audit_commits,
         }
     }
 

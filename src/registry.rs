@@ -124,6 +124,18 @@ pub struct ClassHistory {
 }
 
 impl ClassHistory {
+    /// The history made of `changes` (oldest first) and the class now.
+    pub fn from_changes(changes: Vec<ClassChange>, current: BillingClass) -> RegistryResult<Self> {
+        let changes = changes
+            .into_iter()
+            .map(|c| {
+                let at = chrono::DateTime::parse_from_rfc3339(&c.at).map_err(store_err)?;
+                Ok((at.with_timezone(&chrono::Utc), c.from, c.to))
+            })
+            .collect::<RegistryResult<Vec<_>>>()?;
+        Ok(Self { changes, current })
+    }
+
     /// The class at `t`: after the last change at or before `t`, else before the first change after it,
     /// else the class now.
     pub fn at(&self, t: chrono::DateTime<chrono::Utc>) -> BillingClass {
@@ -448,16 +460,8 @@ impl Registry {
 
     /// The agency's billing classes over time (an unknown agency is billed).
     pub fn class_history(&self, code: &str) -> RegistryResult<ClassHistory> {
-        let changes = self
-            .class_changes(code)?
-            .into_iter()
-            .map(|c| {
-                let at = chrono::DateTime::parse_from_rfc3339(&c.at).map_err(store_err)?;
-                Ok((at.with_timezone(&chrono::Utc), c.from, c.to))
-            })
-            .collect::<RegistryResult<Vec<_>>>()?;
         let current = self.get(code).map(|a| a.billing_class).unwrap_or_default();
-        Ok(ClassHistory { changes, current })
+        ClassHistory::from_changes(self.class_changes(code)?, current)
     }
 
     /// Set (or with `None` clear) the agency's X-Road identity: 409 `xroad_id_bound` if another agency

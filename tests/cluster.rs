@@ -10,119 +10,35 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use lienthong::client::{MtlsClient, Response};
+use lienthong::dev::throwaway_pg::ThrowawayPostgres;
 use lienthong::postgres::{citizens::PgCitizenStore, Postgres, PostgresConfig};
 use lienthong::store::CitizenStore;
 use serde_json::{json, Value};
 
-fn running_as_root() -> bool {
-    let out = Command::new("id").arg("-u").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
-}
-
-/// A throw-away PostgreSQL on 127.0.0.1, trust auth, user `lienthong`. PostgreSQL refuses to run as root:
-/// as root, it runs as `nobody`, owning the temp dir.
+/// A throw-away PostgreSQL on 127.0.0.1 (`lienthong::dev::throwaway_pg`: trust auth, user `lienthong`; as
+/// root it runs as `nobody`, owning the temp dir), stopped when dropped.
 struct Pg {
-    dir: tempfile::TempDir,
-    port: u16,
-    as_nobody: bool,
+    server: ThrowawayPostgres,
+    _dir: tempfile::TempDir,
 }
 
 impl Pg {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let as_nobody = running_as_root();
-        if as_nobody {
-            let status = Command::new("chown")
-                .arg("nobody")
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-        let pg = Self {
-            port: common::free_port(),
-            dir,
-            as_nobody,
-        };
-        let data = pg.dir.path().join("data");
-        let out = pg.run(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "lienthong",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        pg.start_server();
-        pg
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) -> Output {
-        let mut cmd = if self.as_nobody {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "nobody", "--"]).arg(common::postgres_tool(tool));
-            c
-        } else {
-            Command::new(common::postgres_tool(tool))
-        };
-        cmd.args(args).current_dir(self.dir.path()).stdin(Stdio::null());
-        cmd.output().unwrap()
-    }
-
-    fn pg_ctl(&self, args: &[&str]) -> Output {
-        let data = self.dir.path().join("data");
-        let mut all = vec!["-D", data.to_str().unwrap()];
-        all.extend_from_slice(args);
-        self.run("pg_ctl", &all)
+        let server = ThrowawayPostgres::start(dir.path(), common::free_port()).unwrap();
+        Self { server, _dir: dir }
     }
 
     fn start_server(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log");
-        let out = self.pg_ctl(&[
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            log.to_str().unwrap(),
-            "-o",
-            &options,
-            "start",
-        ]);
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        self.server.start_server().unwrap();
     }
 
     fn stop_server(&self) {
-        let out = self.pg_ctl(&["-w", "-m", "fast", "stop"]);
-        assert!(
-            out.status.success(),
-            "pg_ctl stop: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.server.stop_server().unwrap();
     }
 
     fn url(&self) -> String {
-        format!("postgres://lienthong@127.0.0.1:{}/postgres", self.port)
+        self.server.url()
     }
 
     /// A connection for the test's own queries.
@@ -132,12 +48,6 @@ impl Pg {
             .unwrap();
         tokio::spawn(connection);
         client
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
     }
 }
 
@@ -166,6 +76,8 @@ fn make_certs(dir: &Path) -> PathBuf {
         "moh",
         "--client",
         "dvc",
+        "--client",
+        "pccovid",
         "--client",
         "vneid",
         "--client",
@@ -400,6 +312,20 @@ async fn unaudited(pg: &Pg, ids: &[String]) -> Vec<String> {
     rows.iter().map(|r| r.get(0)).collect()
 }
 
+/// `PUT` a JSON body on an admin listener.
+async fn put_json(admin: &MtlsClient, addr: SocketAddr, path: &str, body: Value) -> Response {
+    admin
+        .request(
+            addr,
+            hyper::Method::PUT,
+            path,
+            Some("application/json"),
+            body.to_string(),
+        )
+        .await
+        .unwrap()
+}
+
 fn verify(pg: &Pg) -> Output {
     lienthong(&["audit", "verify", "--database", &pg.url()])
 }
@@ -413,13 +339,13 @@ async fn three_nodes_share_records_and_one_tamper_evident_trail_through_a_kill()
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("from version 0 to 6"),
+        text(&out.stdout).contains("from version 0 to 7"),
         "{}",
         text(&out.stdout)
     );
     let out = lienthong(&["db", "migrate", "--database", &pg.url()]);
     assert!(
-        text(&out.stdout).contains("schema version 6 is current"),
+        text(&out.stdout).contains("schema version 7 is current"),
         "{}",
         text(&out.stdout)
     );
@@ -756,16 +682,13 @@ async fn three_nodes_under_concurrent_reads_serve_exactly_the_plan() {
     }
     nodes[0].register(&certs, &["dvc"]).await;
     // A plan set on C applies on every node.
-    let r = admin
-        .request(
-            nodes[2].admin,
-            hyper::Method::PUT,
-            "/admin/v1/agencies/dvc/plan",
-            Some("application/json"),
-            json!({ "limits": { "public-service-prefill": { "per_day": 50 } } }).to_string(),
-        )
-        .await
-        .unwrap();
+    let r = put_json(
+        &admin,
+        nodes[2].admin,
+        "/admin/v1/agencies/dvc/plan",
+        json!({ "limits": { "public-service-prefill": { "per_day": 50 } } }),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", text(&r.body));
     for node in &nodes {
         node.wait_for_agency(&certs, "dvc", |a| !a["plan"].is_null())
@@ -819,16 +742,23 @@ async fn three_nodes_under_concurrent_reads_serve_exactly_the_plan() {
         "{}",
         text(&r.body)
     );
-    // Reports that would read one node's own files are refused, not answered from a third of the data.
+    // The billing report on B counts every node's calls.
     let r = admin
         .get(nodes[1].admin, "/admin/v1/billing/report")
         .await
         .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let line = &r.json()["lines"][0];
     assert_eq!(
-        (r.status, error_code(&r).as_str()),
-        (501, "not_supported_on_postgres")
+        (
+            line["agency"].clone(),
+            line["served"].clone(),
+            line["refused_quota"].clone()
+        ),
+        (json!("dvc"), json!(50), json!(40)),
+        "{}",
+        text(&r.body)
     );
-    assert!(text(&r.body).contains("not yet supported with backend = postgres: the billing report"));
 
     // Suspended on A: refused on C within a second; resumed on B: served on A again.
     let read = format!("/v1/citizens/{}?purpose=public-service-prefill", ids[0]);
@@ -986,7 +916,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("schema version 99 is newer than this broker understands (version 6)"),
+        stderr.contains("schema version 99 is newer than this broker understands (version 7)"),
         "{stderr}"
     );
 
@@ -1008,7 +938,7 @@ async fn a_database_newer_than_the_broker_is_refused_naming_both_versions() {
     assert_eq!(status.code(), Some(1));
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.contains("schema version 99 is newer than this broker understands (version 6)"),
+        log.contains("schema version 99 is newer than this broker understands (version 7)"),
         "{log}"
     );
 }
@@ -1154,4 +1084,317 @@ fn postgres_settings_are_checked_and_the_password_never_shown() {
     write("[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://broker@127.0.0.1/x\"\n");
     let out = check();
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// The month before the one `now` is in (Vietnam time), `YYYY-MM`: over, so it can be closed.
+fn last_month() -> String {
+    let vietnam = chrono::Utc::now() + chrono::Duration::hours(7);
+    let first = chrono::NaiveDate::from_ymd_opt(
+        chrono::Datelike::year(&vietnam),
+        chrono::Datelike::month(&vietnam),
+        1,
+    )
+    .unwrap();
+    (first - chrono::Duration::days(1)).format("%Y-%m").to_string()
+}
+
+#[tokio::test]
+async fn billing_checkpoints_and_export_answer_for_the_whole_cluster() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let ids = seed(&pg.url(), 4).await;
+    let admin = client(&certs, "admin");
+    let a = Node::start(dir.path(), &certs, "bill-a", &pg.url()).await;
+    let b = Node::start(dir.path(), &certs, "bill-b", &pg.url()).await;
+    a.register(&certs, &["dvc", "pccovid"]).await;
+    b.wait_for_agency(&certs, "pccovid", |x| x["code"] == "pccovid")
+        .await;
+    // pccovid is funded by the state budget: set on B, seen on A.
+    let r = put_json(
+        &admin,
+        b.admin,
+        "/admin/v1/agencies/pccovid/billing-class",
+        json!({ "billing_class": "state-budget" }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    a.wait_for_agency(&certs, "pccovid", |x| x["billing_class"] == "state-budget")
+        .await;
+    // A plan, so the shared counters meter dvc (a purpose without limits is not counted).
+    let r = put_json(
+        &admin,
+        a.admin,
+        "/admin/v1/agencies/dvc/plan",
+        json!({ "limits": { "public-service-prefill": { "per_month": 100 } } }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    b.wait_for_agency(&certs, "dvc", |x| !x["plan"].is_null()).await;
+
+    // dvc: 3 calls on A, 2 on B (1000 VND each); pccovid: 2 on A, 1 on B (exempt).
+    let (dvc, pccovid) = (client(&certs, "dvc"), client(&certs, "pccovid"));
+    let mut served = Vec::new();
+    for (who, purpose, node, times) in [
+        (&dvc, "public-service-prefill", &a, 3),
+        (&dvc, "public-service-prefill", &b, 2),
+        (&pccovid, "covid-qr-status", &a, 2),
+        (&pccovid, "covid-qr-status", &b, 1),
+    ] {
+        for i in 0..times {
+            let path = format!("/v1/citizens/{}?purpose={purpose}", ids[i % ids.len()]);
+            let r = who.get(node.agency, &path).await.unwrap();
+            assert_eq!(r.status, 200, "{}", text(&r.body));
+            served.push(request_id(&r));
+        }
+    }
+
+    // The same report on both nodes: the sum of their use, state-budget use counted but not charged.
+    let mut reports = Vec::new();
+    for node in [&a, &b] {
+        let r = admin.get(node.admin, "/admin/v1/billing/report").await.unwrap();
+        assert_eq!(r.status, 200, "{}", text(&r.body));
+        reports.push(r.json());
+    }
+    assert_eq!(reports[0], reports[1]);
+    let report = &reports[0];
+    let lines = report["lines"].as_array().unwrap();
+    let line = |agency: &str| lines.iter().find(|l| l["agency"] == agency).unwrap().clone();
+    let dvc_line = line("dvc");
+    assert_eq!(
+        (
+            dvc_line["served"].clone(),
+            dvc_line["amount_vnd"].clone(),
+            dvc_line["exempt"].clone()
+        ),
+        (json!(5), json!(5000), json!(false)),
+        "{report}"
+    );
+    let pccovid_line = line("pccovid");
+    assert_eq!(
+        (
+            pccovid_line["served"].clone(),
+            pccovid_line["amount_vnd"].clone(),
+            pccovid_line["exempt"].clone(),
+            pccovid_line["billing_class"].clone()
+        ),
+        (json!(3), json!(0), json!(true), json!("state-budget")),
+        "{report}"
+    );
+    assert_eq!(
+        (report["total_vnd"].clone(), report["closed"].clone()),
+        (json!(5000), json!(false))
+    );
+    let r = admin
+        .get(a.admin, "/admin/v1/billing/report?format=csv")
+        .await
+        .unwrap();
+    assert!(
+        text(&r.body).contains(",dvc,public-service-prefill,5,0,1000,5000,false\n"),
+        "{}",
+        text(&r.body)
+    );
+
+    // Reconcile: every node's counters match every node's audit entries.
+    let r = admin.get(b.admin, "/admin/v1/billing/reconcile").await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let rec = r.json();
+    assert_eq!(
+        (rec["ok"].clone(), rec["differences"].clone()),
+        (json!(true), json!([])),
+        "{rec}"
+    );
+    assert_eq!(rec["from_audit"]["total_vnd"], 5000);
+    // The same through the operator's CLI, on either node.
+    let cli = |node: &Node, args: &[&str]| {
+        let admin_addr = node.admin.to_string();
+        let (ca, cert, key) = (
+            certs.join("ca.pem"),
+            certs.join("admin.pem"),
+            certs.join("admin.key"),
+        );
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([
+            "--admin-addr",
+            &admin_addr,
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        lienthong(&all)
+    };
+    let out = cli(&a, &["billing", "reconcile"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let out = cli(&b, &["billing", "report", "--format", "csv"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(",TOTAL,,,,,5000,\n"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A month that is over: closed on A, once for the cluster; B answers 409 and the frozen month.
+    let month = last_month();
+    let r = admin
+        .post_json(
+            a.admin,
+            &format!("/admin/v1/billing/close?month={month}"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", text(&r.body));
+    let closed = r.json();
+    let statement = &closed["statement"];
+    let chains = statement["audit_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 2, "one chain per node: {closed}");
+    let entries: u64 = chains.iter().map(|c| c["seq"].as_u64().unwrap()).sum();
+    assert_eq!(statement["audit_head_seq"], entries);
+    assert_eq!(statement["audit_head_hash"].as_str().unwrap().len(), 64);
+    let public = std::fs::read_to_string(dir.path().join("bill-a/audit/checkpoint.pub")).unwrap();
+    assert_eq!(closed["signature"]["public_key"], public.trim());
+    let signed = closed["signed_json"].as_str().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(signed).unwrap(), *statement);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, hex::decode(public.trim()).unwrap())
+        .verify(
+            format!("lienthong-billing-close-v1\n{signed}").as_bytes(),
+            &hex::decode(closed["signature"]["signature"].as_str().unwrap()).unwrap(),
+        )
+        .expect("the closed month's signature verifies");
+    let r = admin
+        .post_json(
+            b.admin,
+            &format!("/admin/v1/billing/close?month={month}"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (409, "month_closed"),
+        "{}",
+        text(&r.body)
+    );
+    let r = admin
+        .get(b.admin, &format!("/admin/v1/billing/closed?month={month}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    assert_eq!(r.json(), closed);
+    let r = admin
+        .get(b.admin, &format!("/admin/v1/billing/report?month={month}"))
+        .await
+        .unwrap();
+    assert_eq!(r.json()["closed"], true, "{}", text(&r.body));
+    let r = admin
+        .get(b.admin, &format!("/admin/v1/billing/reconcile?month={month}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.json()["ok"].clone(), r.json()["closed_report_matches"].clone()),
+        (json!(true), json!(true)),
+        "{}",
+        text(&r.body)
+    );
+
+    // A checkpoint: a seal over both chains, signed now by B, which verification then checks.
+    let r = admin.get(b.admin, "/admin/v1/audit/checkpoint").await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let seal = r.json();
+    assert_eq!(seal["node"], "bill-b");
+    assert_eq!(seal["heads"].as_array().unwrap().len(), 2, "{seal}");
+    let public_b = std::fs::read_to_string(dir.path().join("bill-b/audit/checkpoint.pub")).unwrap();
+    assert_eq!(seal["public_key"], public_b.trim());
+    let out = verify(&pg);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let verified = admin.get(a.admin, "/admin/v1/audit/verify").await.unwrap().json();
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    // Exported from the database: both nodes' entries, each chain linked and every hash recomputed.
+    let export = dir.path().join("export.jsonl");
+    let out = lienthong(&[
+        "audit",
+        "export",
+        "--database",
+        &pg.url(),
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exported = std::fs::read_to_string(&export).unwrap();
+    let lines: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Every entry in the table (the verify call above is audited too).
+    let stored: i64 = pg
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM audit_entries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lines.len() as i64, stored);
+    assert!(text(&out.stderr).contains(&format!("exported {} entries", lines.len())));
+    let mut heads = std::collections::HashSet::from([lienthong::audit::GENESIS_HASH.to_string()]);
+    for line in &lines {
+        let entry: lienthong::audit::AuditEntry = serde_json::from_value(line.clone()).unwrap();
+        assert_eq!(entry.compute_hash().unwrap(), entry.hash, "entry {line}");
+        let prev = line["prev_hash"].as_str().unwrap();
+        assert!(
+            heads.contains(prev),
+            "entry {line} does not continue an exported entry"
+        );
+        heads.insert(line["hash"].as_str().unwrap().to_string());
+    }
+    for id in &served {
+        assert!(exported.contains(id.as_str()), "request {id} not exported");
+    }
+
+    // Group commits are counted in /metrics.
+    let metrics = text(&admin.get(a.admin, "/metrics").await.unwrap().body);
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    let (commits, committed) = (
+        counter("lienthong_audit_commits_total"),
+        counter("lienthong_audit_committed_entries_total"),
+    );
+    assert!(
+        commits > 0 && committed >= commits,
+        "{commits} commits of {committed} entries"
+    );
+
+    // The console shows the cluster's figures.
+    let r = admin.get(a.admin, "/admin/console").await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let page = text(&r.body);
+    assert!(page.contains("id=\"billing-total\">5000<"), "billing panel");
+    assert!(page.contains("in 2 chains"), "chain status");
+    assert!(
+        page.contains("<span class=\"num\">5 / 100</span>"),
+        "quota panel counts both nodes' dvc calls"
+    );
+
+    // dvc moves to the state budget on B: the calls before stay billed on A too (the change is dated in
+    // the shared registry, not only in B's own).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = put_json(
+        &admin,
+        b.admin,
+        "/admin/v1/agencies/dvc/billing-class",
+        json!({ "billing_class": "state-budget" }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    a.wait_for_agency(&certs, "dvc", |x| x["billing_class"] == "state-budget")
+        .await;
+    let r = admin.get(a.admin, "/admin/v1/billing/report").await.unwrap();
+    assert_eq!(r.json(), reports[0], "{}", text(&r.body));
 }

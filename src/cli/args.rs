@@ -201,6 +201,10 @@ pub enum AuditCommand {
         /// Output file (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Export every broker's chain from this PostgreSQL database (connection URL) instead: chain by
+        /// chain, in seq order within each.
+        #[command(flatten)]
+        database: super::db::DatabaseArgs,
     },
     /// Ask a running broker to sign its head now and print it as one witness line (JSON) on standard
     /// output: append it to a file kept off the broker host, for `audit verify --witness`.

@@ -1,4 +1,4 @@
-//! `lienthong db …` and `lienthong audit verify --database`: the PostgreSQL database of a cluster,
+//! `lienthong db …`, `lienthong audit verify --database` and `audit export --database`: the PostgreSQL database of a cluster,
 //! reached directly (no broker needs to run).
 
 use std::path::PathBuf;
@@ -166,7 +166,7 @@ pub async fn verify_command(database: DatabaseArgs) -> i32 {
         Err(e) => return fail(1, format!("{}: {e}", postgres.redacted_url)),
     };
     let verified = match crate::postgres::audit::verify(&client).await {
-        Ok(report) => crate::postgres::audit::verify_seals(&client)
+        Ok(report) => crate::postgres::seals::verify_seals(&client)
             .await
             .map(|seals| (report, seals)),
         Err(broken) => Err(broken),
@@ -188,6 +188,25 @@ pub async fn verify_command(database: DatabaseArgs) -> i32 {
         }
         Err(broken) => fail(1, format!("audit chain broken: {broken}")),
     }
+}
+
+/// `lienthong audit export --database URL`: every broker's entries, `from` inclusive, `to` exclusive; how
+/// many were written.
+pub async fn export(
+    database: DatabaseArgs,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, String> {
+    let postgres = open(database)?;
+    let client = postgres
+        .pool()
+        .get()
+        .await
+        .map_err(|e| format!("{}: {e}", postgres.redacted_url))?;
+    crate::postgres::audit::export(&client, from, to, out)
+        .await
+        .map_err(|e| format!("{}: {e}", postgres.redacted_url))
 }
 
 fn open(args: DatabaseArgs) -> Result<std::sync::Arc<crate::postgres::Postgres>, String> {

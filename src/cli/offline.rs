@@ -201,6 +201,7 @@ pub(super) async fn audit_command(action: AuditCommand) -> i32 {
             from,
             to,
             out,
+            database,
         } => {
             let (from, to) = match (
                 parse_time("from", from.as_deref()),
@@ -218,7 +219,12 @@ pub(super) async fn audit_command(action: AuditCommand) -> i32 {
             };
             let progress = crate::progress::Progress::start("exporting audit entries", None);
             let mut writer = crate::progress::CountingLines::new(writer, progress);
-            let exported = crate::audit::export(&data_dir.join("audit"), from, to, &mut writer);
+            let exported = if database.database.is_some() {
+                super::db::export(database, from, to, &mut writer).await
+            } else {
+                crate::audit::export(&data_dir.join("audit"), from, to, &mut writer)
+                    .map_err(|e| e.to_string())
+            };
             let mut writer = writer.finish();
             match exported {
                 Ok(n) => {
@@ -226,7 +232,7 @@ pub(super) async fn audit_command(action: AuditCommand) -> i32 {
                     eprintln!("exported {n} entries");
                     0
                 }
-                Err(e) => fail(1, e.to_string()),
+                Err(e) => fail(1, e),
             }
         }
         AuditCommand::Prune {

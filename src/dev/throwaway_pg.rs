@@ -1,5 +1,6 @@
 //! Dev tool: a throw-away PostgreSQL from the installed binaries (Debian's `postgresql`, which
-//! `scripts/install-deps.sh` installs), for the benchmark's cluster runs: `initdb` in a folder of its own,
+//! `scripts/install-deps.sh` installs), for the benchmark's cluster runs and the cluster tests: `initdb` in
+//! a folder of its own,
 //! trust authentication on 127.0.0.1 only, user `lienthong`. PostgreSQL refuses to run as root, so as root
 //! it runs as `nobody`, who then owns the folder. Stopped (immediate) when dropped.
 
@@ -37,7 +38,8 @@ pub struct ThrowawayPostgres {
 }
 
 impl ThrowawayPostgres {
-    /// `initdb` in `dir` (created; it must not hold a cluster yet) and start the server on `port`.
+    /// `initdb` in `dir` (created if missing, else empty; its parents must let `nobody` through when
+    /// running as root) and start the server on `port`.
     pub fn start(dir: &Path, port: u16) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let as_nobody = running_as_root();
@@ -60,14 +62,35 @@ impl ThrowawayPostgres {
         let data = data.to_string_lossy();
         pg.run(
             "initdb",
-            &["-D", &data, "-U", "lienthong", "-A", "trust", "-E", "UTF8"],
+            // `--no-sync`: initdb's own files only; the server still syncs every commit.
+            &[
+                "-D",
+                &data,
+                "-U",
+                "lienthong",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
         )?;
+        pg.start_server()?;
+        Ok(pg)
+    }
+
+    /// Start the server (again, after [`ThrowawayPostgres::stop_server`]) and wait until it accepts
+    /// connections.
+    pub fn start_server(&self) -> Result<(), String> {
+        let data = self.data_dir();
+        let data = data.to_string_lossy();
+        let (dir, port) = (&self.dir, self.port);
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
             dir.display()
         );
         let log = dir.join("server.log");
-        pg.run(
+        self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -86,7 +109,17 @@ impl ThrowawayPostgres {
             let server_log = std::fs::read_to_string(&log).unwrap_or_default();
             format!("{e}\n{server_log}")
         })?;
-        Ok(pg)
+        Ok(())
+    }
+
+    /// Stop the server (fast shutdown: sessions are ended, committed work is kept).
+    pub fn stop_server(&self) -> Result<(), String> {
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &["-D", &data.to_string_lossy(), "-w", "-m", "fast", "stop"],
+        )
+        .map(|_| ())
     }
 
     /// The connection URL (no password: trust on loopback).

@@ -10,6 +10,9 @@
 //! inserts them in one statement and commits with `synchronous_commit = on`; only then are the requests
 //! answered. If a batch fails, its requests get 503 `audit_unavailable` and the writer reads the chain's
 //! committed head again before the next batch (the commit may have landed even if its answer was lost).
+//!
+//! Reading it back: [`verify`] (every chain), [`search`] (every broker's entries, newest first) and
+//! [`export`]; the seals over every chain's head are in [`super::seals`].
 
 use std::sync::Arc;
 
@@ -20,6 +23,7 @@ use uuid::Uuid;
 
 use super::Postgres;
 use crate::audit::{AuditEntry, AuditError, AuditFuture, AuditRecord, AuditSink, GENESIS_HASH};
+use crate::metrics::AuditCommitMetrics;
 
 /// Entries committed in one transaction at most.
 pub const MAX_BATCH: usize = 512;
@@ -40,11 +44,12 @@ pub struct PgAuditSink {
 }
 
 impl PgAuditSink {
-    /// Start the writer task for a new chain of `node`. Call within a tokio runtime.
-    pub fn start(postgres: Arc<Postgres>, node: String) -> Self {
+    /// Start the writer task for a new chain of `node`, counting its commits in `metrics`. Call within a
+    /// tokio runtime.
+    pub fn start(postgres: Arc<Postgres>, node: String, metrics: AuditCommitMetrics) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
         let chain_id = Uuid::new_v4();
-        tokio::spawn(write_batches(postgres, node, chain_id, waiting));
+        tokio::spawn(write_batches(postgres, node, chain_id, waiting, metrics));
         Self { queue, chain_id }
     }
 }
@@ -76,6 +81,7 @@ async fn write_batches(
     node: String,
     chain_id: Uuid,
     mut waiting: mpsc::Receiver<Pending>,
+    metrics: AuditCommitMetrics,
 ) {
     // `None` until the chain is registered, and again after a failed batch: read from the database.
     let mut head: Option<Head> = None;
@@ -91,6 +97,7 @@ async fn write_batches(
         match commit_batch(&postgres, &node, chain_id, head.clone(), &records).await {
             Ok((entries, new_head)) => {
                 head = Some(new_head);
+                metrics.count_commit(entries.len());
                 for (pending, entry) in batch.into_iter().zip(entries) {
                     let _ = pending.answer.send(Ok(entry));
                 }
@@ -360,220 +367,6 @@ pub async fn verify(client: &tokio_postgres::Client) -> Result<VerifyReport, Str
     Ok(report)
 }
 
-/// `pg_try_advisory_xact_lock` key of the sealer election ("lienseal" in ASCII).
-const SEAL_LOCK: i64 = 0x6c69_656e_7365_616c;
-
-/// What a seal signs: `"lienthong-audit-seal-v1\n{time}\n"`, then `"{chain_id} {seq} {hash}\n"` for every
-/// chain, in chain id order.
-fn seal_message(time: &str, heads: &[SealedHead]) -> Vec<u8> {
-    let mut message = format!("lienthong-audit-seal-v1\n{time}\n");
-    for head in heads {
-        message.push_str(&format!("{} {} {}\n", head.chain_id, head.seq, head.hash));
-    }
-    message.into_bytes()
-}
-
-/// One chain's head as a seal names it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct SealedHead {
-    chain_id: Uuid,
-    seq: i64,
-    hash: String,
-}
-
-/// Every `every`, one broker of the cluster (whichever wins the advisory lock, when the last seal is older
-/// than `every`) signs the head of every chain with its Ed25519 key (the embedded trail's
-/// `checkpoint.key` in `key_dir`, its `audit.key_dir`) into `audit_seals`: cutting a whole chain's tail, which its own
-/// hashes cannot show, then contradicts a seal. Stops when the pool is gone.
-pub fn start_sealer(
-    postgres: &Arc<Postgres>,
-    key_dir: std::path::PathBuf,
-    node: String,
-    every: std::time::Duration,
-) {
-    let postgres = Arc::downgrade(postgres);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            let Some(postgres) = postgres.upgrade() else {
-                return;
-            };
-            match seal_if_elected(&postgres, &key_dir, &node, every).await {
-                Ok(Some(chains)) => tracing::debug!(chains, "audit seal written"),
-                Ok(None) => {}
-                Err(cause) => tracing::warn!(%cause, "audit seal not written; retrying"),
-            }
-        }
-    });
-}
-
-/// Write a seal if this broker is elected and one is due; how many chains it covers.
-async fn seal_if_elected(
-    postgres: &Postgres,
-    key_dir: &std::path::Path,
-    node: &str,
-    every: std::time::Duration,
-) -> Result<Option<usize>, String> {
-    let db = |e: tokio_postgres::Error| e.to_string();
-    let mut client = postgres.pool().get().await.map_err(|e| e.to_string())?;
-    let tx = client.transaction().await.map_err(db)?;
-    let elected: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SEAL_LOCK])
-        .await
-        .map_err(db)?
-        .get(0);
-    let due: bool = elected
-        && tx
-            .query_one(
-                "SELECT coalesce(max(sealed_at) < now() - make_interval(secs => $1), true) FROM audit_seals",
-                &[&every.as_secs_f64()],
-            )
-            .await
-            .map_err(db)?
-            .get(0);
-    if !due {
-        return Ok(None);
-    }
-    let heads = chain_heads(&tx).await.map_err(db)?;
-    if heads.is_empty() {
-        return Ok(None);
-    }
-    // The broker's own checkpoint key, made by its embedded trail when the broker opened.
-    let key_file = key_dir.join("checkpoint.key");
-    let pkcs8 = std::fs::read(&key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
-    let key = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| e.to_string())?;
-    let time = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-    let signature = hex::encode(key.sign(&seal_message(&time, &heads)));
-    let public_key = hex::encode(ring::signature::KeyPair::public_key(&key).as_ref());
-    let heads_json = serde_json::to_value(&heads).map_err(|e| e.to_string())?;
-    tx.execute(
-        "INSERT INTO audit_seals (time, node, heads, public_key, signature) VALUES ($1, $2, $3, $4, $5)",
-        &[&time, &node, &heads_json, &public_key, &signature],
-    )
-    .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
-    Ok(Some(heads.len()))
-}
-
-/// The head of every chain, in chain id order.
-async fn chain_heads(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<SealedHead>, tokio_postgres::Error> {
-    let rows = tx
-        .query(
-            "SELECT c.chain_id, e.seq, e.hash FROM audit_chains c \
-             CROSS JOIN LATERAL (SELECT seq, hash FROM audit_entries \
-                                 WHERE chain_id = c.chain_id ORDER BY seq DESC LIMIT 1) e \
-             ORDER BY c.chain_id",
-            &[],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| SealedHead {
-            chain_id: r.get(0),
-            seq: r.get(1),
-            hash: r.get(2),
-        })
-        .collect())
-}
-
-/// `GET /admin/v1/audit/head` on PostgreSQL: every chain's head and the number of entries.
-pub async fn head_json(postgres: &Postgres) -> Result<serde_json::Value, AuditError> {
-    let unavailable =
-        |e: &dyn std::fmt::Display| AuditError::Unavailable(format!("{}: {e}", postgres.redacted_url));
-    let mut client = postgres.pool().get().await.map_err(|e| unavailable(&e))?;
-    let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
-    let heads = chain_heads(&tx).await.map_err(|e| unavailable(&e))?;
-    let count: u64 = heads.iter().map(|h| u64::try_from(h.seq).unwrap_or(0)).sum();
-    Ok(serde_json::json!({ "count": count, "chains": heads }))
-}
-
-/// `GET /admin/v1/audit/verify` on PostgreSQL: every chain and seal, as `audit verify --database` does.
-pub async fn verify_json(postgres: &Postgres) -> Result<serde_json::Value, AuditError> {
-    let unavailable =
-        |e: &dyn std::fmt::Display| AuditError::Unavailable(format!("{}: {e}", postgres.redacted_url));
-    let client = postgres.pool().get().await.map_err(|e| unavailable(&e))?;
-    let verified = match verify(&client).await {
-        Ok(report) => verify_seals(&client).await.map(|seals| (report, seals)),
-        Err(broken) => Err(broken),
-    };
-    Ok(match verified {
-        Ok((report, (seals, keys))) => serde_json::json!({
-            "ok": true,
-            "count": report.entries(),
-            "chains": report.chains.iter().map(|(chain, node, entries, head)| serde_json::json!({
-                "chain_id": chain, "node": node, "entries": entries, "head_hash": head,
-            })).collect::<Vec<_>>(),
-            "seals": seals,
-            "seal_keys": keys,
-        }),
-        Err(reason) => serde_json::json!({ "ok": false, "reason": reason }),
-    })
-}
-
-/// Check every seal: its signature, and that every head it names is still in its chain with that hash.
-/// The number of seals and the public keys that signed them (compare with the brokers'
-/// `audit/checkpoint.pub`).
-pub async fn verify_seals(client: &tokio_postgres::Client) -> Result<(u64, Vec<String>), String> {
-    let db = |e: tokio_postgres::Error| e.to_string();
-    let seals = client
-        .query(
-            "SELECT id, time, heads, public_key, signature FROM audit_seals ORDER BY id",
-            &[],
-        )
-        .await
-        .map_err(db)?;
-    let mut keys: Vec<String> = Vec::new();
-    for seal in &seals {
-        let id: i64 = seal.get(0);
-        let time: String = seal.get(1);
-        let public_key: String = seal.get(3);
-        let signature: String = seal.get(4);
-        let broken = |what: String| format!("seal {id} ({time}): {what}");
-        let heads: Vec<SealedHead> =
-            serde_json::from_value(seal.get(2)).map_err(|e| broken(format!("unreadable heads: {e}")))?;
-        let signed = hex::decode(&signature)
-            .ok()
-            .zip(hex::decode(&public_key).ok())
-            .is_some_and(|(sig, key)| {
-                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
-                    .verify(&seal_message(&time, &heads), &sig)
-                    .is_ok()
-            });
-        if !signed {
-            return Err(broken("the signature does not match".into()));
-        }
-        for head in &heads {
-            let held = client
-                .query_opt(
-                    "SELECT hash FROM audit_entries WHERE chain_id = $1 AND seq = $2",
-                    &[&head.chain_id, &head.seq],
-                )
-                .await
-                .map_err(db)?;
-            match held.map(|r| r.get::<_, String>(0)) {
-                Some(hash) if hash == head.hash => {}
-                Some(_) => {
-                    return Err(broken(format!(
-                        "chain {} seq {} holds another entry than was sealed",
-                        head.chain_id, head.seq
-                    )))
-                }
-                None => {
-                    return Err(broken(format!(
-                        "chain {} seq {} was sealed but is gone (the chain's tail was cut)",
-                        head.chain_id, head.seq
-                    )))
-                }
-            }
-        }
-        if !keys.contains(&public_key) {
-            keys.push(public_key);
-        }
-    }
-    Ok((seals.len() as u64, keys))
-}
-
 /// Entries read per query while searching (the filters SQL cannot express are applied after).
 const SEARCH_PAGE: i64 = 500;
 
@@ -631,4 +424,52 @@ pub async fn search(
         }
     }
     Ok(found)
+}
+
+/// `lienthong audit export --database`: every broker's entries as JSON Lines, chain by chain in start
+/// order and by seq within a chain (so each chain's `prev_hash` links can be followed), `from` inclusive,
+/// `to` exclusive. The stored lines as they are. How many were written.
+pub async fn export(
+    client: &tokio_postgres::Client,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, String> {
+    let db = |e: tokio_postgres::Error| e.to_string();
+    let chains = client
+        .query(
+            "SELECT chain_id FROM audit_chains ORDER BY started_at, chain_id",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    let mut written = 0;
+    for chain in chains {
+        let chain_id: Uuid = chain.get(0);
+        let mut after: i64 = 0;
+        loop {
+            let page = client
+                .query(
+                    "SELECT seq, line FROM audit_entries WHERE chain_id = $1 AND seq > $2 \
+                       AND ($3::timestamptz IS NULL OR time >= $3) AND ($4::timestamptz IS NULL OR time < $4) \
+                     ORDER BY seq LIMIT $5",
+                    &[&chain_id, &after, &from, &to, &VERIFY_PAGE],
+                )
+                .await
+                .map_err(db)?;
+            for row in &page {
+                after = row.get(0);
+                let line: &str = row.get(1);
+                out.write_all(line.as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map_err(|e| e.to_string())?;
+                written += 1;
+            }
+            if (page.len() as i64) < VERIFY_PAGE {
+                break;
+            }
+        }
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(written)
 }

@@ -127,6 +127,26 @@ const MIGRATIONS: &[Migration] = &[
                   PRIMARY KEY (checkpoint, time, citizen_id)
               );",
     },
+    Migration {
+        version: 7,
+        name: "closed billing months, billing-class changes",
+        // A month is closed once for the whole cluster; a closed month never changes.
+        sql: "CREATE TABLE billing_closed (
+                  month text PRIMARY KEY,
+                  closed jsonb NOT NULL,
+                  stored_at timestamptz NOT NULL DEFAULT now()
+              );
+              CREATE TRIGGER billing_closed_append_only
+                  BEFORE UPDATE OR DELETE OR TRUNCATE ON billing_closed
+                  FOR EACH STATEMENT EXECUTE FUNCTION lienthong_append_only();
+              REVOKE UPDATE, DELETE, TRUNCATE ON billing_closed FROM PUBLIC;
+              CREATE TABLE billing_class_changes (
+                  id bigserial PRIMARY KEY,
+                  agency text NOT NULL,
+                  change jsonb NOT NULL
+              );
+              CREATE INDEX billing_class_changes_agency ON billing_class_changes (agency, id);",
+    },
 ];
 
 /// The schema version this broker writes and understands.

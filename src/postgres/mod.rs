@@ -2,20 +2,23 @@
 //!
 //! What lives in the database with this backend: citizen records ([`citizens`], JSONB, still validated
 //! against the schema in the broker), the audit trail ([`audit`]: one hash chain per broker start in a
-//! shared append-only table, group-committed), the quota counters ([`quota`], exact across brokers) and
-//! the agency registry ([`registry`], followed by every broker through LISTEN/NOTIFY) and checkpoints with
-//! their check-in index ([`checkpoints`]).
+//! shared append-only table, group-committed) and its signed seals ([`seals`]), the quota counters
+//! ([`quota`], exact across brokers), the agency registry ([`registry`], followed by every broker through
+//! LISTEN/NOTIFY), checkpoints with their check-in index ([`checkpoints`]), and closed billing months
+//! ([`billing`]).
 //!
 //! The connection URL may carry a password: it is never logged or answered. Every message that names the
 //! database names it through [`redact_url`].
 
 pub mod audit;
+pub mod billing;
 pub mod checkpoints;
 pub mod citizens;
 pub mod import;
 pub mod migrate;
 pub mod quota;
 pub mod registry;
+pub mod seals;
 
 pub use crate::config::postgres::{redact_url, PostgresConfig};
 
@@ -146,12 +149,19 @@ pub struct Backend {
     pub registry: Arc<registry::PgRegistry>,
     /// Checkpoints and the check-in index.
     pub checkpoints: Arc<checkpoints::PgCheckpoints>,
+    /// This broker's name in the audit trail and on the seals it signs.
+    pub node: String,
+    /// Where this broker's signing key (`checkpoint.key`) is: seals and closed billing months.
+    pub key_dir: std::path::PathBuf,
 }
 
 impl Backend {
-    /// Build the pool and start the audit writer (nothing is asked of the database yet). Within a tokio
-    /// runtime.
-    pub fn open(config: &crate::config::Config) -> Result<Self, String> {
+    /// Build the pool and start the audit writer, its commits counted in `audit_commits` (nothing is asked
+    /// of the database yet). Within a tokio runtime.
+    pub fn open(
+        config: &crate::config::Config,
+        audit_commits: crate::metrics::AuditCommitMetrics,
+    ) -> Result<Self, String> {
         let settings = &config.storage.postgres;
         let postgres = Postgres::open(settings)?;
         let node = if settings.node_name.is_empty() {
@@ -159,19 +169,26 @@ impl Backend {
         } else {
             settings.node_name.clone()
         };
-        audit::start_sealer(
+        let key_dir = config.audit.key_dir(&config.storage.data_dir);
+        seals::start_sealer(
             &postgres,
-            config.audit.key_dir(&config.storage.data_dir),
+            key_dir.clone(),
             node.clone(),
             Duration::from_millis(settings.seal_every_ms),
         );
         Ok(Self {
             citizens: Arc::new(citizens::PgCitizenStore::new(postgres.clone())),
-            audit: Arc::new(audit::PgAuditSink::start(postgres.clone(), node)),
+            audit: Arc::new(audit::PgAuditSink::start(
+                postgres.clone(),
+                node.clone(),
+                audit_commits,
+            )),
             quota: Arc::new(quota::PgQuota::new(postgres.clone())),
             registry: Arc::new(registry::PgRegistry::new(postgres.clone())),
             checkpoints: Arc::new(checkpoints::PgCheckpoints::new(postgres.clone())),
             postgres,
+            node,
+            key_dir,
         })
     }
 

@@ -7,6 +7,7 @@
 //! The month's served and refused totals (billing) are counted in `quota_totals` once the audit entry is
 //! committed, as with the embedded counters.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -14,7 +15,8 @@ use chrono::{DateTime, Utc};
 use super::Postgres;
 use crate::error::ApiError;
 use crate::quota::{
-    current_windows, decide, month_of, window_name, MeterFuture, OutcomeFuture, Plan, QuotaCounters,
+    current_windows, decide, month_of, window_name, MeterFuture, MonthTotals, OutcomeFuture, Plan,
+    QuotaCounters,
 };
 
 /// The `quota_use` and `quota_totals` tables.
@@ -64,6 +66,34 @@ impl PgQuota {
                 (*name, used)
             })
             .collect())
+    }
+}
+
+impl PgQuota {
+    /// Served and refused totals of a month, per (agency, purpose), counted by every broker.
+    pub async fn month_totals(
+        &self,
+        month: &str,
+    ) -> Result<BTreeMap<(String, String), MonthTotals>, ApiError> {
+        let client = self.postgres.pool().get().await.map_err(|e| self.failed(e))?;
+        let rows = client
+            .query(
+                "SELECT agency, purpose, kind, calls FROM quota_totals WHERE month = $1",
+                &[&month],
+            )
+            .await
+            .map_err(|e| self.failed(e))?;
+        let mut out: BTreeMap<(String, String), MonthTotals> = BTreeMap::new();
+        for row in rows {
+            let calls = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
+            let totals = out.entry((row.get(0), row.get(1))).or_default();
+            match row.get::<_, &str>(2) {
+                "served" => totals.served = calls,
+                "refused" => totals.refused = calls,
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::Postgres;
 use crate::error::{ApiError, ErrorCode};
-use crate::registry::{Agency, SharedRegistry};
+use crate::registry::{Agency, BillingClass, ClassChange, SharedRegistry};
 use crate::store::StoreFuture;
 
 /// What the follower changes in the broker it runs for: the local copy of the registry, and the TLS files.
@@ -141,6 +141,21 @@ impl PgRegistry {
 }
 
 impl PgRegistry {
+    /// Every billing-class change of an agency made on any broker, oldest first.
+    pub async fn class_changes(&self, code: &str) -> Result<Vec<ClassChange>, ApiError> {
+        let client = self.postgres.pool().get().await.map_err(|e| self.failed(e))?;
+        let rows = client
+            .query(
+                "SELECT change FROM billing_class_changes WHERE agency = $1 ORDER BY id",
+                &[&code],
+            )
+            .await
+            .map_err(|e| self.failed(e))?;
+        rows.into_iter()
+            .map(|row| serde_json::from_value(row.get(0)).map_err(|e| self.failed(e)))
+            .collect()
+    }
+
     /// Ask every broker to reload its TLS files (after this one did).
     pub async fn announce_tls_reload(&self) -> Result<(), ApiError> {
         let client = self.postgres.pool().get().await.map_err(|e| self.failed(e))?;
@@ -158,6 +173,18 @@ impl SharedRegistry for PgRegistry {
             let value = serde_json::to_value(agency).map_err(|e| self.failed(e))?;
             let mut client = self.postgres.pool().get().await.map_err(|e| self.failed(e))?;
             let tx = client.transaction().await.map_err(|e| self.failed(e))?;
+            // The class it had, to date a billing-class change for every broker's billing.
+            let class_before = if new {
+                None
+            } else {
+                tx.query_opt(
+                    "SELECT agency->'billing_class' FROM agencies WHERE code = $1 FOR UPDATE",
+                    &[&agency.code],
+                )
+                .await
+                .map_err(|e| self.failed(e))?
+                .map(|row| serde_json::from_value::<BillingClass>(row.get(0)).unwrap_or_default())
+            };
             let sql = if new {
                 "INSERT INTO agencies (code, agency, version) VALUES ($1, $2, nextval('agencies_version')) \
                  ON CONFLICT (code) DO NOTHING"
@@ -174,6 +201,20 @@ impl SharedRegistry for PgRegistry {
                     ErrorCode::AgencyExists,
                     format!("agency {} is already registered", agency.code),
                 ));
+            }
+            if let Some(from) = class_before.filter(|from| *from != agency.billing_class) {
+                let change = ClassChange {
+                    at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    from,
+                    to: agency.billing_class,
+                };
+                let change = serde_json::to_value(&change).map_err(|e| self.failed(e))?;
+                tx.execute(
+                    "INSERT INTO billing_class_changes (agency, change) VALUES ($1, $2)",
+                    &[&agency.code, &change],
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
             }
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &agency.code])
                 .await

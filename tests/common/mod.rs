@@ -453,27 +453,9 @@ impl ChildBroker {
     }
 }
 
-/// A PostgreSQL server program (`initdb`, `pg_ctl`, `postgres`): on the PATH, or where Debian keeps it
-/// (`/usr/lib/postgresql/<version>/bin`, newest first). A missing one fails the test naming it — tests
-/// never skip: `scripts/install-deps.sh` installs Debian's `postgresql`.
+/// A PostgreSQL server program (`initdb`, `pg_ctl`, `postgres`): on the PATH, or where Debian keeps it.
+/// A missing one fails the test naming it — tests never skip: `scripts/install-deps.sh` installs Debian's
+/// `postgresql`.
 pub fn postgres_tool(name: &str) -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
-    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
-        .filter(|p| p.is_file())
-        .collect();
-    debian.sort_by_key(|p| {
-        p.components()
-            .nth(4)
-            .and_then(|v| v.as_os_str().to_str()?.parse::<u32>().ok())
-    });
-    on_path.or_else(|| debian.pop()).unwrap_or_else(|| {
-        panic!("`{name}` (PostgreSQL) is not installed; run scripts/install-deps.sh (Debian's postgresql)")
-    })
+    lienthong::dev::throwaway_pg::tool(name).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -5,8 +5,9 @@
 //! demo (`lienthong db seed`), three brokers (`serve`) share it, and the agencies are registered once,
 //! through node 0's admin API: every node follows the shared registry. Per concurrency level, the canonical
 //! read and the vaccination write are measured on the baseline (reads only), the embedded broker, one node
-//! alone, and all three nodes with the connections dealt round-robin. Commits and entries per commit are
-//! read from the database itself: rows one transaction inserted share its `xmin`.
+//! alone, and all three nodes with the connections dealt round-robin. Audit commits and entries per commit
+//! are read from every node's `/metrics` (`lienthong_audit_commits_total`,
+//! `lienthong_audit_committed_entries_total`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -122,7 +123,8 @@ impl ClusterRun<'_> {
             self.wait_until_served(harness, &dvc, node.agency).await?;
         }
 
-        let pg_stats = PgStats::connect(&url).await?;
+        let admins: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.admin).collect();
+        let commits = |at| Commits::read(harness.admin, at);
         for scenario in SCENARIOS
             .into_iter()
             .filter(|s| MEASURED.contains(&s.name) && !s.new_connection)
@@ -158,13 +160,13 @@ impl ClusterRun<'_> {
                 for on in targets {
                     *run_no += 1;
                     eprintln!("bench: {} c={concurrency} {}…", plan.scenario.name, on[0].name);
-                    let before = pg_stats.read().await?;
+                    let before = commits(&admins).await?;
                     let result = measured(harness, &clients, on, plan, *run_no).await?;
-                    let commits = match on[0].name.starts_with("postgres") {
-                        true => Some(pg_stats.read().await?.since(before)),
+                    let committed = match on[0].name.starts_with("postgres") {
+                        true => Some(commits(&admins).await?.since(before)),
                         false => None,
                     };
-                    here.push((result, commits));
+                    here.push((result, committed));
                 }
                 let base_rps = here
                     .iter()
@@ -288,49 +290,47 @@ fn cluster_name(name: &str) -> &'static str {
     }
 }
 
-/// Audit rows and the transactions that inserted them, between two readings.
+/// Audit entries committed to PostgreSQL and the transactions that carried them, between two readings.
 #[derive(Debug, Clone, Copy, Default)]
 struct Commits {
-    entries: i64,
-    transactions: i64,
+    entries: u64,
+    transactions: u64,
 }
 
 impl Commits {
     fn since(self, before: Commits) -> Commits {
         Commits {
-            entries: self.entries - before.entries,
-            transactions: self.transactions - before.transactions,
+            entries: self.entries.saturating_sub(before.entries),
+            transactions: self.transactions.saturating_sub(before.transactions),
         }
     }
-}
 
-/// A connection of the harness's own to the cluster's database.
-struct PgStats {
-    client: tokio_postgres::Client,
-}
-
-impl PgStats {
-    async fn connect(url: &str) -> Result<Self, String> {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("postgres: {e}"))?;
-        tokio::spawn(connection);
-        Ok(Self { client })
-    }
-
-    /// Every audit row so far, and how many transactions inserted them (rows of one share its `xmin`).
-    async fn read(&self) -> Result<Commits, String> {
-        let row = self
-            .client
-            .query_one(
-                "SELECT count(*), count(DISTINCT xmin::text) FROM audit_entries",
-                &[],
-            )
-            .await
-            .map_err(|e| format!("postgres: {e}"))?;
-        Ok(Commits {
-            entries: row.get(0),
-            transactions: row.get(1),
-        })
+    /// The brokers' own counts so far, summed over the nodes whose admin listeners are `admins`.
+    async fn read(
+        admin: &crate::client::MtlsClient,
+        admins: &[std::net::SocketAddr],
+    ) -> Result<Self, String> {
+        let mut total = Self::default();
+        for at in admins {
+            let r = admin
+                .get(*at, "/metrics")
+                .await
+                .map_err(|e| format!("metrics: {e}"))?;
+            let text = r.text();
+            let counter = |name: &str| {
+                text.lines()
+                    .find_map(|l| {
+                        l.strip_prefix(name)?
+                            .strip_prefix(' ')?
+                            .trim()
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .ok_or_else(|| format!("{at}/metrics has no {name}"))
+            };
+            total.transactions += counter("lienthong_audit_commits_total")?;
+            total.entries += counter("lienthong_audit_committed_entries_total")?;
+        }
+        Ok(total)
     }
 }
