@@ -176,6 +176,7 @@ impl Broker {
             clock: clock.clone(),
             key_dir: Some(config.audit.key_dir(data_dir)),
             witness: Some(config.audit.witness(data_dir)),
+            commit_delay: std::time::Duration::from_micros(config.audit.commit_delay_us),
             ..Default::default()
         };
         let audit = AuditLog::open_with(&data_dir.join("audit"), db.clone(), audit_options)

@@ -67,6 +67,39 @@ struct RequestLabels {
     status: u16,
 }
 
+/// [`RequestLabels`] borrowed from the request: the same fields in the same order, so it hashes the same
+/// (a `String` hashes as its `str`) and finds a counter without building the three `String`s.
+#[derive(Hash)]
+struct RequestKey<'a> {
+    side: &'static str,
+    agency: &'a str,
+    purpose: &'a str,
+    connector: &'a str,
+    status: u16,
+}
+
+impl hashbrown::Equivalent<RequestLabels> for RequestKey<'_> {
+    fn equivalent(&self, labels: &RequestLabels) -> bool {
+        self.side == labels.side
+            && self.status == labels.status
+            && self.agency == labels.agency
+            && self.purpose == labels.purpose
+            && self.connector == labels.connector
+    }
+}
+
+impl RequestKey<'_> {
+    fn to_labels(&self) -> RequestLabels {
+        RequestLabels {
+            side: self.side,
+            agency: self.agency.to_string(),
+            purpose: self.purpose.to_string(),
+            connector: self.connector.to_string(),
+            status: self.status,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StageLabels {
     stage: &'static str,
@@ -116,6 +149,10 @@ fn stage_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// The counters of `requests` already seen, found by borrowed labels (one per series, so bounded
+    /// like the series themselves).
+    request_counters:
+        std::sync::RwLock<hashbrown::HashMap<RequestLabels, Counter, foldhash::fast::RandomState>>,
     stages: Family<StageLabels, Histogram, fn() -> Histogram>,
     quota_rejections: Family<QuotaLabels, Counter>,
     audit_head_seq: Gauge<u64, AtomicU64>,
@@ -360,6 +397,7 @@ impl Metrics {
         Self {
             registry,
             requests,
+            request_counters: Default::default(),
             stages,
             quota_rejections,
             audit_head_seq,
@@ -414,15 +452,28 @@ impl Metrics {
 
     /// Count one answered request.
     pub fn count_request(&self, outcome: RequestOutcome<'_>) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                side: side_label(outcome.side),
-                agency: outcome.agency.to_string(),
-                purpose: outcome.purpose.to_string(),
-                connector: outcome.connector.to_string(),
-                status: outcome.status,
-            })
-            .inc();
+        let key = RequestKey {
+            side: side_label(outcome.side),
+            agency: outcome.agency,
+            purpose: outcome.purpose,
+            connector: outcome.connector,
+            status: outcome.status,
+        };
+        let counters = self.request_counters.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(counter) = counters.get(&key) {
+            counter.inc();
+            return;
+        }
+        drop(counters);
+        // A new series: created once in the family, then found by the cache.
+        let labels = key.to_labels();
+        let counter = self.requests.get_or_create_owned(&labels);
+        counter.inc();
+        self.request_counters
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(labels)
+            .or_insert(counter);
     }
 
     /// Count one request refused for quota.
@@ -566,6 +617,32 @@ mod tests {
         );
         assert!(text.contains(r#"lienthong_handshake_failures_total{side="agency",reason="unknown_ca"} 1"#));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn requests_counted_again_add_to_their_own_series_only() {
+        let m = Metrics::new();
+        let outcome = |agency, status| RequestOutcome {
+            side: Side::Agency,
+            agency,
+            purpose: "public-service-prefill",
+            connector: "canonical",
+            status,
+        };
+        for _ in 0..3 {
+            m.count_request(outcome("dvc", 200));
+        }
+        m.count_request(outcome("dvc", 404));
+        m.count_request(outcome("moh", 200));
+        let text = m.render(0);
+        let series = |agency: &str, status: u16, n: u64| {
+            format!(
+                r#"lienthong_requests_total{{side="agency",agency="{agency}",purpose="public-service-prefill",connector="canonical",status="{status}"}} {n}"#
+            )
+        };
+        assert!(text.contains(&series("dvc", 200, 3)), "{text}");
+        assert!(text.contains(&series("dvc", 404, 1)), "{text}");
+        assert!(text.contains(&series("moh", 200, 1)), "{text}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ring::signature::Ed25519KeyPair;
@@ -18,6 +19,12 @@ use super::{AuditEntry, AuditError, AuditOptions, AuditRecord};
 
 /// Most records committed by one `fdatasync`.
 pub(crate) const MAX_BATCH: usize = 4096;
+
+/// Largest batch buffer kept for the next batch (bytes).
+const KEPT_BATCH_BUF: usize = 1 << 20;
+
+/// How often the commit delay looks for newly arrived appends.
+const COMMIT_DELAY_POLL: Duration = Duration::from_micros(50);
 
 // Nearly every command is an append, so boxing the record would only add an allocation per entry.
 #[allow(clippy::large_enum_variant)]
@@ -63,6 +70,8 @@ pub(crate) struct Writer {
     pub(crate) shared: Arc<Shared>,
     /// Given each committed batch before its answers, and each full segment when the next one starts.
     pub(crate) index: Arc<Index>,
+    /// The lines of the batch being written (reused from batch to batch).
+    pub(crate) batch_buf: Vec<u8>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> AuditError {
@@ -73,22 +82,54 @@ fn simulated_disk_full() -> io::Error {
     io::Error::new(io::ErrorKind::StorageFull, "simulated: no space left on device")
 }
 
+/// Move what is queued into the batch, up to [`MAX_BATCH`] appends.
+fn drain(
+    rx: &mut mpsc::Receiver<Cmd>,
+    appends: &mut Vec<PendingAppend>,
+    gather: &mut impl FnMut(Cmd, &mut Vec<PendingAppend>),
+) {
+    while appends.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(cmd) => gather(cmd, appends),
+            Err(_) => break,
+        }
+    }
+}
+
+/// An append waiting for its batch's `fdatasync`, with where to send its entry.
+type PendingAppend = (AuditRecord, oneshot::Sender<Result<AuditEntry, AuditError>>);
+
 impl Writer {
     /// Serve until every handle is gone.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        // How many appends the last batch committed: the concurrency the commit delay waits for.
+        let mut last_batch = 0;
         while let Some(first) = rx.blocking_recv() {
+            let arrived = Instant::now();
             let mut appends = Vec::new();
             let mut checkpoints = Vec::new();
-            let mut next = Some(first);
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Cmd::Append(record, reply) => appends.push((record, reply)),
-                    Cmd::Checkpoint(reply) => checkpoints.push(reply),
-                }
-                if appends.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
+            let mut gather = |cmd: Cmd, appends: &mut Vec<_>| match cmd {
+                Cmd::Append(record, reply) => appends.push((record, reply)),
+                Cmd::Checkpoint(reply) => checkpoints.push(reply),
+            };
+            gather(first, &mut appends);
+            drain(&mut rx, &mut appends, &mut gather);
+            // Commit delay: when the last batch showed concurrent requests and fewer have arrived yet,
+            // wait a moment for them, so that one fdatasync answers them all. Only under concurrency
+            // (a lone client does not wait, except once right after a burst), and never longer than `commit_delay` after the first arrived.
+            let delay = self.options.commit_delay;
+            if !delay.is_zero() && last_batch > 1 {
+                let deadline = arrived + delay;
+                while appends.len() < last_batch {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    std::thread::sleep((deadline - now).min(COMMIT_DELAY_POLL));
+                    drain(&mut rx, &mut appends, &mut gather);
                 }
             }
+            last_batch = appends.len();
             if !appends.is_empty() {
                 let (records, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
                 match self.commit(records) {
@@ -135,7 +176,9 @@ impl Writer {
         let time_text = format_time(time);
         let mut seq = self.seq;
         let mut prev = self.head_hash.clone();
-        let mut buf = Vec::new();
+        // The last batch's buffer, kept so that a batch does not regrow it from empty.
+        let mut buf = std::mem::take(&mut self.batch_buf);
+        buf.clear();
         let mut out = Vec::with_capacity(records.len());
         for record in records {
             seq += 1;
@@ -183,6 +226,10 @@ impl Writer {
         }
         segment.len += buf.len() as u64;
         segment.entries += count;
+        // Kept unless a burst made it large: the writer's memory stays bounded between bursts.
+        if buf.capacity() <= KEPT_BATCH_BUF {
+            self.batch_buf = buf;
+        }
         self.seq = seq;
         self.head_hash = prev.clone();
         self.last_time = time;

@@ -294,6 +294,9 @@ pub struct AuditConfig {
     /// Witness file every signed checkpoint is also appended to, outside the data dir (ideally on
     /// another volume); default `<key_dir>/witness.jsonl`. At start-up a trail behind it is refused.
     pub witness: Option<PathBuf>,
+    /// Microseconds the audit writer may hold a batch for more concurrent appends before its
+    /// `fdatasync` (only while requests arrive concurrently); 0 turns the wait off.
+    pub commit_delay_us: u64,
 }
 
 impl Default for AuditConfig {
@@ -302,11 +305,24 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             key_dir: None,
             witness: None,
+            commit_delay_us: crate::audit::DEFAULT_COMMIT_DELAY.as_micros() as u64,
         }
     }
 }
 
 impl AuditConfig {
+    /// What types cannot check: the dotted key at fault and why.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.checkpoint_every == 0 {
+            return Err(("audit.checkpoint_every", "must be greater than 0".into()));
+        }
+        // Every concurrent answer may wait this long: past a few milliseconds it costs more than a sync.
+        if self.commit_delay_us > 10_000 {
+            return Err(("audit.commit_delay_us", "must be at most 10000 (10 ms)".into()));
+        }
+        Ok(())
+    }
+
     /// The key folder in force for `data_dir`.
     pub fn key_dir(&self, data_dir: &Path) -> PathBuf {
         self.key_dir
@@ -484,9 +500,7 @@ impl Config {
             }
             (StoreBackend::Embedded, _) => {}
         }
-        if self.audit.checkpoint_every == 0 {
-            return Err(err("audit.checkpoint_every", "must be greater than 0".into()));
-        }
+        self.audit.check().map_err(|(key, m)| err(key, m))?;
         match (&self.dcc.dsc_cert, &self.dcc.dsc_key) {
             (Some(cert), Some(key)) => {
                 must_exist("dcc.dsc_cert", cert)?;
@@ -615,5 +629,24 @@ mod tests {
         assert_eq!(e.key, "storage.cache_mb");
         let line = line_of_text(&text, "cache_mb =");
         assert!(e.message.ends_with(&format!("(line {line})")), "{}", e.message);
+    }
+
+    #[test]
+    fn the_example_sets_the_default_commit_delay_and_more_than_ten_milliseconds_is_refused() {
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lienthong.toml")).unwrap();
+        let config: Config = toml::from_str(&example).unwrap();
+        assert_eq!(
+            config.audit.commit_delay_us,
+            AuditConfig::default().commit_delay_us
+        );
+        assert_eq!(config.audit.check(), Ok(()));
+        let too_long = AuditConfig {
+            commit_delay_us: 10_001,
+            ..AuditConfig::default()
+        };
+        let (key, message) = too_long.check().unwrap_err();
+        assert_eq!(key, "audit.commit_delay_us");
+        assert!(message.contains("at most 10000"), "{message}");
     }
 }
