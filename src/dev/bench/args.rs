@@ -49,8 +49,9 @@ pub struct BenchArgs {
     /// `RUST_LOG` for the broker child (the broker as shipped logs every answer at `info`).
     #[arg(long, default_value = "info")]
     pub broker_log: String,
-    /// Run the serving broker behind this command, split on spaces (for profiling:
-    /// `--broker-wrapper "valgrind --tool=callgrind --callgrind-out-file=cg.out"`).
+    /// Run the broker behind this command, split on spaces, both when it seeds and when it serves (for
+    /// profiling: `--broker-wrapper "valgrind --tool=callgrind --callgrind-out-file=cg.out"`; or another
+    /// build of lienthong, which then reads only data it wrote itself).
     #[arg(long)]
     pub broker_wrapper: Option<String>,
     /// Seconds to wait for the broker to seed and come up.

@@ -168,7 +168,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, String> {
     let t = Instant::now();
     let mut seeder = Child::spawn(
         "broker (seeding)",
-        &[],
+        &opts.broker_wrapper,
         &demo_args,
         work.path.join("broker-seed.log"),
         "warn",
