@@ -9,6 +9,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use serde_json::Value;
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -174,6 +176,17 @@ impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// How many records `tree` holds, kept by every write that adds one ([`COUNT_KEY`]): counting the
+    /// tree reads every record into sled's cache (at 100,000 citizens, ≈ 90 MiB of resident memory that
+    /// stays), and the start-up summary and `demo` want the number.
+    meta: sled::Tree,
+}
+
+/// The key of the record count in the `citizens_meta` tree (a big-endian `u64`).
+const COUNT_KEY: &[u8] = b"count";
+
+fn decode_count(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 /// Make the last writes durable. Not `flush_async`: in sled 0.34 concurrent `flush_async` calls deadlock
@@ -196,9 +209,16 @@ async fn flush(db: &sled::Db) -> Result<(), ApiError> {
 impl SledStore {
     /// Open the `citizens` tree of `db`.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        let tree = db.open_tree("citizens")?;
+        let meta = db.open_tree("citizens_meta")?;
+        if meta.get(COUNT_KEY)?.is_none() {
+            // A data dir from before the count was kept: counted once, here.
+            meta.insert(COUNT_KEY, &(tree.len() as u64).to_be_bytes())?;
+        }
         Ok(Self {
             db: db.clone(),
-            tree: db.open_tree("citizens")?,
+            tree,
+            meta,
         })
     }
 }
@@ -266,18 +286,45 @@ impl CitizenStore for SledStore {
 
     fn put_many<'a>(&'a self, records: Vec<(String, Value)>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut batch = sled::Batch::default();
+            let mut encoded = Vec::with_capacity(records.len());
             for (id, record) in records {
-                batch.insert(id.as_bytes(), serde_json::to_vec(&record).map_err(store_error)?);
+                encoded.push((
+                    id,
+                    sled::IVec::from(serde_json::to_vec(&record).map_err(store_error)?),
+                ));
             }
-            self.tree.apply_batch(batch).map_err(store_error)?;
+            // The records and the count change together, or neither does.
+            (&self.tree, &self.meta)
+                .transaction(|(citizens, meta)| {
+                    let mut added = 0;
+                    for (id, bytes) in &encoded {
+                        if citizens.insert(id.as_bytes(), bytes.clone())?.is_none() {
+                            added += 1;
+                        }
+                    }
+                    if added > 0 {
+                        let count = meta.get(COUNT_KEY)?.and_then(|b| decode_count(&b)).unwrap_or(0);
+                        meta.insert(COUNT_KEY, &(count + added).to_be_bytes())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| store_error(format!("{e:?}")))?;
             flush(&self.db).await?;
             Ok(())
         })
     }
 
     fn count(&self) -> usize {
-        self.tree.len()
+        match self
+            .meta
+            .get(COUNT_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| decode_count(&b))
+        {
+            Some(count) => usize::try_from(count).unwrap_or(usize::MAX),
+            None => self.tree.len(),
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -345,5 +392,32 @@ mod tests {
         assert_eq!(part["vaccinations"], record["vaccinations"]);
         assert_eq!(part["permanent_address"], record["permanent_address"]);
         assert!(store.get_fields("079195000002", &keep).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_count_follows_every_write_without_reading_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |id: &str| (id.to_string(), json!({ "citizen_id": id }));
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let store = SledStore::open(&db).unwrap();
+            assert_eq!(store.count(), 0);
+            store
+                .put_many(vec![record("001090000001"), record("001090000002")])
+                .await
+                .unwrap();
+            // A record written again is replaced, not counted twice.
+            store
+                .put_many(vec![record("001090000002"), record("001090000003")])
+                .await
+                .unwrap();
+            assert_eq!(store.count(), 3);
+        }
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(SledStore::open(&db).unwrap().count(), 3);
+        // A data dir from before the count was kept is counted once at open.
+        db.open_tree("citizens_meta").unwrap().clear().unwrap();
+        assert_eq!(SledStore::open(&db).unwrap().count(), 3);
+        assert_eq!(SledStore::open(&db).unwrap().tree.len(), 3);
     }
 }
