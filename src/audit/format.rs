@@ -248,9 +248,15 @@ impl Segment {
         Ok(Self { data, complete })
     }
 
-    /// Bytes after the last newline: a line torn by a crash mid-write.
+    /// Bytes after the last newline other than zeros: a line torn by a crash mid-write. Zeros alone
+    /// are what the writer wrote ahead of the open segment's end (`OpenSegment::write_batch`).
     pub(crate) fn torn(&self) -> bool {
-        self.complete < self.data.len()
+        self.data[self.complete..].iter().any(|b| *b != 0)
+    }
+
+    /// The file's whole length, zeros written ahead included.
+    pub(crate) fn file_len(&self) -> u64 {
+        self.data.len() as u64
     }
 
     /// Length of the file without the torn tail.
@@ -462,7 +468,8 @@ impl Checkpoints {
         Ok(Self {
             list,
             complete_len: segment.complete_len(),
-            torn: segment.torn(),
+            // Never written ahead: any byte after the last line, zero or not, is a torn write.
+            torn: segment.complete_len() < segment.file_len(),
         })
     }
 }

@@ -361,13 +361,60 @@ async fn torn_last_line_is_cut_on_reopen() {
     assert!(!report.torn_tail);
 }
 
+/// The segment's length without the zeros the writer writes ahead of the open segment's end.
+fn written_len(segment: &Path) -> u64 {
+    let bytes = fs::read(segment).unwrap();
+    bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i as u64 + 1)
+}
+
+#[tokio::test]
+async fn the_zeros_written_ahead_are_cut_on_close_and_read_past_after_a_crash() {
+    let f = fixture();
+    let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
+    fill(&log, 3).await;
+    let segment = only_segment(&f.dir);
+    // Open: the file runs past its last line, in zeros.
+    let whole = written_len(&segment);
+    assert!(fs::metadata(&segment).unwrap().len() > whole);
+    close(log);
+    assert_eq!(fs::metadata(&segment).unwrap().len(), whole);
+
+    // A crash leaves them: nothing is torn, the count is whole, and the trail goes on after them.
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes.resize(bytes.len() + 4096, 0);
+    fs::write(&segment, &bytes).unwrap();
+    let report = verify_dir(&f.dir).unwrap();
+    assert!(!report.torn_tail);
+    assert_eq!(report.count, 3);
+    let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
+    assert_eq!(log.append(record(4, None)).await.unwrap().seq, 4);
+    close(log);
+    let text = fs::read(&segment).unwrap();
+    assert_eq!(text.last(), Some(&b'\n'));
+    assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 4);
+    assert_eq!(verify_dir(&f.dir).unwrap().count, 4);
+
+    // A line torn by the crash, then zeros: torn, and cut on reopen.
+    let mut bytes = fs::read(&segment).unwrap();
+    let whole = bytes.len() as u64;
+    bytes.extend_from_slice(br#"{"seq":5,"ti"#);
+    bytes.resize(bytes.len() + 4096, 0);
+    fs::write(&segment, &bytes).unwrap();
+    assert!(verify_dir(&f.dir).unwrap().torn_tail);
+    let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
+    assert_eq!(written_len(&segment), whole);
+    assert_eq!(log.append(record(5, None)).await.unwrap().seq, 5);
+    close(log);
+    assert_eq!(verify_dir(&f.dir).unwrap().count, 5);
+}
+
 #[tokio::test]
 async fn failed_writes_leave_nothing_and_recover() {
     let f = fixture();
     let log = AuditLog::open_with(&f.dir, f.db.clone(), options(0)).unwrap();
     fill(&log, 2).await;
     let segment = only_segment(&f.dir);
-    let len = fs::metadata(&segment).unwrap().len();
+    let len = written_len(&segment);
     let head = log.head();
 
     log.set_fail_writes(true);
@@ -381,7 +428,7 @@ async fn failed_writes_leave_nothing_and_recover() {
         (api.status.as_u16(), api.code.as_str()),
         (503, "audit_unavailable")
     );
-    assert_eq!(fs::metadata(&segment).unwrap().len(), len);
+    assert_eq!(written_len(&segment), len);
     assert_eq!(log.head(), head);
     assert_eq!(verify_dir(&f.dir).unwrap().count, 2);
 
