@@ -60,7 +60,7 @@ pub(crate) struct OpenSegment {
 impl OpenSegment {
     /// Write a batch at the end of what is synced, into zeros written there ahead of time, so that the
     /// batch's `fdatasync` carries the data alone: the file's size does not change, so the inode need
-    /// not be written too (a third of the I/O of each sync on the disk measured, `BENCHMARKS.md`).
+    /// not be written too (a quarter less time per sync on the disk measured, `BENCHMARKS.md`).
     /// Once per [`PREALLOCATE`] bytes the batch also writes the next zeros, and that sync carries them.
     fn write_batch(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all_at(bytes, self.len)?;
