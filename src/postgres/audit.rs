@@ -14,6 +14,7 @@
 //! Reading it back: [`verify`] (every chain), [`search`] (every broker's entries, newest first) and
 //! [`export`]; the seals over every chain's head are in [`super::seals`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -23,7 +24,9 @@ use uuid::Uuid;
 
 use super::Postgres;
 use crate::audit::{AuditEntry, AuditError, AuditFuture, AuditRecord, AuditSink, GENESIS_HASH};
+use crate::error::ErrorCode;
 use crate::metrics::AuditCommitMetrics;
+use crate::quota::month_of;
 
 /// Entries committed in one transaction at most.
 pub const MAX_BATCH: usize = 512;
@@ -155,9 +158,67 @@ async fn commit_batch(
         rows.push((time, line));
         entries.push(entry);
     }
+    let totals = billing_totals(entries.iter().zip(&rows).map(|(e, (time, _))| (e, *time)));
     insert_entries(&tx, chain_id, entries.iter().zip(rows)).await?;
+    add_billing_totals(&tx, &totals).await?;
     tx.commit().await.map_err(db)?;
     Ok((entries, head))
+}
+
+/// The month's served and refused calls a batch adds, per (month, agency, purpose, kind), in key order:
+/// the rule of `billing reconcile` (served: metered and 2xx; refused: `quota_exceeded`).
+fn billing_totals<'e>(
+    entries: impl Iterator<Item = (&'e AuditEntry, DateTime<Utc>)>,
+) -> BTreeMap<(String, &'e str, &'e str, &'static str), i64> {
+    let mut totals = BTreeMap::new();
+    for (entry, time) in entries {
+        let record = &entry.record;
+        let (Some(agency), Some(purpose)) = (&record.agency, &record.purpose) else {
+            continue;
+        };
+        let kind = if record.metered && (200..300).contains(&record.status) {
+            "served"
+        } else if record.error_code.as_deref() == Some(ErrorCode::QuotaExceeded.as_str()) {
+            "refused"
+        } else {
+            continue;
+        };
+        *totals
+            .entry((month_of(time), agency.as_str(), purpose.as_str(), kind))
+            .or_insert(0) += 1;
+    }
+    totals
+}
+
+/// Count a batch's calls in `quota_totals` in the batch's own transaction, so the billing totals and the
+/// trail commit together (and one row update per batch, not one commit per answer, holds the totals' row
+/// lock: every node's answers of one agency and purpose meet on that row). Rows in key order, so two
+/// nodes' batches queue rather than deadlock.
+async fn add_billing_totals(
+    tx: &Transaction<'_>,
+    totals: &BTreeMap<(String, &str, &str, &'static str), i64>,
+) -> Result<(), String> {
+    if totals.is_empty() {
+        return Ok(());
+    }
+    let (mut months, mut agencies, mut purposes, mut kinds, mut calls) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for ((month, agency, purpose, kind), n) in totals {
+        months.push(month.as_str());
+        agencies.push(*agency);
+        purposes.push(*purpose);
+        kinds.push(*kind);
+        calls.push(*n);
+    }
+    tx.execute(
+        "INSERT INTO quota_totals (month, agency, purpose, kind, calls) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+         ON CONFLICT (month, agency, purpose, kind) DO UPDATE SET calls = quota_totals.calls + EXCLUDED.calls",
+        &[&months, &agencies, &purposes, &kinds, &calls],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Insert entries of one chain, each with its time and stored line, in one statement.

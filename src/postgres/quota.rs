@@ -4,8 +4,9 @@
 //! transaction, so N brokers together never serve more than a plan allows. A purpose without limits is
 //! not counted here at all (nothing to enforce, no round trip).
 //!
-//! The month's served and refused totals (billing) are counted in `quota_totals` once the audit entry is
-//! committed, as with the embedded counters.
+//! The month's served and refused totals (billing) are counted in `quota_totals` by the audit writer, in
+//! the transaction that commits the calls' entries (`postgres::audit`): the totals cannot disagree with
+//! the trail, and one update per batch rather than one commit per answer holds the totals' row.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,8 +16,7 @@ use chrono::{DateTime, Utc};
 use super::Postgres;
 use crate::error::ApiError;
 use crate::quota::{
-    current_windows, decide, month_of, window_name, MeterFuture, MonthTotals, OutcomeFuture, Plan,
-    QuotaCounters,
+    current_windows, decide, window_name, MeterFuture, MonthTotals, OutcomeFuture, Plan, QuotaCounters,
 };
 
 /// The `quota_use` and `quota_totals` tables.
@@ -160,24 +160,14 @@ impl QuotaCounters for PgQuota {
         })
     }
 
+    /// Nothing to do here: the audit writer counts the call with its entry (module docs).
     fn record_outcome<'a>(
         &'a self,
-        agency: &'a str,
-        purpose: &'a str,
-        kind: &'a str,
-        at: DateTime<Utc>,
+        _agency: &'a str,
+        _purpose: &'a str,
+        _kind: &'a str,
+        _at: DateTime<Utc>,
     ) -> OutcomeFuture<'a> {
-        Box::pin(async move {
-            let client = self.postgres.pool().get().await.map_err(|e| self.failed(e))?;
-            client
-                .execute(
-                    "INSERT INTO quota_totals (month, agency, purpose, kind, calls) VALUES ($1, $2, $3, $4, 1) \
-                     ON CONFLICT (month, agency, purpose, kind) DO UPDATE SET calls = quota_totals.calls + 1",
-                    &[&month_of(at), &agency, &purpose, &kind],
-                )
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(())
-        })
+        Box::pin(async { Ok(()) })
     }
 }
