@@ -1021,6 +1021,19 @@ async fn an_embedded_installation_moves_over_with_its_chain_intact() {
     let r = demo.clients()("moh").get(node.agency, &trace).await.unwrap();
     assert_eq!(r.status, 200, "{}", text(&r.body));
     assert_eq!(r.json()["checkins"][0]["citizen_id"], "001090000001");
+    // The calls served before the move are in the billing totals too: reconcile agrees after it.
+    let r = demo.clients()("admin")
+        .get(node.admin, "/admin/v1/billing/reconcile")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let rec = r.json();
+    assert_eq!(
+        (rec["ok"].clone(), rec["differences"].clone()),
+        (json!(true), json!([])),
+        "{rec}"
+    );
+    assert!(rec["from_audit"]["lines"].to_string().contains("dvc"), "{rec}");
     let db = pg.client().await;
     let continues: Vec<bool> = db
         .query(

@@ -167,7 +167,7 @@ async fn commit_batch(
 
 /// The month's served and refused calls a batch adds, per (month, agency, purpose, kind), in key order:
 /// the rule of `billing reconcile` (served: metered and 2xx; refused: `quota_exceeded`).
-fn billing_totals<'e>(
+pub(crate) fn billing_totals<'e>(
     entries: impl Iterator<Item = (&'e AuditEntry, DateTime<Utc>)>,
 ) -> BTreeMap<(String, &'e str, &'e str, &'static str), i64> {
     let mut totals = BTreeMap::new();
@@ -194,7 +194,7 @@ fn billing_totals<'e>(
 /// trail commit together (and one row update per batch, not one commit per answer, holds the totals' row
 /// lock: every node's answers of one agency and purpose meet on that row). Rows in key order, so two
 /// nodes' batches queue rather than deadlock.
-async fn add_billing_totals(
+pub(crate) async fn add_billing_totals(
     tx: &Transaction<'_>,
     totals: &BTreeMap<(String, &str, &str, &'static str), i64>,
 ) -> Result<(), String> {

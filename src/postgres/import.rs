@@ -1,8 +1,9 @@
 //! `lienthong db import`: move an embedded installation (a stopped broker's data dir) into PostgreSQL —
 //! the registry, the citizen records, checkpoints and check-ins, and the audit trail with its chain intact
 //! (same entries, same hashes, one chain of its own). A broker later started with
-//! `storage.postgres.node_name` equal to the imported chain's node continues that chain. Quota counters
-//! and billing totals are not imported (billing can be recomputed from the trail).
+//! `storage.postgres.node_name` equal to the imported chain's node continues that chain. The billing totals
+//! are counted from the imported entries, as the audit writer counts its batches, so `billing reconcile`
+//! agrees after the move; the quota counters are not imported (their windows start afresh).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -180,6 +181,9 @@ async fn insert_chain(postgres: &Postgres, spool: &Path, node: &str) -> Result<u
         }
         if entries.len() == BATCH || (line.is_none() && !entries.is_empty()) {
             count += entries.len() as u64;
+            let totals =
+                super::audit::billing_totals(entries.iter().zip(&rows).map(|(e, (time, _))| (e, *time)));
+            super::audit::add_billing_totals(&tx, &totals).await?;
             super::audit::insert_entries(&tx, chain_id, entries.iter().zip(rows.drain(..))).await?;
             entries.clear();
         }
