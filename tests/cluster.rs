@@ -87,6 +87,22 @@ fn make_certs(dir: &Path) -> PathBuf {
     certs
 }
 
+/// `GET /admin/v1/billing/reconcile` on `admin_addr`, asserted clean (every counter matches the trail).
+async fn reconciled(admin: &MtlsClient, admin_addr: SocketAddr) -> Value {
+    let r = admin
+        .get(admin_addr, "/admin/v1/billing/reconcile")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let rec = r.json();
+    assert_eq!(
+        (rec["ok"].clone(), rec["differences"].clone()),
+        (json!(true), json!([])),
+        "{rec}"
+    );
+    rec
+}
+
 fn client(certs: &Path, who: &str) -> MtlsClient {
     common::client_for(certs, who)
 }
@@ -1022,17 +1038,7 @@ async fn an_embedded_installation_moves_over_with_its_chain_intact() {
     assert_eq!(r.status, 200, "{}", text(&r.body));
     assert_eq!(r.json()["checkins"][0]["citizen_id"], "001090000001");
     // The calls served before the move are in the billing totals too: reconcile agrees after it.
-    let r = demo.clients()("admin")
-        .get(node.admin, "/admin/v1/billing/reconcile")
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", text(&r.body));
-    let rec = r.json();
-    assert_eq!(
-        (rec["ok"].clone(), rec["differences"].clone()),
-        (json!(true), json!([])),
-        "{rec}"
-    );
+    let rec = reconciled(&demo.clients()("admin"), node.admin).await;
     assert!(rec["from_audit"]["lines"].to_string().contains("dvc"), "{rec}");
     let db = pg.client().await;
     let continues: Vec<bool> = db
@@ -1209,14 +1215,7 @@ async fn billing_checkpoints_and_export_answer_for_the_whole_cluster() {
     );
 
     // Reconcile: every node's counters match every node's audit entries.
-    let r = admin.get(b.admin, "/admin/v1/billing/reconcile").await.unwrap();
-    assert_eq!(r.status, 200, "{}", text(&r.body));
-    let rec = r.json();
-    assert_eq!(
-        (rec["ok"].clone(), rec["differences"].clone()),
-        (json!(true), json!([])),
-        "{rec}"
-    );
+    let rec = reconciled(&admin, b.admin).await;
     assert_eq!(rec["from_audit"]["total_vnd"], 5000);
     // The same through the operator's CLI, on either node.
     let cli = |node: &Node, args: &[&str]| {
