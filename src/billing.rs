@@ -20,7 +20,7 @@ use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::audit::{AuditEntry, AuditFilter, SignedStatement};
+use crate::audit::{AuditEntry, AuditFilter, Billed, SignedStatement};
 use crate::broker::Broker;
 use crate::error::{ApiError, ErrorCode};
 use crate::exchange::{ReadRequest, Reply};
@@ -125,14 +125,12 @@ async fn from_audit(broker: &Broker, month: &str) -> Result<Audited, ApiError> {
         // Every broker's entries with PostgreSQL.
         let page = crate::audit_api::search(broker, &filter, before, 500).await?;
         for (_, e) in &page {
-            let (Some(agency), Some(purpose)) = (&e.record.agency, &e.record.purpose) else {
+            let (Some(agency), Some(purpose), Some(billed)) =
+                (&e.record.agency, &e.record.purpose, e.record.billed_as())
+            else {
                 continue;
             };
-            let served = e.record.metered && (200..300).contains(&e.record.status);
-            let refused = e.record.error_code.as_deref() == Some(ErrorCode::QuotaExceeded.as_str());
-            if !(served || refused) {
-                continue;
-            }
+            let (served, refused) = (billed == Billed::Served, billed == Billed::Refused);
             let (version, unit) = terms_of(broker, e, purpose);
             let at = e.parsed_time().unwrap_or(from);
             let class = match classes.get(agency) {
@@ -322,10 +320,7 @@ pub async fn close(broker: &Broker, month: &str) -> Result<ClosedMonth, ApiError
 /// SHA-256 (hex) of every chain's head, one `"{chain_id} {seq} {hash}\n"` line per chain in chain id
 /// order, as a seal lists them: the cluster's head in one value.
 fn digest_of_heads(heads: &[crate::postgres::seals::SealedHead]) -> String {
-    let mut lines = String::new();
-    for head in heads {
-        lines.push_str(&format!("{} {} {}\n", head.chain_id, head.seq, head.hash));
-    }
+    let lines = crate::postgres::seals::head_lines(heads);
     hex::encode(ring::digest::digest(&ring::digest::SHA256, lines.as_bytes()))
 }
 

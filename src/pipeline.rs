@@ -395,7 +395,6 @@ async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Rep
     }
     let sink: &dyn AuditSink = &*broker.audit_sink;
     let counters: &dyn QuotaCounters = broker.quota_counters();
-    let served = exchange.metered && reply.status.is_success();
     let entry = AuditRecord::of(exchange, &reply);
     // A hidden access: a citizen's data served under a purpose that allowed hiding it.
     let hidden = reply.status.is_success()
@@ -437,15 +436,10 @@ async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Rep
                     .count_hidden_access(exchange.purpose.as_deref().unwrap_or("-"));
             }
             // Billing totals follow the audit trail: counted only once the entry is durable.
-            let outcome = if served {
-                Some("served")
-            } else if reply.error_code == Some(ErrorCode::QuotaExceeded) {
-                Some("refused")
-            } else {
-                None
-            };
-            if let (Some(kind), Some(agency), Some(purpose)) = (outcome, &exchange.agency, &exchange.purpose)
+            if let (Some(billed), Some(agency), Some(purpose)) =
+                (entry.record.billed_as(), &exchange.agency, &exchange.purpose)
             {
+                let kind = billed.as_str();
                 let at = chrono::DateTime::parse_from_rfc3339(&entry.time)
                     .map(|t| t.with_timezone(&chrono::Utc))
                     .unwrap_or_else(|_| chrono::Utc::now());

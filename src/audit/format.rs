@@ -1,6 +1,7 @@
 //! Stage: audit — the on-disk format: entries and their hash, segment files, the base left by pruning,
 //! signed checkpoints and the signing key.
 
+use crate::error::ErrorCode;
 use crate::exchange::{Exchange, Reply};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -117,6 +118,37 @@ impl AuditRecord {
             answer_sha256: Some(hex::encode(Sha256::digest(&reply.body))),
             accountability: (!exchange.accountability.is_empty()).then(|| exchange.accountability.clone()),
             traceparent: exchange.traceparent.clone(),
+        }
+    }
+
+    /// How the month's bill counts this entry, if at all: the one rule of the billing totals, the monthly
+    /// report and `billing reconcile`.
+    pub fn billed_as(&self) -> Option<Billed> {
+        if self.metered && (200..300).contains(&self.status) {
+            Some(Billed::Served)
+        } else if self.error_code.as_deref() == Some(ErrorCode::QuotaExceeded.as_str()) {
+            Some(Billed::Refused)
+        } else {
+            None
+        }
+    }
+}
+
+/// A call as the month's bill counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Billed {
+    /// A metered call answered 2xx.
+    Served,
+    /// A call refused for quota (`quota_exceeded`).
+    Refused,
+}
+
+impl Billed {
+    /// The name the totals are kept under (`quota_totals.kind`, the embedded counters' keys).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Billed::Served => "served",
+            Billed::Refused => "refused",
         }
     }
 }

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-pub use format::{AuditEntry, AuditRecord, GENESIS_HASH};
+pub use format::{AuditEntry, AuditRecord, Billed, GENESIS_HASH};
 pub use offline::{
     archive_and_prune, check_witness, default_key_dir, export, sign_base, verify_dir, VerifyFailure,
     VerifyReport,

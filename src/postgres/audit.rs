@@ -24,7 +24,6 @@ use uuid::Uuid;
 
 use super::Postgres;
 use crate::audit::{AuditEntry, AuditError, AuditFuture, AuditRecord, AuditSink, GENESIS_HASH};
-use crate::error::ErrorCode;
 use crate::metrics::AuditCommitMetrics;
 use crate::quota::month_of;
 
@@ -165,26 +164,21 @@ async fn commit_batch(
     Ok((entries, head))
 }
 
-/// The month's served and refused calls a batch adds, per (month, agency, purpose, kind), in key order:
-/// the rule of `billing reconcile` (served: metered and 2xx; refused: `quota_exceeded`).
+/// The month's served and refused calls a batch adds, per (month, agency, purpose, kind), in key order
+/// ([`AuditRecord::billed_as`], the rule of `billing reconcile`).
 pub(crate) fn billing_totals<'e>(
     entries: impl Iterator<Item = (&'e AuditEntry, DateTime<Utc>)>,
 ) -> BTreeMap<(String, &'e str, &'e str, &'static str), i64> {
     let mut totals = BTreeMap::new();
     for (entry, time) in entries {
         let record = &entry.record;
-        let (Some(agency), Some(purpose)) = (&record.agency, &record.purpose) else {
-            continue;
-        };
-        let kind = if record.metered && (200..300).contains(&record.status) {
-            "served"
-        } else if record.error_code.as_deref() == Some(ErrorCode::QuotaExceeded.as_str()) {
-            "refused"
-        } else {
+        let (Some(agency), Some(purpose), Some(billed)) =
+            (&record.agency, &record.purpose, record.billed_as())
+        else {
             continue;
         };
         *totals
-            .entry((month_of(time), agency.as_str(), purpose.as_str(), kind))
+            .entry((month_of(time), agency.as_str(), purpose.as_str(), billed.as_str()))
             .or_insert(0) += 1;
     }
     totals
