@@ -69,11 +69,12 @@ pub trait CitizenStore: Send + Sync {
     /// Insert or replace whole records (seeding and imports), durable on return.
     fn put_many<'a>(&'a self, records: Vec<(String, Value)>) -> StoreFuture<'a, ()>;
 
-    /// How many records there are (0 when the store cannot tell: a remote provider's).
+    /// How many records there are (0 when the store cannot tell: a remote provider's). Called at start
+    /// (the summary, `demo`): a store should keep the number rather than read every record for it (sled
+    /// keeps it beside its records).
     fn count(&self) -> usize;
 
-    /// Whether there is no record at all. A store that can tell without counting says so: counting a
-    /// large store reads every record once (for sled, into its page cache: most of the demo's idle RSS).
+    /// Whether there is no record at all. A store that can tell without counting says so.
     fn is_empty(&self) -> bool {
         self.count() == 0
     }

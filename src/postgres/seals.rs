@@ -16,14 +16,18 @@ use crate::audit::AuditError;
 /// `pg_try_advisory_xact_lock` key of the sealer election ("lienseal" in ASCII).
 const SEAL_LOCK: i64 = 0x6c69_656e_7365_616c;
 
-/// What a seal signs: `"lienthong-audit-seal-v1\n{time}\n"`, then `"{chain_id} {seq} {hash}\n"` for every
-/// chain, in chain id order.
+/// What a seal signs: `"lienthong-audit-seal-v1\n{time}\n"`, then [`head_lines`].
 fn seal_message(time: &str, heads: &[SealedHead]) -> Vec<u8> {
-    let mut message = format!("lienthong-audit-seal-v1\n{time}\n");
-    for head in heads {
-        message.push_str(&format!("{} {} {}\n", head.chain_id, head.seq, head.hash));
-    }
-    message.into_bytes()
+    format!("lienthong-audit-seal-v1\n{time}\n{}", head_lines(heads)).into_bytes()
+}
+
+/// `"{chain_id} {seq} {hash}\n"` for every chain, in the order given (chain id order, as [`heads`]
+/// reads them): how a seal and a closed billing month name the cluster's head.
+pub fn head_lines(heads: &[SealedHead]) -> String {
+    heads
+        .iter()
+        .map(|head| format!("{} {} {}\n", head.chain_id, head.seq, head.hash))
+        .collect()
 }
 
 /// One chain's head as a seal (and a closed billing month) names it.
