@@ -11,6 +11,10 @@
 //! un-revokes certificates). A CRL past its `nextUpdate` is still used, with a warning and the
 //! `lienthong_crl_stale` gauge. The admin listener's verifier takes no CRL at all: operators are pinned by
 //! fingerprint (`tls.admin_certs`), so no agency CRL can lock them out of the API that fixes it.
+//!
+//! The agency listener's verifier remembers each chain it has verified until the chain expires or the TLS
+//! material is reloaded (`tls::verified_chains`): a returning agency's handshake then checks only its proof
+//! of possession, not the CA's signature and every CRL's again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::config::TlsConfig;
+
+mod verified_chains;
 
 /// A TLS material problem, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +165,19 @@ pub struct Built {
 }
 
 /// Build both listeners' server configs from files, after checking every CRL ([`check_crl`]). The admin
-/// listener's extra rule (pinned admin certificates) is enforced after the handshake, in `admin`.
+/// listener's extra rule (pinned admin certificates) is enforced after the handshake, in `admin`. The agency
+/// listener remembers the chains it has verified (`tls::verified_chains`).
 pub fn build(tls: &TlsConfig) -> Result<Built, TlsError> {
+    build_with(tls, true)
+}
+
+/// The agency listener's server config as stock rustls verifies clients: every chain and CRL signature on
+/// every handshake. The bench's bare baseline (see [`build`] for the broker's).
+pub fn server_config(tls: &TlsConfig) -> Result<ServerConfig, TlsError> {
+    Ok(build_with(tls, false)?.agency)
+}
+
+fn build_with(tls: &TlsConfig, remember_chains: bool) -> Result<Built, TlsError> {
     let cas = read_certs(&tls.ca_bundle)?;
     let mut roots = RootCertStore::empty();
     for ca in cas.iter().cloned() {
@@ -185,9 +202,12 @@ pub fn build(tls: &TlsConfig) -> Result<Built, TlsError> {
     if tls.allow_unknown_revocation {
         verifier = verifier.allow_unknown_revocation_status();
     }
-    let verifier = verifier
+    let mut verifier = verifier
         .build()
         .map_err(|e| tls_err(&tls.ca_bundle, format!("cannot build the client verifier: {e}")))?;
+    if remember_chains {
+        verifier = Arc::new(verified_chains::RememberingVerifier::new(verifier));
+    }
     let admin_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| tls_err(&tls.ca_bundle, format!("cannot build the client verifier: {e}")))?;
@@ -196,11 +216,6 @@ pub fn build(tls: &TlsConfig) -> Result<Built, TlsError> {
         admin: with_verifier(tls, admin_verifier)?,
         crls: facts,
     })
-}
-
-/// The agency listener's server config (see [`build`]).
-pub fn server_config(tls: &TlsConfig) -> Result<ServerConfig, TlsError> {
-    Ok(build(tls)?.agency)
 }
 
 fn with_verifier(
