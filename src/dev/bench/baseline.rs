@@ -26,7 +26,8 @@ pub fn baseline_body(size: usize) -> Bytes {
     Bytes::from(s)
 }
 
-/// The baseline: hyper 1 + rustls with the broker's own TLS config (same CA, CRL, versions, ALPN) and
+/// The baseline: hyper 1 + rustls with the broker's TLS material and settings (same CA, CRL, versions,
+/// ALPN; stock rustls client verification, without the broker's memory of verified chains) and
 /// the broker's hyper settings, answering every request (body read in full) with `body_bytes` of JSON.
 /// Runs until `shutdown` resolves.
 pub async fn serve_baseline(

@@ -6,9 +6,10 @@
 //! - the broker: `lienthong demo` on a fresh data dir (seeded once, then restarted so the peak RSS
 //!   measures serving, not seeding);
 //! - the baseline: `lienthong bench --serve-baseline ADDR` — hyper 1 + rustls with the very same
-//!   `tls::server_config` (client certificates verified against the same CA and CRL, same
-//!   ALPN) and the same hyper connection settings, answering every request with a fixed JSON body
-//!   of the size of the broker's canonical answer.
+//!   CA, CRL, versions and ALPN (`tls::server_config`), but stock rustls client verification (every chain
+//!   and CRL signature on every handshake; the broker remembers verified chains), and the same hyper
+//!   connection settings, answering every request with a fixed JSON body of the size of the broker's
+//!   canonical answer.
 //!
 //! Both are driven by the same load generator: `client::MtlsClient` keep-alive connections,
 //! one task per connection, a fixed duration, every latency kept (exact percentiles) and every status
