@@ -37,6 +37,10 @@ pub enum Command {
         /// Admin listener address.
         #[arg(long, default_value = "127.0.0.1:8444")]
         admin_addr: String,
+        /// sled's page cache in MiB (`storage.cache_mb`, default 64): more keeps more of a large
+        /// population's pages in memory.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        cache_mb: Option<u64>,
         /// Run a provider (a population database) and this broker in front of it in upstream provider
         /// mode: the provider is a second process (`demo --provider`) under DATA_DIR/provider.
         #[arg(long, conflicts_with = "provider")]

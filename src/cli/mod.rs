@@ -54,6 +54,7 @@ pub async fn run(cli: Cli) -> i32 {
             data_dir,
             agency_addr,
             admin_addr,
+            cache_mb,
             upstream,
             provider,
             front_of,
@@ -66,6 +67,7 @@ pub async fn run(cli: Cli) -> i32 {
                 citizens,
                 agency_addr,
                 admin_addr,
+                cache_mb,
             };
             if upstream {
                 run_upstream_demo(opts, provider_addr, provider_admin_addr).await

@@ -39,6 +39,8 @@ pub struct DemoOptions {
     pub agency_addr: String,
     /// Admin listener address.
     pub admin_addr: String,
+    /// sled's page cache in MiB (`storage.cache_mb`); `None` keeps the config's default.
+    pub cache_mb: Option<u64>,
 }
 
 impl Default for DemoOptions {
@@ -49,6 +51,7 @@ impl Default for DemoOptions {
             citizens: 10_000,
             agency_addr: "127.0.0.1:8443".into(),
             admin_addr: "127.0.0.1:8444".into(),
+            cache_mb: None,
         }
     }
 }
@@ -65,6 +68,9 @@ pub fn demo_config(opts: &DemoOptions) -> Config {
     config.tls.crls = vec![c.join("crl.pem")];
     config.tls.admin_certs = vec![c.join("admin.pem")];
     config.storage.data_dir = opts.data_dir.clone();
+    if let Some(cache_mb) = opts.cache_mb {
+        config.storage.cache_mb = cache_mb;
+    }
     config.dcc.dsc_cert = Some(c.join("dcc-dsc.pem"));
     config.dcc.dsc_key = Some(c.join("dcc-dsc.key"));
     config.xroad.services = vec![

@@ -319,6 +319,7 @@ fn options(dir: &Path) -> DemoOptions {
         citizens: TEST_CITIZENS,
         agency_addr: "127.0.0.1:0".into(),
         admin_addr: "127.0.0.1:0".into(),
+        cache_mb: None,
     }
 }
 
