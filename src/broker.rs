@@ -94,7 +94,8 @@ pub struct Broker {
 impl Broker {
     /// Open everything the config names. Fails fast, naming the file or key at fault.
     pub fn open(config: Config) -> Result<Self, StartError> {
-        let tls = TlsConfigHandle::new(config.tls.clone())?;
+        let metrics = crate::metrics::Metrics::new();
+        let tls = TlsConfigHandle::new(config.tls.clone(), metrics.tls_chains.clone())?;
         let schema = Arc::new(
             CitizenSchema::load(config.catalogue.schema.as_deref())
                 .map_err(|e| StartError::Other(format!("schema: {e}")))?,
@@ -137,7 +138,6 @@ impl Broker {
                 false => store_err(describe_sled_error(e)),
             })?;
         let registry = Registry::open(&db).map_err(|e| store_err(describe_sled_error(e)))?;
-        let metrics = crate::metrics::Metrics::new();
         let postgres = match config.storage.backend {
             crate::config::StorageBackend::Sled => None,
             crate::config::StorageBackend::Postgres => Some(

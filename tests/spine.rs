@@ -106,6 +106,33 @@ async fn revoked_certificate_fails_the_handshake_after_crl_reload() {
     assert_eq!(b.get("moh", "/v1/whoami").await.status, 200);
 }
 
+/// A chain verified once is remembered: a new connection with the same certificate checks only the proof
+/// of possession. Operators see both counts on `/metrics`; a revocation still applies after a reload (above).
+#[tokio::test]
+async fn a_returning_certificate_is_verified_once_then_remembered() {
+    let b = TestBroker::start().await;
+    let counts = |text: &str| {
+        let read = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        };
+        (
+            read("lienthong_tls_client_chains_verified_total"),
+            read("lienthong_tls_client_chains_remembered_total"),
+        )
+    };
+    let (verified, remembered) = counts(&b.admin_get("/metrics").await.text());
+    let cert = b.issue_bound("moh", "moh-returning").await;
+    // Two clients, so that the second cannot resume the first one's session: two full handshakes.
+    for _ in 0..2 {
+        let c = b.client_with(&cert, Alpn::Http1);
+        assert_eq!(c.get(b.agency, "/v1/whoami").await.unwrap().status, 200);
+    }
+    let after = counts(&b.admin_get("/metrics").await.text());
+    assert_eq!(after, (verified + 1, remembered + 1));
+}
+
 #[tokio::test]
 async fn valid_but_unregistered_certificate_gets_unknown_agency() {
     let b = TestBroker::start().await;

@@ -166,6 +166,49 @@ pub struct Metrics {
     pub upstream: UpstreamMetrics,
     /// Audit group commits to PostgreSQL (all zero with the embedded trail).
     pub audit_commits: AuditCommitMetrics,
+    /// Client certificate chains on the agency listener: checked in full, or remembered.
+    pub tls_chains: TlsChainMetrics,
+}
+
+/// The agency listener's client chains: how many webpki checked in full (the CA's and the CRLs'
+/// signatures) and how many were answered from the memory of chains already verified
+/// (`tls::verified_chains`). Resumed sessions are neither. Handles share the registry's series.
+#[derive(Debug, Clone, Default)]
+pub struct TlsChainMetrics {
+    verified: Counter,
+    remembered: Counter,
+}
+
+impl TlsChainMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "tls_client_chains_verified",
+            "Agency client certificate chains checked in full by webpki (CA and CRL signatures)",
+            metrics.verified.clone(),
+        );
+        registry.register(
+            "tls_client_chains_remembered",
+            "Agency client certificate chains accepted from the memory of chains already verified",
+            metrics.remembered.clone(),
+        );
+        metrics
+    }
+
+    /// Count one chain handed to webpki.
+    pub fn count_verified(&self) {
+        self.verified.inc();
+    }
+
+    /// Count one chain accepted from memory.
+    pub fn count_remembered(&self) {
+        self.remembered.inc();
+    }
+
+    /// Chains handed to webpki so far.
+    pub fn verified(&self) -> u64 {
+        self.verified.get()
+    }
 }
 
 /// Audit transactions committed to PostgreSQL by this broker and the entries they carried: commits per
@@ -388,6 +431,7 @@ impl Metrics {
         );
         let upstream = UpstreamMetrics::register(&mut registry);
         let audit_commits = AuditCommitMetrics::register(&mut registry);
+        let tls_chains = TlsChainMetrics::register(&mut registry);
         for side in [Side::Agency, Side::Admin] {
             // Present from the start so dashboards see 0, not "no data".
             let _ = open_connections.get_or_create(&SideLabels {
@@ -409,6 +453,7 @@ impl Metrics {
             hidden_accesses,
             upstream,
             audit_commits,
+            tls_chains,
         }
     }
 

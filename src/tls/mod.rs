@@ -29,6 +29,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::config::TlsConfig;
+use crate::metrics::TlsChainMetrics;
 
 mod verified_chains;
 
@@ -168,16 +169,17 @@ pub struct Built {
 /// listener's extra rule (pinned admin certificates) is enforced after the handshake, in `admin`. The agency
 /// listener remembers the chains it has verified (`tls::verified_chains`).
 pub fn build(tls: &TlsConfig) -> Result<Built, TlsError> {
-    build_with(tls, true)
+    build_with(tls, Some(TlsChainMetrics::default()))
 }
 
 /// The agency listener's server config as stock rustls verifies clients: every chain and CRL signature on
 /// every handshake. The bench's bare baseline (see [`build`] for the broker's).
 pub fn server_config(tls: &TlsConfig) -> Result<ServerConfig, TlsError> {
-    Ok(build_with(tls, false)?.agency)
+    Ok(build_with(tls, None)?.agency)
 }
 
-fn build_with(tls: &TlsConfig, remember_chains: bool) -> Result<Built, TlsError> {
+/// [`build`], remembering verified chains (counted in `remember_chains`) unless it is `None`.
+fn build_with(tls: &TlsConfig, remember_chains: Option<TlsChainMetrics>) -> Result<Built, TlsError> {
     let cas = read_certs(&tls.ca_bundle)?;
     let mut roots = RootCertStore::empty();
     for ca in cas.iter().cloned() {
@@ -205,8 +207,8 @@ fn build_with(tls: &TlsConfig, remember_chains: bool) -> Result<Built, TlsError>
     let mut verifier = verifier
         .build()
         .map_err(|e| tls_err(&tls.ca_bundle, format!("cannot build the client verifier: {e}")))?;
-    if remember_chains {
-        verifier = Arc::new(verified_chains::RememberingVerifier::new(verifier));
+    if let Some(counts) = remember_chains {
+        verifier = Arc::new(verified_chains::RememberingVerifier::new(verifier, counts));
     }
     let admin_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
@@ -252,18 +254,24 @@ struct Live {
 pub struct TlsConfigHandle {
     files: TlsConfig,
     current: RwLock<Arc<Live>>,
+    /// The series every verifier built from `files` counts its chains in, across reloads.
+    chains: TlsChainMetrics,
 }
 
 impl TlsConfigHandle {
-    /// Build from files.
-    pub fn new(files: TlsConfig) -> Result<Self, TlsError> {
-        let built = build(&files)?;
+    /// Build from files; the agency listener's verifiers count their chains in `chains`.
+    pub fn new(files: TlsConfig, chains: TlsChainMetrics) -> Result<Self, TlsError> {
+        let built = build_with(&files, Some(chains.clone()))?;
         let current = RwLock::new(Arc::new(Live {
             agency: Arc::new(built.agency),
             admin: Arc::new(built.admin),
             crls: built.crls,
         }));
-        Ok(Self { files, current })
+        Ok(Self {
+            files,
+            current,
+            chains,
+        })
     }
 
     fn live(&self) -> Arc<Live> {
@@ -292,7 +300,7 @@ impl TlsConfigHandle {
     /// Re-read the CA bundle, CRLs and server certificate; on error the old config stays in force. Refused
     /// as well: a CRL whose number is lower than the running CRL of the same issuer (a rollback).
     pub fn reload(&self) -> Result<(), TlsError> {
-        let built = build(&self.files)?;
+        let built = build_with(&self.files, Some(self.chains.clone()))?;
         let running: HashMap<String, BigUint> = self
             .live()
             .crls

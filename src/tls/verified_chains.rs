@@ -16,7 +16,6 @@
 //! is no weaker than that.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -25,6 +24,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer;
+
+use crate::metrics::TlsChainMetrics;
 
 /// Most chains remembered; past it the memory starts again empty (a bound, not an eviction policy: a
 /// national registry has a few thousand agency certificates).
@@ -36,22 +37,22 @@ pub(crate) struct RememberingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     /// The chain's hash → (verified at, valid until), in seconds since the epoch.
     verified: Mutex<HashMap<[u8; 32], (u64, u64)>>,
-    /// How many chains were handed to `inner` (not answered from memory).
-    checked: AtomicU64,
+    /// Chains handed to `inner`, and chains answered from memory.
+    counts: TlsChainMetrics,
 }
 
 impl RememberingVerifier {
-    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
+    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>, counts: TlsChainMetrics) -> Self {
         Self {
             inner,
             verified: Mutex::new(HashMap::new()),
-            checked: AtomicU64::new(0),
+            counts,
         }
     }
 
     #[cfg(test)]
     fn checked(&self) -> u64 {
-        self.checked.load(Ordering::Relaxed)
+        self.counts.verified()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (u64, u64)>> {
@@ -104,10 +105,11 @@ impl ClientCertVerifier for RememberingVerifier {
         // Valid only inside the window it was verified in: a clock set back before the check does not count.
         if let Some(&(verified_at, until)) = self.lock().get(&key) {
             if verified_at <= at && at < until {
+                self.counts.count_remembered();
                 return Ok(ClientCertVerified::assertion());
             }
         }
-        self.checked.fetch_add(1, Ordering::Relaxed);
+        self.counts.count_verified();
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         if let Some(until) = chain_not_after(end_entity, intermediates) {
             let mut remembered = self.lock();
@@ -165,7 +167,7 @@ mod tests {
         let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
             .build()
             .unwrap();
-        RememberingVerifier::new(webpki)
+        RememberingVerifier::new(webpki, TlsChainMetrics::default())
     }
 
     fn der(pem: &str) -> CertificateDer<'static> {
