@@ -170,6 +170,13 @@ pub struct Metrics {
     pub tls_chains: TlsChainMetrics,
 }
 
+/// A new counter, registered under `name` (the `_total` suffix is added on rendering).
+fn registered_counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
+}
+
 /// The agency listener's client chains: how many webpki checked in full (the CA's and the CRLs'
 /// signatures) and how many were answered from the memory of chains already verified
 /// (`tls::verified_chains`). Resumed sessions are neither. Handles share the registry's series.
@@ -181,18 +188,18 @@ pub struct TlsChainMetrics {
 
 impl TlsChainMetrics {
     fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "tls_client_chains_verified",
-            "Agency client certificate chains checked in full by webpki (CA and CRL signatures)",
-            metrics.verified.clone(),
-        );
-        registry.register(
-            "tls_client_chains_remembered",
-            "Agency client certificate chains accepted from the memory of chains already verified",
-            metrics.remembered.clone(),
-        );
-        metrics
+        Self {
+            verified: registered_counter(
+                registry,
+                "tls_client_chains_verified",
+                "Agency client certificate chains checked in full by webpki (CA and CRL signatures)",
+            ),
+            remembered: registered_counter(
+                registry,
+                "tls_client_chains_remembered",
+                "Agency client certificate chains accepted from the memory of chains already verified",
+            ),
+        }
     }
 
     /// Count one chain handed to webpki.
@@ -221,18 +228,18 @@ pub struct AuditCommitMetrics {
 
 impl AuditCommitMetrics {
     fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "audit_commits",
-            "Audit transactions committed to PostgreSQL (each a group of entries)",
-            metrics.commits.clone(),
-        );
-        registry.register(
-            "audit_committed_entries",
-            "Audit entries committed to PostgreSQL, over all commits",
-            metrics.entries.clone(),
-        );
-        metrics
+        Self {
+            commits: registered_counter(
+                registry,
+                "audit_commits",
+                "Audit transactions committed to PostgreSQL (each a group of entries)",
+            ),
+            entries: registered_counter(
+                registry,
+                "audit_committed_entries",
+                "Audit entries committed to PostgreSQL, over all commits",
+            ),
+        }
     }
 
     /// Count one committed transaction of `entries` entries.
