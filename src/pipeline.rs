@@ -440,9 +440,7 @@ async fn record(broker: &Broker, side: Side, exchange: &Exchange, mut reply: Rep
                 (entry.record.billed_as(), &exchange.agency, &exchange.purpose)
             {
                 let kind = billed.as_str();
-                let at = chrono::DateTime::parse_from_rfc3339(&entry.time)
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .unwrap_or_else(|_| chrono::Utc::now());
+                let at = entry.parsed_time().unwrap_or_else(chrono::Utc::now);
                 if let Err(e) = counters.record_outcome(agency, purpose, kind, at).await {
                     tracing::error!(error = %e.message, "billing counter not updated; `billing reconcile` will show it");
                 }

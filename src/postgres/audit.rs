@@ -157,20 +157,24 @@ async fn commit_batch(
         rows.push((time, line));
         entries.push(entry);
     }
-    let totals = billing_totals(entries.iter().zip(&rows).map(|(e, (time, _))| (e, *time)));
+    add_billing_totals(&tx, &entries, &rows).await?;
     insert_entries(&tx, chain_id, entries.iter().zip(rows)).await?;
-    add_billing_totals(&tx, &totals).await?;
     tx.commit().await.map_err(db)?;
     Ok((entries, head))
 }
 
-/// The month's served and refused calls a batch adds, per (month, agency, purpose, kind), in key order
-/// ([`AuditRecord::billed_as`], the rule of `billing reconcile`).
-pub(crate) fn billing_totals<'e>(
-    entries: impl Iterator<Item = (&'e AuditEntry, DateTime<Utc>)>,
-) -> BTreeMap<(String, &'e str, &'e str, &'static str), i64> {
+/// Count a batch's served and refused calls ([`AuditRecord::billed_as`], the rule of `billing reconcile`)
+/// in `quota_totals`, per (month, agency, purpose, kind), in the batch's own transaction: the billing totals
+/// and the trail commit together, and one row update per batch, not one commit per answer, holds the
+/// totals' row lock (every node's answers of one agency and purpose meet on that row). Rows in key order,
+/// so two nodes' batches queue rather than deadlock. `rows` are the entries' times and lines, in order.
+pub(crate) async fn add_billing_totals(
+    tx: &Transaction<'_>,
+    entries: &[AuditEntry],
+    rows: &[(DateTime<Utc>, String)],
+) -> Result<(), String> {
     let mut totals = BTreeMap::new();
-    for (entry, time) in entries {
+    for (entry, (time, _)) in entries.iter().zip(rows) {
         let record = &entry.record;
         let (Some(agency), Some(purpose), Some(billed)) =
             (&record.agency, &record.purpose, record.billed_as())
@@ -178,26 +182,20 @@ pub(crate) fn billing_totals<'e>(
             continue;
         };
         *totals
-            .entry((month_of(time), agency.as_str(), purpose.as_str(), billed.as_str()))
-            .or_insert(0) += 1;
+            .entry((
+                month_of(*time),
+                agency.as_str(),
+                purpose.as_str(),
+                billed.as_str(),
+            ))
+            .or_insert(0i64) += 1;
     }
-    totals
-}
-
-/// Count a batch's calls in `quota_totals` in the batch's own transaction, so the billing totals and the
-/// trail commit together (and one row update per batch, not one commit per answer, holds the totals' row
-/// lock: every node's answers of one agency and purpose meet on that row). Rows in key order, so two
-/// nodes' batches queue rather than deadlock.
-pub(crate) async fn add_billing_totals(
-    tx: &Transaction<'_>,
-    totals: &BTreeMap<(String, &str, &str, &'static str), i64>,
-) -> Result<(), String> {
     if totals.is_empty() {
         return Ok(());
     }
     let (mut months, mut agencies, mut purposes, mut kinds, mut calls) =
         (vec![], vec![], vec![], vec![], vec![]);
-    for ((month, agency, purpose, kind), n) in totals {
+    for ((month, agency, purpose, kind), n) in &totals {
         months.push(month.as_str());
         agencies.push(*agency);
         purposes.push(*purpose);

@@ -181,9 +181,7 @@ async fn insert_chain(postgres: &Postgres, spool: &Path, node: &str) -> Result<u
         }
         if entries.len() == BATCH || (line.is_none() && !entries.is_empty()) {
             count += entries.len() as u64;
-            let totals =
-                super::audit::billing_totals(entries.iter().zip(&rows).map(|(e, (time, _))| (e, *time)));
-            super::audit::add_billing_totals(&tx, &totals).await?;
+            super::audit::add_billing_totals(&tx, &entries, &rows).await?;
             super::audit::insert_entries(&tx, chain_id, entries.iter().zip(rows.drain(..))).await?;
             entries.clear();
         }
