@@ -414,7 +414,17 @@ mod tests {
                 .unwrap();
             assert_eq!(store.count(), 3);
         }
-        let db = sled::open(dir.path()).unwrap();
+        // sled's flusher thread lets go of the directory's lock a moment after the last handle drops.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        };
         assert_eq!(SledStore::open(&db).unwrap().count(), 3);
         // A data dir from before the count was kept is counted once at open.
         db.open_tree("citizens_meta").unwrap().clear().unwrap();
